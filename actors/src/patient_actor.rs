@@ -1,0 +1,192 @@
+//! `PatientActor`: owns one patient's state and serialises every command on it.
+//!
+//! The actor is spawned by the [`PatientRegistry`](crate::patient_registry) on first use and
+//! loads its patient lazily on the first message, so spawning does no I/O and a registry
+//! never waits on the database. Reads are answered from memory; each write is one
+//! transaction (row with version check, audit row, outbox row) and replaces the state only
+//! after it committed.
+//!
+//! Invariants:
+//! - the in-memory state is either absent (unknown, reload before use) or equal to the
+//!   committed row at the time it was read or written;
+//! - after any store error whose outcome is uncertain the state is dropped, so the next
+//!   message reloads the truth from PostgreSQL;
+//! - business errors are replies; the actor never returns `Err` for them.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use uuid::Uuid;
+
+use crate::context::RequestContext;
+use crate::domain::{Patient, PatientData, PatientPatch};
+use crate::error::{Error, Result};
+use crate::registry::EntityActor;
+use crate::store::{PgStore, StoreError};
+
+const KIND: &str = "patient";
+
+/// Commands and queries for one patient.
+#[derive(Debug)]
+pub enum PatientMessage {
+    Create { data: PatientData, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
+    Get { reply: RpcReplyPort<Result<Arc<Patient>>> },
+    Replace { data: PatientData, if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
+    Patch { patch: PatientPatch, if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
+    Archive { if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
+}
+
+/// The actor's configuration: the store it writes through.
+#[derive(Debug, Clone)]
+pub struct PatientActor {
+    pub store: PgStore,
+}
+
+/// What the actor knows of its patient.
+#[derive(Debug)]
+pub enum PatientState {
+    /// Not read yet, or dropped after an uncertain outcome.
+    Unloaded { id: Uuid },
+    Live(Arc<Patient>),
+    /// No such patient: the actor is draining its mailbox and stopping.
+    Missing { id: Uuid },
+}
+
+impl Actor for PatientActor {
+    type Msg = PatientMessage;
+    type State = PatientState;
+    /// The id of the patient this actor owns.
+    type Arguments = Uuid;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, id: Uuid) -> Result<PatientState, ActorProcessingErr> {
+        Ok(PatientState::Unloaded { id })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: PatientMessage, state: &mut PatientState) -> Result<(), ActorProcessingErr> {
+        // The store futures are boxed so this actor's task stays small while it idles.
+        match message {
+            PatientMessage::Create { data, ctx, reply } => {
+                let answer = Box::pin(self.create(state, data, ctx)).await;
+                let _ = reply.send(answer);
+            }
+            PatientMessage::Get { reply } => {
+                let answer = Box::pin(self.loaded(&myself, state)).await;
+                let _ = reply.send(answer);
+            }
+            PatientMessage::Replace { data, if_match, ctx, reply } => {
+                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Replace(data))).await;
+                let _ = reply.send(answer);
+            }
+            PatientMessage::Patch { patch, if_match, ctx, reply } => {
+                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Patch(patch))).await;
+                let _ = reply.send(answer);
+            }
+            PatientMessage::Archive { if_match, ctx, reply } => {
+                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Archive)).await;
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Change {
+    Replace(PatientData),
+    Patch(PatientPatch),
+    Archive,
+}
+
+impl EntityActor for PatientActor {
+    const KIND: &'static str = KIND;
+}
+
+impl PatientActor {
+    async fn create(&self, state: &mut PatientState, data: PatientData, ctx: RequestContext) -> Result<Arc<Patient>> {
+        let id = match state {
+            PatientState::Unloaded { id } | PatientState::Missing { id } => *id,
+            PatientState::Live(patient) => {
+                return Err(Error::Conflict { message: "the patient already exists".into(), current_version: Some(patient.version) });
+            }
+        };
+        match self.store.insert_patient(id, &data, &ctx).await {
+            Ok(patient) => {
+                let patient = Arc::new(patient);
+                *state = PatientState::Live(patient.clone());
+                Ok(patient)
+            }
+            Err(error) => {
+                *state = PatientState::Unloaded { id };
+                Err(Error::from_store(KIND, error))
+            }
+        }
+    }
+
+    /// Returns the patient, reading it from the store first if needed.
+    async fn loaded(&self, myself: &ActorRef<PatientMessage>, state: &mut PatientState) -> Result<Arc<Patient>> {
+        let id = match state {
+            PatientState::Live(patient) => return Ok(patient.clone()),
+            PatientState::Missing { .. } => return Err(Error::NotFound { kind: KIND }),
+            PatientState::Unloaded { id } => *id,
+        };
+        match self.store.load_patient(id).await {
+            Ok(Some(patient)) => {
+                let patient = Arc::new(patient);
+                *state = PatientState::Live(patient.clone());
+                Ok(patient)
+            }
+            Ok(None) => {
+                // Nothing to own: answer what is queued, then stop, so probing random ids
+                // does not fill memory with empty actors.
+                *state = PatientState::Missing { id };
+                let _ = myself.get_cell().drain();
+                Err(Error::NotFound { kind: KIND })
+            }
+            Err(error) => Err(Error::from_store(KIND, error)),
+        }
+    }
+
+    async fn write(
+        &self,
+        myself: &ActorRef<PatientMessage>,
+        state: &mut PatientState,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        change: Change,
+    ) -> Result<Arc<Patient>> {
+        let current = self.loaded(myself, state).await?;
+        if current.is_archived() {
+            return Err(Error::Conflict { message: "the patient is archived".into(), current_version: Some(current.version) });
+        }
+        if let Some(expected) = if_match
+            && expected != current.version
+        {
+            return Err(Error::PreconditionFailed { expected, current: current.version });
+        }
+        let result = match change {
+            Change::Replace(data) if data == current.data => return Ok(current),
+            Change::Replace(data) => self.store.update_patient(&current, &data, &ctx).await,
+            Change::Patch(patch) => {
+                let data = patch.apply_to(&current.data);
+                if data == current.data {
+                    return Ok(current);
+                }
+                self.store.update_patient(&current, &data, &ctx).await
+            }
+            Change::Archive => self.store.archive_patient(&current, &ctx).await,
+        };
+        match result {
+            Ok(patient) => {
+                let patient = Arc::new(patient);
+                *state = PatientState::Live(patient.clone());
+                Ok(patient)
+            }
+            // The transaction rolled back: the state is still the committed one.
+            Err(error @ StoreError::Duplicate { .. }) => Err(Error::from_store(KIND, error)),
+            Err(error) => {
+                // Another pod won the race, or the outcome is unknown: reload next time.
+                *state = PatientState::Unloaded { id: current.id };
+                Err(Error::from_store(KIND, error))
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! `EntityRegistry`: spawns one entity actor per id on demand, hands out its reference, and
+//! stops it after it was idle for the configured time, so memory is bounded by the live
+//! working set rather than by the table size.
+//!
+//! ```text
+//! EntityRegistry<PatientActor>
+//! ├─ PatientActor(id₁)   spawned on the first Lookup of id₁
+//! ├─ PatientActor(id₂)   drained and stopped after `idle_timeout` without a Lookup
+//! └─ …                   a crashed child is forgotten; the next Lookup respawns it and it
+//!                        reloads from PostgreSQL, after a backoff that grows per crash
+//! ```
+//!
+//! Every access goes through `Lookup`, which records the access time, so the sweep never
+//! stops an actor a caller has just been handed (callers' timeouts are far shorter than the
+//! idle timeout). A stopped actor's queued messages are processed first (`drain`), and a send
+//! that finds it stopped is retried by [`EntityClient`] through a fresh `Lookup`.
+//!
+//! An entity that crashes `max_restarts` times within `restart_window` is quarantined until
+//! the window ends: its lookups answer `Unavailable` with a retry time, and no other entity
+//! is affected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// An actor that owns one entity, spawned with the entity's id.
+pub trait EntityActor: Actor<Arguments = Uuid> + Clone + Sync {
+    /// The entity kind, for logs, metrics and error messages (`"patient"`).
+    const KIND: &'static str;
+}
+
+/// Passivation and crash-restart policy of one registry.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// An entity actor with no access for this long is stopped.
+    pub idle_timeout: Duration,
+    /// How often idle actors are looked for.
+    pub sweep_interval: Duration,
+    /// Crashes of one entity tolerated within `restart_window` before it is quarantined.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    /// Wait before respawning a crashed entity: doubles per crash, capped.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Messages of a registry of actors with message type `M`.
+pub enum RegistryMessage<M: ractor::Message> {
+    /// Returns the live actor of `id`, spawning it if needed.
+    Lookup { id: Uuid, reply: RpcReplyPort<Result<ActorRef<M>>> },
+    Stats { reply: RpcReplyPort<RegistryStats> },
+    /// Stops actors idle longer than the idle timeout (sent by the registry's own timer).
+    Sweep,
+}
+
+impl<M: ractor::Message> std::fmt::Debug for RegistryMessage<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lookup { id, .. } => f.debug_struct("Lookup").field("id", id).finish(),
+            Self::Stats { .. } => f.write_str("Stats"),
+            Self::Sweep => f.write_str("Sweep"),
+        }
+    }
+}
+
+/// Counts a registry reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub live: usize,
+    pub quarantined: usize,
+    pub passivated_total: u64,
+    pub restarts_total: u64,
+}
+
+/// The registry actor's configuration: the factory of entity actors and the policy.
+#[derive(Debug, Clone)]
+pub struct EntityRegistry<A: EntityActor> {
+    pub factory: A,
+    pub settings: RegistrySettings,
+}
+
+struct LiveEntry<M: ractor::Message> {
+    actor: ActorRef<M>,
+    last_access: Instant,
+}
+
+struct CrashRecord {
+    window_start: Instant,
+    crashes: u32,
+    respawn_not_before: Instant,
+}
+
+pub struct RegistryState<M: ractor::Message> {
+    live: HashMap<Uuid, LiveEntry<M>>,
+    ids_by_actor: HashMap<ActorId, Uuid>,
+    crashes: HashMap<Uuid, CrashRecord>,
+    sweeper: Option<JoinHandle<()>>,
+    passivated_total: u64,
+    restarts_total: u64,
+}
+
+impl<A: EntityActor> Actor for EntityRegistry<A> {
+    type Msg = RegistryMessage<A::Msg>;
+    type State = RegistryState<A::Msg>;
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let sweeper = myself.send_interval(self.settings.sweep_interval, || RegistryMessage::Sweep);
+        tracing::info!(kind = A::KIND, idle_timeout_ms = self.settings.idle_timeout.as_millis() as u64, "entity registry started");
+        Ok(RegistryState {
+            live: HashMap::new(),
+            ids_by_actor: HashMap::new(),
+            crashes: HashMap::new(),
+            sweeper: Some(sweeper),
+            passivated_total: 0,
+            restarts_total: 0,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(sweeper) = state.sweeper.take() {
+            sweeper.abort();
+        }
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(0.0);
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            RegistryMessage::Lookup { id, reply } => {
+                let answer = self.lookup(&myself, state, id).await;
+                let _ = reply.send(answer);
+            }
+            RegistryMessage::Stats { reply } => {
+                let _ = reply.send(RegistryStats {
+                    live: state.live.len(),
+                    quarantined: state.crashes.values().filter(|c| c.respawn_not_before > Instant::now()).count(),
+                    passivated_total: state.passivated_total,
+                    restarts_total: state.restarts_total,
+                });
+            }
+            RegistryMessage::Sweep => self.sweep(state),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.forget(cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(id) = state.forget(cell.get_id()) {
+                    state.restarts_total += 1;
+                    let record = self.record_crash(state, id);
+                    metrics::counter!("medflow_entity_actor_crashes_total", "kind" => A::KIND).increment(1);
+                    tracing::warn!(kind = A::KIND, entity_id = %id, crashes = record, error = %error, "entity actor crashed; it reloads from PostgreSQL on next use");
+                }
+            }
+            _ => {}
+        }
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+        Ok(())
+    }
+}
+
+impl<M: ractor::Message> RegistryState<M> {
+    /// Removes the entry of a stopped actor (if it is still the current one for its id).
+    fn forget(&mut self, actor: ActorId) -> Option<Uuid> {
+        let id = self.ids_by_actor.remove(&actor)?;
+        if self.live.get(&id).is_some_and(|entry| entry.actor.get_id() == actor) {
+            self.live.remove(&id);
+        }
+        Some(id)
+    }
+}
+
+impl<A: EntityActor> EntityRegistry<A> {
+    async fn lookup(&self, myself: &ActorRef<RegistryMessage<A::Msg>>, state: &mut RegistryState<A::Msg>, id: Uuid) -> Result<ActorRef<A::Msg>> {
+        let now = Instant::now();
+        if let Some(entry) = state.live.get_mut(&id) {
+            entry.last_access = now;
+            return Ok(entry.actor.clone());
+        }
+        if let Some(record) = state.crashes.get(&id)
+            && record.respawn_not_before > now
+        {
+            return Err(Error::Unavailable {
+                message: format!("the {} is recovering from repeated failures", A::KIND),
+                retry_after: Some(record.respawn_not_before - now),
+            });
+        }
+        let (actor, _) = Actor::spawn_linked(None, self.factory.clone(), id, myself.get_cell())
+            .await
+            .map_err(|error| Error::Internal(format!("cannot spawn {} actor: {error}", A::KIND)))?;
+        state.ids_by_actor.insert(actor.get_id(), id);
+        state.live.insert(id, LiveEntry { actor: actor.clone(), last_access: now });
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+        Ok(actor)
+    }
+
+    fn sweep(&self, state: &mut RegistryState<A::Msg>) {
+        let now = Instant::now();
+        let idle_timeout = self.settings.idle_timeout;
+        let mut passivated = 0u64;
+        for entry in state.live.values() {
+            if now.duration_since(entry.last_access) >= idle_timeout {
+                // Drain: what is already queued is answered, later sends fail and are retried
+                // through a fresh lookup. The entry goes when the termination event arrives.
+                let _ = entry.actor.get_cell().drain();
+                passivated += 1;
+            }
+        }
+        // Forget passivated entries now so a lookup spawns afresh instead of returning an
+        // actor that is draining.
+        state.live.retain(|_, entry| now.duration_since(entry.last_access) < idle_timeout);
+        state.crashes.retain(|_, record| now.duration_since(record.window_start) < self.settings.restart_window);
+        if passivated > 0 {
+            state.passivated_total += passivated;
+            metrics::counter!("medflow_entity_actor_passivations_total", "kind" => A::KIND).increment(passivated);
+            tracing::debug!(kind = A::KIND, passivated, live = state.live.len(), "passivated idle entity actors");
+        }
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+    }
+
+    /// Counts a crash of `id` and sets when it may respawn; returns the crash count.
+    fn record_crash(&self, state: &mut RegistryState<A::Msg>, id: Uuid) -> u32 {
+        let settings = &self.settings;
+        let now = Instant::now();
+        let record = state.crashes.entry(id).or_insert(CrashRecord { window_start: now, crashes: 0, respawn_not_before: now });
+        if now.duration_since(record.window_start) >= settings.restart_window {
+            *record = CrashRecord { window_start: now, crashes: 0, respawn_not_before: now };
+        }
+        record.crashes += 1;
+        record.respawn_not_before = if record.crashes > settings.max_restarts {
+            record.window_start + settings.restart_window
+        } else {
+            let doublings = (record.crashes - 1).min(16);
+            now + (settings.backoff_initial * 2u32.pow(doublings)).min(settings.backoff_max)
+        };
+        record.crashes
+    }
+}
+
+/// The current registry actor of one kind; its supervisor replaces it after a restart.
+pub struct RegistrySlot<M: ractor::Message>(Arc<RwLock<Option<ActorRef<RegistryMessage<M>>>>>);
+
+impl<M: ractor::Message> Clone for RegistrySlot<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M: ractor::Message> std::fmt::Debug for RegistrySlot<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let filled = self.0.read().map(|slot| slot.is_some()).unwrap_or(false);
+        f.debug_struct("RegistrySlot").field("filled", &filled).finish()
+    }
+}
+
+impl<M: ractor::Message> Default for RegistrySlot<M> {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<M: ractor::Message> RegistrySlot<M> {
+    pub fn set(&self, registry: Option<ActorRef<RegistryMessage<M>>>) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = registry;
+    }
+
+    pub fn get(&self) -> Result<ActorRef<RegistryMessage<M>>> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| Error::unavailable("the entity registry is restarting"))
+    }
+}
+
+/// Sends requests to entity actors through their registry, with a timeout per call.
+pub struct EntityClient<A: EntityActor> {
+    slot: RegistrySlot<A::Msg>,
+    call_timeout: Duration,
+}
+
+impl<A: EntityActor> Clone for EntityClient<A> {
+    fn clone(&self) -> Self {
+        Self { slot: self.slot.clone(), call_timeout: self.call_timeout }
+    }
+}
+
+/// Whether a request may be sent again after its actor died while holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads: resending cannot change anything.
+    Idempotent,
+    /// Writes: resend only if the first attempt was never delivered.
+    OnlyIfUndelivered,
+}
+
+impl<A: EntityActor> EntityClient<A> {
+    pub fn new(slot: RegistrySlot<A::Msg>, call_timeout: Duration) -> Self {
+        Self { slot, call_timeout }
+    }
+
+    /// Returns the live actor of `id` (spawning it if needed).
+    pub async fn actor_of(&self, id: Uuid) -> Result<ActorRef<A::Msg>> {
+        let registry = self.slot.get()?;
+        match registry.call(|reply| RegistryMessage::Lookup { id, reply }, Some(self.call_timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+            Ok(ractor::rpc::CallResult::Timeout) => Err(Error::unavailable(format!("the {} registry did not answer in time", A::KIND))),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(Error::unavailable(format!("the {} registry is restarting", A::KIND))),
+        }
+    }
+
+    /// Returns the registry's counts.
+    pub async fn stats(&self) -> Result<RegistryStats> {
+        let registry = self.slot.get()?;
+        match registry.call(|reply| RegistryMessage::Stats { reply }, Some(self.call_timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(stats)) => Ok(stats),
+            _ => Err(Error::unavailable(format!("the {} registry did not answer", A::KIND))),
+        }
+    }
+
+    /// Sends the request built by `message` to the actor of `id` and waits for its answer.
+    ///
+    /// A request that finds the actor stopped (passivated, or crashed and respawned) is sent
+    /// once more to a fresh actor; one whose actor died while holding it is resent only when
+    /// `retry` allows it, and otherwise answers `OutcomeUnknown`.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        id: Uuid,
+        retry: Retry,
+        message: impl Fn(RpcReplyPort<Result<T>>) -> A::Msg,
+    ) -> Result<T> {
+        let mut attempts_left = 2;
+        loop {
+            attempts_left -= 1;
+            let actor = self.actor_of(id).await?;
+            let (reply, answer) = ractor::concurrency::oneshot();
+            let sent = actor.send_message(message(reply.into()));
+            let outcome = match sent {
+                Err(MessagingErr::SendErr(_)) | Err(MessagingErr::ChannelClosed) => Delivery::NotDelivered,
+                Err(other) => return Err(Error::Internal(format!("cannot message the {} actor: {other}", A::KIND))),
+                Ok(()) => match tokio::time::timeout(self.call_timeout, answer).await {
+                    Ok(Ok(answer)) => return answer,
+                    Ok(Err(_)) => Delivery::DiedHolding,
+                    Err(_) => {
+                        return Err(Error::Unavailable {
+                            message: format!("the {} actor did not answer in time", A::KIND),
+                            retry_after: None,
+                        });
+                    }
+                },
+            };
+            let may_retry = attempts_left > 0 && (outcome == Delivery::NotDelivered || retry == Retry::Idempotent);
+            if may_retry {
+                continue;
+            }
+            return Err(match outcome {
+                Delivery::NotDelivered => Error::unavailable(format!("the {} actor is restarting", A::KIND)),
+                Delivery::DiedHolding => Error::OutcomeUnknown(format!("the {} actor stopped while handling the request", A::KIND)),
+            });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    NotDelivered,
+    DiedHolding,
+}

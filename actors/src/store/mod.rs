@@ -1,0 +1,240 @@
+//! The PostgreSQL store: a connection pool, versioned migrations, and one function per
+//! statement. Every write is one transaction that changes the row (checking its version),
+//! appends an audit row and, for entities with business events, an outbox row.
+//!
+//! SQL lives in `sql/*.sql` beside this file and is prepared once per connection.
+
+mod doctors;
+mod patients;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+pub use doctors::DoctorFilter;
+pub use patients::PatientFilter;
+
+use crate::context::RequestContext;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Advisory lock key that serialises migrations across pods starting together.
+const MIGRATION_LOCK_KEY: i64 = 0x6d65_6466_6c6f_7701;
+
+/// How to reach PostgreSQL and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: SecretString,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// Errors of the store, split by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("row not found")]
+    NotFound,
+    /// The row's version was not the expected one: another writer got there first.
+    #[error("version conflict")]
+    VersionConflict,
+    /// A unique constraint refused the value of `field` (its wire name).
+    #[error("duplicate value of {field}")]
+    Duplicate { field: &'static str },
+    /// PostgreSQL could not be reached or the connection broke; retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let Some(db_error) = error.as_db_error() else {
+            return Self::Unavailable(error.to_string());
+        };
+        let code = db_error.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            let field = match db_error.constraint() {
+                Some("patients_snils_key") => "snils",
+                Some("patients_oms_policy_key") => "omsPolicy",
+                _ => "id",
+            };
+            return Self::Duplicate { field };
+        }
+        if *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || code.code().starts_with("08")
+        {
+            return Self::Unavailable(db_error.message().to_owned());
+        }
+        Self::Unexpected(anyhow::Error::new(error))
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(error) => error.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
+    }
+}
+
+impl PgStore {
+    /// Builds the pool. Connections are opened lazily; call [`PgStore::ping`] to check.
+    pub fn connect(settings: &StoreSettings) -> anyhow::Result<Self> {
+        let mut config = tokio_postgres::Config::from_str(settings.url.expose_secret())
+            .map_err(|error| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {error}"))?;
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("medflow");
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .build()
+            .map_err(|error| anyhow::anyhow!("cannot build the database pool: {error}"))?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations, holding an advisory lock so concurrent pods take turns.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.map_err(|error| anyhow::anyhow!("cannot connect to PostgreSQL: {error}"))?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+        let report = embedded::migrations::runner().run_async(&mut **client).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+        let report = report.map_err(|error| anyhow::anyhow!("migration failed: {error}"))?;
+        for migration in report.applied_migrations() {
+            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Returns `Ok` when a connection can be taken from the pool and answers a query.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Appends an audit row for an access that changed nothing (a read or a list).
+    pub async fn audit_read(&self, ctx: &RequestContext, entry: AuditEntry<'_>) -> StoreResult<()> {
+        let client = self.pool.get().await?;
+        insert_audit(&client, ctx, entry).await
+    }
+}
+
+/// One audit row's subject: what was done to which object.
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    pub action: &'a str,
+    pub object_type: &'a str,
+    pub object_id: Option<Uuid>,
+    pub details: Value,
+}
+
+async fn insert_audit(
+    client: &impl deadpool_postgres::GenericClient,
+    ctx: &RequestContext,
+    entry: AuditEntry<'_>,
+) -> StoreResult<()> {
+    let statement = client.prepare_cached(include_str!("sql/audit_insert.sql")).await?;
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &ctx.actor_id,
+        &entry.action,
+        &entry.object_type,
+        &entry.object_id,
+        &ctx.client_addr,
+        &ctx.request_id,
+        &entry.details,
+    ];
+    client.execute(&statement, &params).await?;
+    Ok(())
+}
+
+/// One outbox row: a business event about an aggregate.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: Uuid,
+    pub patient_id: Option<Uuid>,
+    pub event_type: &'a str,
+    pub version: i64,
+    pub payload: Value,
+}
+
+async fn insert_outbox(
+    client: &impl deadpool_postgres::GenericClient,
+    ctx: &RequestContext,
+    event: OutboxEvent<'_>,
+) -> StoreResult<()> {
+    let statement = client.prepare_cached(include_str!("sql/outbox_insert.sql")).await?;
+    let event_id = Uuid::now_v7();
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &event_id,
+        &event.aggregate_type,
+        &event.aggregate_id,
+        &event.patient_id,
+        &event.event_type,
+        &event.version,
+        &event.payload,
+        &ctx.traceparent,
+    ];
+    client.execute(&statement, &params).await?;
+    Ok(())
+}
+
+/// Escapes `%`, `_` and `\` so a client's prefix matches literally in `LIKE`.
+fn like_prefix(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for ch in prefix.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(ch);
+    }
+    escaped
+}
+
+/// A page of rows and the number of rows matching the filter.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}

@@ -1,0 +1,258 @@
+//! Turning raw requests into typed values, with a problem naming the offending part when
+//! that fails: JSON bodies, `If-Match`, path ids, query strings and the request's context.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use medflow_actors::RequestContext;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+use warp::Filter;
+use warp::http::{HeaderMap, StatusCode, header};
+
+use crate::problem::Problem;
+
+/// What the server wrapper learned about a request before routing: its id and peer.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub client_addr: Option<SocketAddr>,
+}
+
+const ACTOR_HEADER: &str = "x-actor-id";
+const MAX_HEADER_ID_LEN: usize = 128;
+
+/// Extracts the caller's context: request id and peer (from the server wrapper), the acting
+/// principal (`X-Actor-Id` until authentication lands) and the W3C trace parent.
+pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = std::convert::Infallible> + Clone {
+    warp::ext::optional::<RequestMeta>().and(warp::header::headers_cloned()).map(|meta: Option<RequestMeta>, headers: HeaderMap| {
+        let meta = meta.unwrap_or_else(|| RequestMeta { request_id: Uuid::new_v4().to_string(), client_addr: None });
+        let actor_id = header_token(&headers, ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned());
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| is_traceparent(value))
+            .map(str::to_owned);
+        RequestContext {
+            actor_id,
+            request_id: meta.request_id,
+            client_addr: meta.client_addr.map(|addr| addr.ip().to_string()),
+            traceparent,
+        }
+    })
+}
+
+/// Returns a header's value if it is a short token of visible ASCII.
+pub fn header_token(headers: &HeaderMap, name: &str) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    let acceptable = !value.is_empty() && value.len() <= MAX_HEADER_ID_LEN && value.bytes().all(|b| b.is_ascii_graphic());
+    acceptable.then(|| value.to_owned())
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let lengths_ok = parts.len() == 4 && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| part.len() == *len);
+    lengths_ok && parts.iter().all(|part| part.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Parses a path segment as an id, or answers 400 naming it.
+pub fn parse_id(raw: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| Problem::invalid_field("id", "must be a UUID"))
+}
+
+/// Parses `If-Match`: `None` when absent or `*`, else the version in the entity tag.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || Problem::invalid_field("If-Match", "must be an entity tag from an ETag header, such as \"3\"");
+    let value = value.to_str().map_err(|_| invalid())?.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    parse_etag(value).map(Some).ok_or_else(invalid)
+}
+
+/// Returns whether `If-None-Match` names `version` (or is `*`).
+pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
+    let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|tag| tag == "*" || parse_etag(tag) == Some(version))
+}
+
+fn parse_etag(tag: &str) -> Option<i64> {
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    tag.strip_prefix('"')?.strip_suffix('"')?.parse::<i64>().ok().filter(|version| *version > 0)
+}
+
+/// The `ETag` of an entity at `version`.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Parses a JSON body into `T`, or answers 415 (not JSON), or 400 naming the malformed part
+/// or the offending field (wrong type, unknown, missing).
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
+        return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            .detail(format!("the body must be application/json, not {:?}", content_type)));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::bad_request("the request body is empty"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(json_problem)?;
+    deserializer.end().map_err(|error| Problem::bad_request(format!("malformed JSON: {error}")))?;
+    Ok(value)
+}
+
+fn json_problem(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if !inner.is_data() {
+        return Problem::bad_request(format!("malformed JSON: {inner}"));
+    }
+    let message = strip_position(&inner.to_string());
+    // Unknown and missing fields are reported at the enclosing object; name the field itself.
+    let named = backticked(&message).filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
+    let field = match (named, path.as_str()) {
+        (Some(name), ".") => name.to_owned(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, ".") => "body".to_owned(),
+        (None, path) => path.to_owned(),
+    };
+    Problem::invalid_field(field, message)
+}
+
+/// Drops serde_json's " at line L column C" suffix.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// Query parameters of a list: known keys only, each once.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(raw: &str, known: &[&str]) -> Result<Self, Problem> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(raw).map_err(|_| Problem::bad_request("the query string is malformed"))?;
+        for (index, (key, _)) in pairs.iter().enumerate() {
+            if !known.contains(&key.as_str()) {
+                return Err(Problem::invalid_field(key.clone(), format!("unknown query parameter; known: {}", known.join(", "))));
+            }
+            if pairs[..index].iter().any(|(earlier, _)| earlier == key) {
+                return Err(Problem::invalid_field(key.clone(), "given more than once"));
+            }
+        }
+        Ok(Self(pairs))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Parses `key` with `parse`, answering 400 with `expected` if it fails.
+    pub fn parsed<T>(&self, key: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Problem> {
+        self.get(key).map(|raw| parse(raw).ok_or_else(|| Problem::invalid_field(key, expected))).transpose()
+    }
+
+    /// `offset` (≥ 0, default 0) and `limit` (1–`max`, default `default`).
+    pub fn pagination(&self, default: i64, max: i64) -> Result<(i64, i64), Problem> {
+        let offset = self.parsed("offset", "must be an integer ≥ 0", |raw| raw.parse::<i64>().ok().filter(|v| *v >= 0))?;
+        let limit = self.parsed("limit", &format!("must be an integer from 1 to {max}"), |raw| {
+            raw.parse::<i64>().ok().filter(|v| (1..=max).contains(v))
+        })?;
+        Ok((offset.unwrap_or(0), limit.unwrap_or(default)))
+    }
+}
+
+/// Accepts `null` as an explicit value: `Some(None)` for null, `Some(Some(v))` for a value;
+/// with `#[serde(default)]` an absent field stays `None`. This is JSON merge patch.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Sample {
+        #[allow(dead_code)]
+        first_name: String,
+        #[allow(dead_code)]
+        birth_date: chrono::NaiveDate,
+    }
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        headers
+    }
+
+    fn field_of(body: &str) -> (u16, Vec<String>) {
+        let problem = json_body::<Sample>(&headers("application/json"), &Bytes::from(body.to_owned())).unwrap_err();
+        (problem.status, problem.errors.into_iter().map(|e| e.field).collect())
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"firstName": 1, "birthDate": "2000-01-01"}"#), (400, vec!["firstName".into()]));
+        assert_eq!(field_of(r#"{"firstName": "a", "birthDate": "2000-13-01"}"#), (400, vec!["birthDate".into()]));
+        assert_eq!(field_of(r#"{"firstName": "a", "birthDate": "2000-01-01", "x": 1}"#), (400, vec!["x".into()]));
+        assert_eq!(field_of(r#"{"birthDate": "2000-01-01"}"#), (400, vec!["firstName".into()]));
+        assert_eq!(field_of(r#"{"firstName": "a""#), (400, vec![]));
+    }
+
+    #[test]
+    fn non_json_is_415() {
+        let problem = json_body::<Sample>(&headers("text/plain"), &Bytes::from_static(b"{}")).unwrap_err();
+        assert_eq!(problem.status, 415);
+    }
+
+    #[test]
+    fn etags_round_trip() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, etag(7).parse().unwrap());
+        assert_eq!(if_match(&headers).unwrap(), Some(7));
+        headers.insert(header::IF_MATCH, "W/\"7\"".parse().unwrap());
+        assert_eq!(if_match(&headers).unwrap(), Some(7));
+        headers.insert(header::IF_MATCH, "*".parse().unwrap());
+        assert_eq!(if_match(&headers).unwrap(), None);
+        headers.insert(header::IF_MATCH, "7".parse().unwrap());
+        assert_eq!(if_match(&headers).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn queries_refuse_unknown_and_repeated_keys() {
+        assert!(Query::parse("limit=5&offset=0", &["limit", "offset"]).is_ok());
+        assert_eq!(Query::parse("limt=5", &["limit"]).err().unwrap().errors[0].field, "limt");
+        assert_eq!(Query::parse("limit=5&limit=6", &["limit"]).err().unwrap().errors[0].field, "limit");
+        let query = Query::parse("limit=101", &["limit", "offset"]).unwrap();
+        assert_eq!(query.pagination(20, 100).unwrap_err().errors[0].field, "limit");
+    }
+
+    #[test]
+    fn traceparent_format_is_checked() {
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!is_traceparent("00-xyz-00f067aa0ba902b7-01"));
+    }
+}

@@ -1,0 +1,130 @@
+//! medflow's transports over warp: REST under `/api/v1` with its OpenAPI document and
+//! Swagger UI, health probes and Prometheus metrics.
+//!
+//! Handlers are thin: parse and validate the request into domain values, ask an actor (or
+//! the store, for reference data), and map the answer — or the [`Problem`] — to a response.
+//! Handlers never return warp rejections for business errors; rejections only mean "no
+//! route", and [`recover`] turns the rest of warp's into problems too.
+
+pub mod doctors;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+pub mod patients;
+pub mod problem;
+pub mod server;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use medflow_actors::{Patients, PgStore};
+use serde::Serialize;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+pub use health::ReadinessCheck;
+pub use problem::Problem;
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Larger request bodies answer 413.
+    pub body_limit_bytes: u64,
+    /// Requests running longer answer 503.
+    pub request_timeout: Duration,
+}
+
+/// What handlers reach: the actors, the store and the process's operational state.
+#[derive(Clone)]
+pub struct AppState {
+    pub patients: Patients,
+    pub store: PgStore,
+    pub limits: HttpLimits,
+    pub readiness: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+    pub shutting_down: Arc<AtomicBool>,
+    pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// Every route of the service, with warp's rejections mapped to problems.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    patients::routes(state.clone())
+        .or(doctors::routes(state.clone()))
+        .unify()
+        .or(health::routes(state))
+        .unify()
+        .or(openapi::routes())
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+/// Turns a handler's result into a response.
+pub(crate) fn outcome(result: Result<Response, Problem>) -> Response {
+    result.unwrap_or_else(Problem::into_response)
+}
+
+/// A JSON response, with an `ETag` when the body is a versioned entity.
+pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize, version: Option<i64>) -> Response {
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        return Problem::internal().into_response();
+    };
+    let mut response = Response::new(bytes.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(version) = version
+        && let Ok(value) = HeaderValue::from_str(&extract::etag(version))
+    {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+pub(crate) fn not_modified(etag: &str) -> Response {
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+pub(crate) fn set_location(response: &mut Response, location: &str) {
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+}
+
+/// The raw query string, empty when the request has none.
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// Maps warp's rejections (no route, wrong method, body limits) to problems.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let problem = if rejection.is_not_found() {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such resource")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large").detail("the request body exceeds the size limit")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        Problem::new(StatusCode::LENGTH_REQUIRED, "length-required", "Length required").detail("send the body with a Content-Length header")
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+    } else if let Some(missing) = rejection.find::<warp::reject::MissingHeader>() {
+        Problem::invalid_field(missing.name(), "header is required")
+    } else if let Some(invalid) = rejection.find::<warp::reject::InvalidHeader>() {
+        Problem::invalid_field(invalid.name(), "header is invalid")
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        Problem::bad_request("the query string is invalid")
+    } else {
+        tracing::error!(rejection = ?rejection, "unhandled rejection");
+        Problem::internal()
+    };
+    Ok(problem.into_response())
+}

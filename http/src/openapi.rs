@@ -1,0 +1,77 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations, and Swagger UI.
+
+use std::sync::Arc;
+
+use utoipa::OpenApi;
+use utoipa_swagger_ui::Config;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::path::{FullPath, Tail};
+use warp::reply::Response;
+
+use crate::{doctors, json_reply, patients};
+
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "medflow",
+        description = "Patients, doctors, appointments and medical documents of a clinic. \
+            Errors are RFC 7807 `application/problem+json`; writes are versioned (`ETag` / `If-Match`).",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        patients::list_patients, patients::create_patient, patients::get_patient,
+        patients::replace_patient, patients::patch_patient, patients::archive_patient,
+        doctors::list_doctors, doctors::create_doctor, doctors::get_doctor, doctors::replace_doctor,
+    ),
+    tags(
+        (name = "patients", description = "Patients' personal data; archived, never deleted"),
+        (name = "doctors", description = "Doctors"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Returns the OpenAPI document as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn routes() -> BoxedFilter<(Response,)> {
+    let document = Arc::new(document());
+    let spec = warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .map(move || json_reply(StatusCode::OK, document.as_ref(), None));
+    let config = Arc::new(Config::from(OPENAPI_PATH));
+    let docs = warp::path("docs")
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .map(move |full: FullPath, tail: Tail| swagger_ui(full, tail, config.clone()));
+    spec.or(docs).unify().boxed()
+}
+
+fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Response {
+    if full.as_str() == "/docs" {
+        let mut response = warp::reply::Response::default();
+        *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/docs/"));
+        return response;
+    }
+    match utoipa_swagger_ui::serve(tail.as_str(), config) {
+        Ok(Some(file)) => {
+            let mut response = Response::new(file.bytes.into_owned().into());
+            if let Ok(value) = HeaderValue::from_str(&file.content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Ok(None) => crate::problem::Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").into_response(),
+        Err(error) => {
+            tracing::error!(error = %error, "swagger ui failed");
+            crate::problem::Problem::internal().into_response()
+        }
+    }
+}

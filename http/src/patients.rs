@@ -1,0 +1,360 @@
+//! `/api/v1/patients`: list, create, read, replace, patch, archive.
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use medflow_actors::domain::{Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields};
+use medflow_actors::store::PatientFilter;
+use medflow_actors::{Error, RequestContext};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, nullable, parse_id};
+use crate::problem::Problem;
+use crate::{AppState, json_reply, not_modified, outcome};
+
+const MAX_PAGE: i64 = 100;
+const DEFAULT_PAGE: i64 = 20;
+
+/// A patient as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatientView {
+    pub id: Uuid,
+    #[schema(example = "Анна")]
+    pub first_name: String,
+    #[schema(example = "Сергеевна")]
+    pub middle_name: Option<String>,
+    #[schema(example = "Иванова")]
+    pub last_name: String,
+    pub birth_date: NaiveDate,
+    pub email: Option<String>,
+    /// SNILS, 11 digits.
+    #[schema(example = "11223344595")]
+    pub snils: Option<String>,
+    /// OMS policy number, 16 digits.
+    pub oms_policy: Option<String>,
+    /// Patients are archived, never deleted; an archived patient is read-only.
+    pub archived: bool,
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The version, also sent as the `ETag`.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Patient> for PatientView {
+    fn from(patient: &Patient) -> Self {
+        let data = &patient.data;
+        Self {
+            id: patient.id,
+            first_name: data.first_name.as_str().to_owned(),
+            middle_name: data.middle_name.as_ref().map(|v| v.as_str().to_owned()),
+            last_name: data.last_name.as_str().to_owned(),
+            birth_date: data.birth_date.date(),
+            email: data.email.as_ref().map(|v| v.as_str().to_owned()),
+            snils: data.snils.as_ref().map(|v| v.as_str().to_owned()),
+            oms_policy: data.oms_policy.as_ref().map(|v| v.as_str().to_owned()),
+            archived: patient.is_archived(),
+            archived_at: patient.archived_at,
+            version: patient.version,
+            created_at: patient.created_at,
+            updated_at: patient.updated_at,
+        }
+    }
+}
+
+/// A whole patient record, to create a patient or replace one (`PUT`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientInput {
+    /// 1–100 characters.
+    #[schema(example = "Анна")]
+    pub first_name: String,
+    #[serde(default)]
+    pub middle_name: Option<String>,
+    /// 1–100 characters.
+    #[schema(example = "Иванова")]
+    pub last_name: String,
+    /// After 1900-01-01 and not in the future.
+    pub birth_date: NaiveDate,
+    #[serde(default)]
+    #[schema(example = "anna@example.org")]
+    pub email: Option<String>,
+    /// 11 digits with a valid checksum.
+    #[serde(default)]
+    #[schema(example = "11223344595")]
+    pub snils: Option<String>,
+    /// 16 digits.
+    #[serde(default)]
+    pub oms_policy: Option<String>,
+}
+
+impl From<PatientInput> for PatientFields {
+    fn from(input: PatientInput) -> Self {
+        Self {
+            first_name: input.first_name,
+            middle_name: input.middle_name,
+            last_name: input.last_name,
+            birth_date: input.birth_date,
+            email: input.email,
+            snils: input.snils,
+            oms_policy: input.oms_policy,
+        }
+    }
+}
+
+/// A partial update (JSON merge patch, RFC 7396): absent fields are unchanged, `null` clears an
+/// optional field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientPatchInput {
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub middle_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub birth_date: Option<Option<NaiveDate>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub snils: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub oms_policy: Option<Option<String>>,
+}
+
+impl PatientPatchInput {
+    fn into_fields(self) -> Result<PatientPatchFields, Problem> {
+        fn required<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>, Problem> {
+            match value {
+                Some(None) => Err(Problem::invalid_field(field, "is required and cannot be null")),
+                Some(Some(value)) => Ok(Some(value)),
+                None => Ok(None),
+            }
+        }
+        Ok(PatientPatchFields {
+            first_name: required("firstName", self.first_name)?,
+            middle_name: self.middle_name,
+            last_name: required("lastName", self.last_name)?,
+            birth_date: required("birthDate", self.birth_date)?,
+            email: self.email,
+            snils: self.snils,
+            oms_policy: self.oms_policy,
+        })
+    }
+}
+
+/// One page of patients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PatientPage {
+    pub items: Vec<PatientView>,
+    pub offset: i64,
+    pub limit: i64,
+    /// Patients matching the filter, over all pages.
+    pub total: i64,
+}
+
+/// Filters and pagination of the patient list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct PatientListParams {
+    /// Skip this many patients (≥ 0, default 0).
+    offset: Option<i64>,
+    /// Page size (1–100, default 20).
+    limit: Option<i64>,
+    /// Case-insensitive prefix of the last name.
+    last_name: Option<String>,
+    /// Exact birth date.
+    birth_date: Option<NaiveDate>,
+    /// Include archived patients (default false).
+    include_archived: Option<bool>,
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn patient_reply(status: StatusCode, patient: &Patient) -> Response {
+    json_reply(status, &PatientView::from(patient), Some(patient.version))
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let body = warp::body::content_length_limit(state.limits.body_limit_bytes).and(warp::body::bytes());
+    let with_state = warp::any().map(move || state.clone());
+    let collection = warp::path!("api" / "v1" / "patients");
+    let item = warp::path!("api" / "v1" / "patients" / String);
+
+    let list = collection
+        .and(warp::get())
+        .and(crate::raw_query())
+        .and(with_state.clone())
+        .then(|query: String, state: AppState| async move { outcome(list_patients(&state, &query).await) });
+    let create = collection
+        .and(warp::post())
+        .and(extract::request_context())
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and(with_state.clone())
+        .then(|ctx, headers, body, state: AppState| async move { outcome(create_patient(&state, &ctx, &headers, &body).await) });
+    let get = item
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(|id: String, headers, state: AppState| async move { outcome(get_patient(&state, &id, &headers).await) });
+    let replace = item
+        .and(warp::put())
+        .and(extract::request_context())
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and(with_state.clone())
+        .then(|id: String, ctx, headers, body, state: AppState| async move {
+            outcome(replace_patient(&state, &id, &ctx, &headers, &body).await)
+        });
+    let patch = item
+        .and(warp::patch())
+        .and(extract::request_context())
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and(with_state.clone())
+        .then(|id: String, ctx, headers, body, state: AppState| async move {
+            outcome(patch_patient(&state, &id, &ctx, &headers, &body).await)
+        });
+    let archive = item
+        .and(warp::delete())
+        .and(extract::request_context())
+        .and(warp::header::headers_cloned())
+        .and(with_state)
+        .then(|id: String, ctx, headers, state: AppState| async move { outcome(archive_patient(&state, &id, &ctx, &headers).await) });
+    list.or(create).unify().or(get).unify().or(replace).unify().or(patch).unify().or(archive).unify().boxed()
+}
+
+/// Lists patients, ordered by last name, first name, id.
+#[utoipa::path(get, path = "/api/v1/patients", tag = "patients", params(PatientListParams),
+    responses(
+        (status = 200, description = "A page of patients", body = PatientPage),
+        (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response, Problem> {
+    let query = Query::parse(raw_query, &["offset", "limit", "lastName", "birthDate", "includeArchived"])?;
+    let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
+    let last_name_prefix = query.parsed("lastName", "must be 1–100 characters", |raw| {
+        let raw = raw.trim();
+        (!raw.is_empty() && raw.chars().count() <= 100).then(|| raw.to_owned())
+    })?;
+    let birth_date = query.parsed("birthDate", "must be a date such as 1985-03-14", |raw| raw.parse::<NaiveDate>().ok())?;
+    let include_archived = query.parsed("includeArchived", "must be true or false", |raw| raw.parse::<bool>().ok())?.unwrap_or(false);
+    let filter = PatientFilter { last_name_prefix, birth_date, include_archived, offset, limit };
+    let page = state.store.list_patients(&filter).await.map_err(|error| Error::from_store("patient", error))?;
+    let body = PatientPage { items: page.items.iter().map(PatientView::from).collect(), offset, limit, total: page.total };
+    Ok(json_reply(StatusCode::OK, &body, None))
+}
+
+/// Creates a patient.
+#[utoipa::path(post, path = "/api/v1/patients", tag = "patients", request_body = PatientInput,
+    params(("X-Actor-Id" = Option<String>, Header, description = "Who acts (recorded in the audit log)")),
+    responses(
+        (status = 201, description = "Created; `Location` and `ETag` are set", body = PatientView),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A patient with this SNILS or OMS policy exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_patient(state: &AppState, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+    let input: PatientInput = json_body(headers, body)?;
+    let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
+    let patient = state.patients.create(data, ctx).await?;
+    let mut response = patient_reply(StatusCode::CREATED, &patient);
+    crate::set_location(&mut response, &format!("/api/v1/patients/{}", patient.id));
+    Ok(response)
+}
+
+/// Reads a patient (archived patients too).
+#[utoipa::path(get, path = "/api/v1/patients/{id}", tag = "patients",
+    params(("id" = Uuid, Path, description = "Patient id")),
+    responses(
+        (status = 200, description = "The patient; `ETag` carries the version", body = PatientView),
+        (status = 304, description = "`If-None-Match` names the current version"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_patient(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    let patient = state.patients.get(id).await?;
+    if if_none_match_hits(headers, patient.version) {
+        return Ok(not_modified(&etag(patient.version)));
+    }
+    Ok(patient_reply(StatusCode::OK, &patient))
+}
+
+/// Replaces a patient's data.
+#[utoipa::path(put, path = "/api/v1/patients/{id}", tag = "patients", request_body = PatientInput,
+    params(("id" = Uuid, Path, description = "Patient id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    responses(
+        (status = 200, description = "Replaced", body = PatientView),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replace_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    let expected = if_match(headers)?;
+    let input: PatientInput = json_body(headers, body)?;
+    let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
+    let patient = state.patients.replace(id, data, expected, ctx).await?;
+    Ok(patient_reply(StatusCode::OK, &patient))
+}
+
+/// Updates some of a patient's fields (JSON merge patch).
+#[utoipa::path(patch, path = "/api/v1/patients/{id}", tag = "patients",
+    request_body(content = PatientPatchInput, content_type = "application/merge-patch+json"),
+    params(("id" = Uuid, Path, description = "Patient id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    responses(
+        (status = 200, description = "Updated", body = PatientView),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn patch_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    let expected = if_match(headers)?;
+    let input: PatientPatchInput = json_body(headers, body)?;
+    let patch = PatientPatch::parse(input.into_fields()?, today()).map_err(Problem::validation)?;
+    let patient = state.patients.patch(id, patch, expected, ctx).await?;
+    Ok(patient_reply(StatusCode::OK, &patient))
+}
+
+/// Archives a patient: the record is kept, read-only, and left out of lists by default.
+#[utoipa::path(delete, path = "/api/v1/patients/{id}", tag = "patients",
+    params(("id" = Uuid, Path, description = "Patient id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    responses(
+        (status = 200, description = "Archived", body = PatientView),
+        (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already archived", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn archive_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    let expected = if_match(headers)?;
+    let patient = state.patients.archive(id, expected, ctx).await?;
+    Ok(patient_reply(StatusCode::OK, &patient))
+}

@@ -1,0 +1,114 @@
+//! The HTTP server around the routes: it gives every request an id (the client's valid
+//! `X-Request-Id` or a new one), a tracing span, a deadline and a log line with metrics, and
+//! it stops gracefully — no new connections, in-flight requests finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::AddrStream;
+use hyper::service::{Service, make_service_fn, service_fn};
+use hyper::{Body, Request};
+use tracing::Instrument;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use crate::extract::{RequestMeta, header_token};
+use crate::problem::Problem;
+
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then waits for in-flight requests.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    routes: BoxedFilter<(Response,)>,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let service = warp::service(routes);
+    let make_service = make_service_fn(move |connection: &AddrStream| {
+        let peer = connection.remote_addr();
+        let service = service.clone();
+        async move {
+            Ok::<_, Infallible>(service_fn(move |request| handle(service.clone(), peer, request_timeout, request)))
+        }
+    });
+    hyper::Server::from_tcp(listener)?
+        .http1_header_read_timeout(Duration::from_secs(10))
+        .serve(make_service)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn handle<S>(mut service: S, peer: SocketAddr, timeout: Duration, mut request: Request<Body>) -> Result<Response, Infallible>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    let started = Instant::now();
+    let request_id = header_token(request.headers(), REQUEST_ID_HEADER).unwrap_or_else(|| Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestMeta { request_id: request_id.clone(), client_addr: Some(peer) });
+    let method = request.method().clone();
+    // The path only: query strings may carry personal data (name filters).
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let mut response = async {
+        match tokio::time::timeout(timeout, service.call(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(_) => {
+                tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
+                    .detail("the request did not complete in time; it may or may not have been applied")
+                    .into_response()
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status();
+    let elapsed = started.elapsed();
+    let route = route_label(&path, status);
+    metrics::counter!("medflow_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("medflow_http_request_duration_seconds", "method" => method.to_string(), "route" => route).record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request served");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request served");
+        }
+    });
+    Ok(response)
+}
+
+/// A bounded metrics label for a path: ids become `{id}`, unrouted paths are `other`.
+fn route_label(path: &str, status: StatusCode) -> String {
+    if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED || path.starts_with("/docs/") {
+        return if path.starts_with("/docs") { "/docs".into() } else { "other".into() };
+    }
+    path.split('/')
+        .map(|segment| if Uuid::parse_str(segment).is_ok() { "{id}" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_bounded() {
+        let id = Uuid::new_v4();
+        assert_eq!(route_label(&format!("/api/v1/patients/{id}"), StatusCode::OK), "/api/v1/patients/{id}");
+        assert_eq!(route_label("/api/v1/patients/nonsense", StatusCode::NOT_FOUND), "other");
+        assert_eq!(route_label("/docs/swagger-ui.css", StatusCode::OK), "/docs");
+    }
+}

@@ -1,0 +1,251 @@
+//! Typed settings: the defaults in `config.toml` (compiled in), an optional file over them,
+//! then `MEDFLOW__SECTION__KEY` environment variables; validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use medflow_actors::registry::RegistrySettings;
+use medflow_actors::store::StoreSettings;
+use medflow_supervisors::{RestartPolicy, TreeSettings};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The defaults, the same text as `config.toml` at the repository root.
+pub const DEFAULTS: &str = include_str!("../config.toml");
+pub const ENV_PREFIX: &str = "MEDFLOW__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub actors: ActorSettings,
+    pub supervision: SupervisionSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: u64,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub acquire_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    pub idle_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub call_timeout_ms: u64,
+    pub entity_max_restarts: u32,
+    pub entity_restart_window_ms: u64,
+    pub entity_backoff_initial_ms: u64,
+    pub entity_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSettings {
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` if given, then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Loads the defaults and `file` only, ignoring the environment (tests).
+    pub fn load_without_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::base(file))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::base(file).merge(env))
+    }
+
+    fn base(file: Option<&Path>) -> Figment {
+        let figment = Figment::from(Toml::string(DEFAULTS));
+        match file {
+            Some(path) => figment.merge(Toml::file_exact(path)),
+            None => figment,
+        }
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the relations between values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, message: message.into() })
+        }
+        let positive: [(&'static str, u64); 12] = [
+            ("http.body_limit_bytes", self.http.body_limit_bytes),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("database.connect_timeout_ms", self.database.connect_timeout_ms),
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            ("database.statement_timeout_ms", self.database.statement_timeout_ms),
+            ("actors.idle_timeout_ms", self.actors.idle_timeout_ms),
+            ("actors.sweep_interval_ms", self.actors.sweep_interval_ms),
+            ("actors.call_timeout_ms", self.actors.call_timeout_ms),
+            ("actors.entity_restart_window_ms", self.actors.entity_restart_window_ms),
+            ("actors.entity_backoff_initial_ms", self.actors.entity_backoff_initial_ms),
+            ("supervision.window_ms", self.supervision.window_ms),
+            ("supervision.backoff_initial_ms", self.supervision.backoff_initial_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if !(1..=1000).contains(&self.database.pool_size) {
+            return invalid("database.pool_size", "must be from 1 to 1000");
+        }
+        if self.http.body_limit_bytes > 64 * 1024 * 1024 {
+            return invalid("http.body_limit_bytes", "must be at most 64 MiB");
+        }
+        if self.actors.idle_timeout_ms <= 2 * self.actors.call_timeout_ms.min(self.http.request_timeout_ms) {
+            // An actor handed to a caller must not be passivated before the caller is done.
+            return invalid("actors.idle_timeout_ms", "must exceed twice the call timeout");
+        }
+        if self.actors.sweep_interval_ms > self.actors.idle_timeout_ms {
+            return invalid("actors.sweep_interval_ms", "must not exceed actors.idle_timeout_ms");
+        }
+        if self.actors.entity_backoff_max_ms < self.actors.entity_backoff_initial_ms {
+            return invalid("actors.entity_backoff_max_ms", "must be at least actors.entity_backoff_initial_ms");
+        }
+        if self.supervision.backoff_max_ms < self.supervision.backoff_initial_ms {
+            return invalid("supervision.backoff_max_ms", "must be at least supervision.backoff_initial_ms");
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", format!("is not a tracing filter: {error}"));
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> StoreSettings {
+        StoreSettings {
+            url: self.database.url.clone(),
+            pool_size: self.database.pool_size,
+            connect_timeout: ms(self.database.connect_timeout_ms),
+            acquire_timeout: ms(self.database.acquire_timeout_ms),
+            statement_timeout: ms(self.database.statement_timeout_ms),
+        }
+    }
+
+    pub fn tree(&self) -> TreeSettings {
+        TreeSettings {
+            registry: RegistrySettings {
+                idle_timeout: ms(self.actors.idle_timeout_ms),
+                sweep_interval: ms(self.actors.sweep_interval_ms),
+                max_restarts: self.actors.entity_max_restarts,
+                restart_window: ms(self.actors.entity_restart_window_ms),
+                backoff_initial: ms(self.actors.entity_backoff_initial_ms),
+                backoff_max: ms(self.actors.entity_backoff_max_ms),
+            },
+            restart: RestartPolicy {
+                max_restarts: self.supervision.max_restarts,
+                window: ms(self.supervision.window_ms),
+                backoff_initial: ms(self.supervision.backoff_initial_ms),
+                backoff_max: ms(self.supervision.backoff_max_ms),
+            },
+            call_timeout: ms(self.actors.call_timeout_ms),
+        }
+    }
+}
+
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(vars: &[(&str, &str)]) -> String {
+        let mut outcome = String::new();
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in vars {
+                jail.set_env(key, value);
+            }
+            outcome = match Settings::load(None) {
+                Ok(_) => "OK".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            Ok(())
+        });
+        outcome
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::load_without_env(None).unwrap();
+        assert_eq!(settings.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        assert_eq!(outcome(&[("MEDFLOW__HTTP__LISTEN", "127.0.0.1:0")]), "OK");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let message = outcome(&[("MEDFLOW__HTTP__LISTN", "127.0.0.1:0")]);
+        assert!(message.contains("listn"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let message = outcome(&[("MEDFLOW__DATABASE__POOL_SIZE", "lots")]);
+        assert!(message.contains("pool_size"), "{message}");
+        let message = outcome(&[("MEDFLOW__DATABASE__POOL_SIZE", "0")]);
+        assert!(message.contains("database.pool_size"), "{message}");
+        let message = outcome(&[("MEDFLOW__LOG__FORMAT", "xml")]);
+        assert!(message.contains("format"), "{message}");
+    }
+}

@@ -1,0 +1,154 @@
+//! `Application`: builds the whole service from settings — store and migrations, the
+//! supervision tree, the HTTP server on its listener — and stops it in order.
+//!
+//! `build` binds before it returns, so with `http.listen` on port 0 the caller learns the
+//! real port from [`Application::port`] (tests run many applications side by side).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use medflow_actors::{Patients, PgStore};
+use medflow_http::health::DatabaseCheck;
+use medflow_http::{AppState, HttpLimits, ReadinessCheck};
+use medflow_supervisors::Supervision;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Settings, ms};
+use crate::telemetry;
+
+pub struct Application {
+    address: SocketAddr,
+    settings: Settings,
+    store: PgStore,
+    supervision: Supervision,
+    shutting_down: Arc<AtomicBool>,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Why the application stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    /// A supervisor escalated past the root: the process should exit non-zero.
+    Fatal(String),
+    ServerExited,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = PgStore::connect(&settings.store())?;
+        store.migrate().await.context("cannot prepare the database")?;
+        let supervision = Supervision::start(store.clone(), settings.tree()).await?;
+
+        let listener = std::net::TcpListener::bind(settings.http.listen)
+            .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
+        let address = listener.local_addr()?;
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let metrics = telemetry::metrics_handle();
+        let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(store.clone()))];
+        let state = AppState {
+            patients: supervision.patients.clone(),
+            store: store.clone(),
+            limits: HttpLimits {
+                body_limit_bytes: settings.http.body_limit_bytes,
+                request_timeout: ms(settings.http.request_timeout_ms),
+            },
+            readiness: Arc::new(readiness),
+            shutting_down: shutting_down.clone(),
+            render_metrics: Arc::new(move || metrics.render()),
+        };
+        let routes = medflow_http::routes(state);
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(medflow_http::server::serve(listener, routes, ms(settings.http.request_timeout_ms), async move {
+            let _ = stopped.await;
+        }));
+        tracing::info!(address = %address, "medflow is listening");
+        Ok(Self { address, settings, store, supervision, shutting_down, stop_server, server })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn patients(&self) -> &Patients {
+        &self.supervision.patients
+    }
+
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
+    /// Runs until SIGTERM or SIGINT, a fatal supervision failure, or the server's end; then
+    /// shuts down gracefully.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<StopReason> {
+        let mut fatal = self.supervision.fatal.clone();
+        let reason = tokio::select! {
+            () = shutdown_signal() => StopReason::Signal,
+            changed = fatal.wait_for(Option::is_some) => match changed {
+                Ok(reason) => StopReason::Fatal(reason.clone().unwrap_or_default()),
+                Err(_) => StopReason::Fatal("the supervision tree is gone".into()),
+            },
+            result = &mut self.server => {
+                if let Ok(Err(error)) = result {
+                    tracing::error!(error = %error, "http server failed");
+                }
+                StopReason::ServerExited
+            }
+        };
+        tracing::info!(reason = ?reason, "stopping");
+        self.shutdown().await?;
+        Ok(reason)
+    }
+
+    /// Stops gracefully: readiness turns red, the server stops accepting and lets in-flight
+    /// requests finish (up to `http.shutdown_grace_ms`), then actors stop, then the pool.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let grace = ms(self.settings.http.shutdown_grace_ms);
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop_server.send(());
+        let mut server = self.server;
+        if !server.is_finished() {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(Err(error))) => tracing::warn!(error = %error, "http server ended with an error"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time");
+                    server.abort();
+                }
+            }
+        }
+        self.supervision.stop(grace).await;
+        self.store.pool().close();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

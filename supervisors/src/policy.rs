@@ -1,0 +1,83 @@
+//! Restart budgets with exponential backoff, shared by every supervisor.
+
+use std::time::{Duration, Instant};
+
+/// How a supervisor restarts a failed child: at most `max_restarts` within `window`, each
+/// after a backoff that doubles from `backoff_initial` up to `backoff_max`.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Restarts of one child within the current window.
+#[derive(Debug, Clone, Default)]
+pub struct RestartTracker {
+    failures: Vec<Instant>,
+}
+
+/// What to do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartDecision {
+    /// Restart after this delay.
+    RestartAfter(Duration),
+    /// The budget is spent: escalate to the parent.
+    Escalate,
+}
+
+impl RestartTracker {
+    /// Records a failure at `now` and decides.
+    pub fn on_failure(&mut self, policy: &RestartPolicy, now: Instant) -> RestartDecision {
+        self.failures.retain(|at| now.duration_since(*at) < policy.window);
+        self.failures.push(now);
+        let count = self.failures.len() as u32;
+        if count > policy.max_restarts {
+            return RestartDecision::Escalate;
+        }
+        let doublings = (count - 1).min(16);
+        RestartDecision::RestartAfter((policy.backoff_initial * 2u32.pow(doublings)).min(policy.backoff_max))
+    }
+
+    /// Failures counted in the current window.
+    pub fn recent_failures(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_then_escalates() {
+        let mut tracker = RestartTracker::default();
+        let now = Instant::now();
+        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(200)));
+        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(250)));
+        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::Escalate);
+    }
+
+    #[test]
+    fn failures_outside_the_window_are_forgotten() {
+        let mut tracker = RestartTracker::default();
+        let start = Instant::now();
+        for _ in 0..3 {
+            tracker.on_failure(&policy(), start);
+        }
+        let later = start + Duration::from_secs(61);
+        assert_eq!(tracker.on_failure(&policy(), later), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(tracker.recent_failures(), 1);
+    }
+}
