@@ -9,7 +9,11 @@ use medflow::startup::{Application, StopReason};
 use medflow::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "medflow", version, about = "Medical documentation backend of a clinic")]
+#[command(
+    name = "medflow",
+    version,
+    about = "Medical documentation backend of a clinic"
+)]
 struct Cli {
     /// A TOML file layered over the built-in defaults (see config.toml).
     #[arg(long, global = true, env = "MEDFLOW_CONFIG")]
@@ -46,7 +50,10 @@ fn main() -> ExitCode {
 
 fn serve(settings: Settings) -> ExitCode {
     telemetry::init_logging(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("medflow: cannot start the async runtime: {error}");

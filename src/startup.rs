@@ -41,7 +41,10 @@ pub enum StopReason {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = PgStore::connect(&settings.store())?;
-        store.migrate().await.context("cannot prepare the database")?;
+        store
+            .migrate()
+            .await
+            .context("cannot prepare the database")?;
         let supervision = Supervision::start(store.clone(), settings.tree()).await?;
 
         let listener = std::net::TcpListener::bind(settings.http.listen)
@@ -63,11 +66,24 @@ impl Application {
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(medflow_http::server::serve(listener, routes, ms(settings.http.request_timeout_ms), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(medflow_http::server::serve(
+            listener,
+            routes,
+            ms(settings.http.request_timeout_ms),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         tracing::info!(address = %address, "medflow is listening");
-        Ok(Self { address, settings, store, supervision, shutting_down, stop_server, server })
+        Ok(Self {
+            address,
+            settings,
+            store,
+            supervision,
+            shutting_down,
+            stop_server,
+            server,
+        })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -117,10 +133,15 @@ impl Application {
         let mut server = self.server;
         if !server.is_finished() {
             match tokio::time::timeout(grace, &mut server).await {
-                Ok(Ok(Err(error))) => tracing::warn!(error = %error, "http server ended with an error"),
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(error = %error, "http server ended with an error")
+                }
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time");
+                    tracing::warn!(
+                        grace_ms = grace.as_millis() as u64,
+                        "in-flight requests did not finish in time"
+                    );
                     server.abort();
                 }
             }

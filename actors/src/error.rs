@@ -17,12 +17,18 @@ pub enum Error {
     PreconditionFailed { expected: i64, current: i64 },
     /// The operation conflicts with the entity's state or with a concurrent writer.
     #[error("{message}")]
-    Conflict { message: String, current_version: Option<i64> },
+    Conflict {
+        message: String,
+        current_version: Option<i64>,
+    },
     #[error("a record with this {field} already exists")]
     Duplicate { field: &'static str },
     /// A dependency is down or the entity is backing off after crashes; retry later.
     #[error("temporarily unavailable: {message}")]
-    Unavailable { message: String, retry_after: Option<Duration> },
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The outcome of a write is unknown (its actor died while handling it).
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
@@ -34,7 +40,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::Unavailable { message: message.into(), retry_after: None }
+        Self::Unavailable {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Maps a store error met while acting on an entity of `kind`.

@@ -29,11 +29,31 @@ const KIND: &str = "patient";
 /// Commands and queries for one patient.
 #[derive(Debug)]
 pub enum PatientMessage {
-    Create { data: PatientData, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
-    Get { reply: RpcReplyPort<Result<Arc<Patient>>> },
-    Replace { data: PatientData, if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
-    Patch { patch: PatientPatch, if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
-    Archive { if_match: Option<i64>, ctx: RequestContext, reply: RpcReplyPort<Result<Arc<Patient>>> },
+    Create {
+        data: PatientData,
+        ctx: RequestContext,
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
+    Get {
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
+    Replace {
+        data: PatientData,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
+    Patch {
+        patch: PatientPatch,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
+    Archive {
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
 }
 
 /// The actor's configuration: the store it writes through.
@@ -46,10 +66,14 @@ pub struct PatientActor {
 #[derive(Debug)]
 pub enum PatientState {
     /// Not read yet, or dropped after an uncertain outcome.
-    Unloaded { id: Uuid },
+    Unloaded {
+        id: Uuid,
+    },
     Live(Arc<Patient>),
     /// No such patient: the actor is draining its mailbox and stopping.
-    Missing { id: Uuid },
+    Missing {
+        id: Uuid,
+    },
 }
 
 impl Actor for PatientActor {
@@ -58,11 +82,20 @@ impl Actor for PatientActor {
     /// The id of the patient this actor owns.
     type Arguments = Uuid;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, id: Uuid) -> Result<PatientState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        id: Uuid,
+    ) -> Result<PatientState, ActorProcessingErr> {
         Ok(PatientState::Unloaded { id })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: PatientMessage, state: &mut PatientState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: PatientMessage,
+        state: &mut PatientState,
+    ) -> Result<(), ActorProcessingErr> {
         // The store futures are boxed so this actor's task stays small while it idles.
         match message {
             PatientMessage::Create { data, ctx, reply } => {
@@ -73,16 +106,34 @@ impl Actor for PatientActor {
                 let answer = Box::pin(self.loaded(&myself, state)).await;
                 let _ = reply.send(answer);
             }
-            PatientMessage::Replace { data, if_match, ctx, reply } => {
-                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Replace(data))).await;
+            PatientMessage::Replace {
+                data,
+                if_match,
+                ctx,
+                reply,
+            } => {
+                let answer =
+                    Box::pin(self.write(&myself, state, if_match, ctx, Change::Replace(data)))
+                        .await;
                 let _ = reply.send(answer);
             }
-            PatientMessage::Patch { patch, if_match, ctx, reply } => {
-                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Patch(patch))).await;
+            PatientMessage::Patch {
+                patch,
+                if_match,
+                ctx,
+                reply,
+            } => {
+                let answer =
+                    Box::pin(self.write(&myself, state, if_match, ctx, Change::Patch(patch))).await;
                 let _ = reply.send(answer);
             }
-            PatientMessage::Archive { if_match, ctx, reply } => {
-                let answer = Box::pin(self.write(&myself, state, if_match, ctx, Change::Archive)).await;
+            PatientMessage::Archive {
+                if_match,
+                ctx,
+                reply,
+            } => {
+                let answer =
+                    Box::pin(self.write(&myself, state, if_match, ctx, Change::Archive)).await;
                 let _ = reply.send(answer);
             }
         }
@@ -101,11 +152,19 @@ impl EntityActor for PatientActor {
 }
 
 impl PatientActor {
-    async fn create(&self, state: &mut PatientState, data: PatientData, ctx: RequestContext) -> Result<Arc<Patient>> {
+    async fn create(
+        &self,
+        state: &mut PatientState,
+        data: PatientData,
+        ctx: RequestContext,
+    ) -> Result<Arc<Patient>> {
         let id = match state {
             PatientState::Unloaded { id } | PatientState::Missing { id } => *id,
             PatientState::Live(patient) => {
-                return Err(Error::Conflict { message: "the patient already exists".into(), current_version: Some(patient.version) });
+                return Err(Error::Conflict {
+                    message: "the patient already exists".into(),
+                    current_version: Some(patient.version),
+                });
             }
         };
         match self.store.insert_patient(id, &data, &ctx).await {
@@ -122,7 +181,11 @@ impl PatientActor {
     }
 
     /// Returns the patient, reading it from the store first if needed.
-    async fn loaded(&self, myself: &ActorRef<PatientMessage>, state: &mut PatientState) -> Result<Arc<Patient>> {
+    async fn loaded(
+        &self,
+        myself: &ActorRef<PatientMessage>,
+        state: &mut PatientState,
+    ) -> Result<Arc<Patient>> {
         let id = match state {
             PatientState::Live(patient) => return Ok(patient.clone()),
             PatientState::Missing { .. } => return Err(Error::NotFound { kind: KIND }),
@@ -155,12 +218,18 @@ impl PatientActor {
     ) -> Result<Arc<Patient>> {
         let current = self.loaded(myself, state).await?;
         if current.is_archived() {
-            return Err(Error::Conflict { message: "the patient is archived".into(), current_version: Some(current.version) });
+            return Err(Error::Conflict {
+                message: "the patient is archived".into(),
+                current_version: Some(current.version),
+            });
         }
         if let Some(expected) = if_match
             && expected != current.version
         {
-            return Err(Error::PreconditionFailed { expected, current: current.version });
+            return Err(Error::PreconditionFailed {
+                expected,
+                current: current.version,
+            });
         }
         let result = match change {
             Change::Replace(data) if data == current.data => return Ok(current),

@@ -25,29 +25,74 @@ impl Patients {
     pub async fn create(&self, data: PatientData, ctx: &RequestContext) -> Result<Arc<Patient>> {
         let id = Uuid::now_v7();
         self.client
-            .ask(id, Retry::OnlyIfUndelivered, |reply| PatientMessage::Create { data: data.clone(), ctx: ctx.clone(), reply })
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                PatientMessage::Create {
+                    data: data.clone(),
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
             .await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Arc<Patient>> {
-        self.client.ask(id, Retry::Idempotent, |reply| PatientMessage::Get { reply }).await
-    }
-
-    pub async fn replace(&self, id: Uuid, data: PatientData, if_match: Option<i64>, ctx: &RequestContext) -> Result<Arc<Patient>> {
         self.client
-            .ask(id, Retry::OnlyIfUndelivered, |reply| PatientMessage::Replace { data: data.clone(), if_match, ctx: ctx.clone(), reply })
+            .ask(id, Retry::Idempotent, |reply| PatientMessage::Get { reply })
             .await
     }
 
-    pub async fn patch(&self, id: Uuid, patch: PatientPatch, if_match: Option<i64>, ctx: &RequestContext) -> Result<Arc<Patient>> {
+    pub async fn replace(
+        &self,
+        id: Uuid,
+        data: PatientData,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Patient>> {
         self.client
-            .ask(id, Retry::OnlyIfUndelivered, |reply| PatientMessage::Patch { patch: patch.clone(), if_match, ctx: ctx.clone(), reply })
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                PatientMessage::Replace {
+                    data: data.clone(),
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
             .await
     }
 
-    pub async fn archive(&self, id: Uuid, if_match: Option<i64>, ctx: &RequestContext) -> Result<Arc<Patient>> {
+    pub async fn patch(
+        &self,
+        id: Uuid,
+        patch: PatientPatch,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Patient>> {
         self.client
-            .ask(id, Retry::OnlyIfUndelivered, |reply| PatientMessage::Archive { if_match, ctx: ctx.clone(), reply })
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                PatientMessage::Patch {
+                    patch: patch.clone(),
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
+            .await
+    }
+
+    pub async fn archive(
+        &self,
+        id: Uuid,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Patient>> {
+        self.client
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                PatientMessage::Archive {
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
             .await
     }
 

@@ -24,7 +24,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr, RpcReplyPort,
+    SupervisionEvent,
+};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -53,8 +56,13 @@ pub struct RegistrySettings {
 /// Messages of a registry of actors with message type `M`.
 pub enum RegistryMessage<M: ractor::Message> {
     /// Returns the live actor of `id`, spawning it if needed.
-    Lookup { id: Uuid, reply: RpcReplyPort<Result<ActorRef<M>>> },
-    Stats { reply: RpcReplyPort<RegistryStats> },
+    Lookup {
+        id: Uuid,
+        reply: RpcReplyPort<Result<ActorRef<M>>>,
+    },
+    Stats {
+        reply: RpcReplyPort<RegistryStats>,
+    },
     /// Stops actors idle longer than the idle timeout (sent by the registry's own timer).
     Sweep,
 }
@@ -110,9 +118,17 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
     type State = RegistryState<A::Msg>;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         let sweeper = myself.send_interval(self.settings.sweep_interval, || RegistryMessage::Sweep);
-        tracing::info!(kind = A::KIND, idle_timeout_ms = self.settings.idle_timeout.as_millis() as u64, "entity registry started");
+        tracing::info!(
+            kind = A::KIND,
+            idle_timeout_ms = self.settings.idle_timeout.as_millis() as u64,
+            "entity registry started"
+        );
         Ok(RegistryState {
             live: HashMap::new(),
             ids_by_actor: HashMap::new(),
@@ -123,7 +139,11 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(sweeper) = state.sweeper.take() {
             sweeper.abort();
         }
@@ -131,7 +151,12 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             RegistryMessage::Lookup { id, reply } => {
                 let answer = self.lookup(&myself, state, id).await;
@@ -140,7 +165,11 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
             RegistryMessage::Stats { reply } => {
                 let _ = reply.send(RegistryStats {
                     live: state.live.len(),
-                    quarantined: state.crashes.values().filter(|c| c.respawn_not_before > Instant::now()).count(),
+                    quarantined: state
+                        .crashes
+                        .values()
+                        .filter(|c| c.respawn_not_before > Instant::now())
+                        .count(),
                     passivated_total: state.passivated_total,
                     restarts_total: state.restarts_total,
                 });
@@ -164,13 +193,15 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
                 if let Some(id) = state.forget(cell.get_id()) {
                     state.restarts_total += 1;
                     let record = self.record_crash(state, id);
-                    metrics::counter!("medflow_entity_actor_crashes_total", "kind" => A::KIND).increment(1);
+                    metrics::counter!("medflow_entity_actor_crashes_total", "kind" => A::KIND)
+                        .increment(1);
                     tracing::warn!(kind = A::KIND, entity_id = %id, crashes = record, error = %error, "entity actor crashed; it reloads from PostgreSQL on next use");
                 }
             }
             _ => {}
         }
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
+            .set(state.live.len() as f64);
         Ok(())
     }
 }
@@ -179,7 +210,11 @@ impl<M: ractor::Message> RegistryState<M> {
     /// Removes the entry of a stopped actor (if it is still the current one for its id).
     fn forget(&mut self, actor: ActorId) -> Option<Uuid> {
         let id = self.ids_by_actor.remove(&actor)?;
-        if self.live.get(&id).is_some_and(|entry| entry.actor.get_id() == actor) {
+        if self
+            .live
+            .get(&id)
+            .is_some_and(|entry| entry.actor.get_id() == actor)
+        {
             self.live.remove(&id);
         }
         Some(id)
@@ -187,11 +222,24 @@ impl<M: ractor::Message> RegistryState<M> {
 }
 
 impl<A: EntityActor> EntityRegistry<A> {
-    async fn lookup(&self, myself: &ActorRef<RegistryMessage<A::Msg>>, state: &mut RegistryState<A::Msg>, id: Uuid) -> Result<ActorRef<A::Msg>> {
+    async fn lookup(
+        &self,
+        myself: &ActorRef<RegistryMessage<A::Msg>>,
+        state: &mut RegistryState<A::Msg>,
+        id: Uuid,
+    ) -> Result<ActorRef<A::Msg>> {
         let now = Instant::now();
         if let Some(entry) = state.live.get_mut(&id) {
-            entry.last_access = now;
-            return Ok(entry.actor.clone());
+            // A killed actor's termination event may still be on its way: replace it now
+            // (the event later only cleans up its bookkeeping).
+            if matches!(
+                entry.actor.get_status(),
+                ActorStatus::Running | ActorStatus::Starting | ActorStatus::Unstarted
+            ) {
+                entry.last_access = now;
+                return Ok(entry.actor.clone());
+            }
+            state.live.remove(&id);
         }
         if let Some(record) = state.crashes.get(&id)
             && record.respawn_not_before > now
@@ -205,8 +253,15 @@ impl<A: EntityActor> EntityRegistry<A> {
             .await
             .map_err(|error| Error::Internal(format!("cannot spawn {} actor: {error}", A::KIND)))?;
         state.ids_by_actor.insert(actor.get_id(), id);
-        state.live.insert(id, LiveEntry { actor: actor.clone(), last_access: now });
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+        state.live.insert(
+            id,
+            LiveEntry {
+                actor: actor.clone(),
+                last_access: now,
+            },
+        );
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
+            .set(state.live.len() as f64);
         Ok(actor)
     }
 
@@ -224,23 +279,42 @@ impl<A: EntityActor> EntityRegistry<A> {
         }
         // Forget passivated entries now so a lookup spawns afresh instead of returning an
         // actor that is draining.
-        state.live.retain(|_, entry| now.duration_since(entry.last_access) < idle_timeout);
-        state.crashes.retain(|_, record| now.duration_since(record.window_start) < self.settings.restart_window);
+        state
+            .live
+            .retain(|_, entry| now.duration_since(entry.last_access) < idle_timeout);
+        state.crashes.retain(|_, record| {
+            now.duration_since(record.window_start) < self.settings.restart_window
+        });
         if passivated > 0 {
             state.passivated_total += passivated;
-            metrics::counter!("medflow_entity_actor_passivations_total", "kind" => A::KIND).increment(passivated);
-            tracing::debug!(kind = A::KIND, passivated, live = state.live.len(), "passivated idle entity actors");
+            metrics::counter!("medflow_entity_actor_passivations_total", "kind" => A::KIND)
+                .increment(passivated);
+            tracing::debug!(
+                kind = A::KIND,
+                passivated,
+                live = state.live.len(),
+                "passivated idle entity actors"
+            );
         }
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(state.live.len() as f64);
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
+            .set(state.live.len() as f64);
     }
 
     /// Counts a crash of `id` and sets when it may respawn; returns the crash count.
     fn record_crash(&self, state: &mut RegistryState<A::Msg>, id: Uuid) -> u32 {
         let settings = &self.settings;
         let now = Instant::now();
-        let record = state.crashes.entry(id).or_insert(CrashRecord { window_start: now, crashes: 0, respawn_not_before: now });
+        let record = state.crashes.entry(id).or_insert(CrashRecord {
+            window_start: now,
+            crashes: 0,
+            respawn_not_before: now,
+        });
         if now.duration_since(record.window_start) >= settings.restart_window {
-            *record = CrashRecord { window_start: now, crashes: 0, respawn_not_before: now };
+            *record = CrashRecord {
+                window_start: now,
+                crashes: 0,
+                respawn_not_before: now,
+            };
         }
         record.crashes += 1;
         record.respawn_not_before = if record.crashes > settings.max_restarts {
@@ -265,7 +339,9 @@ impl<M: ractor::Message> Clone for RegistrySlot<M> {
 impl<M: ractor::Message> std::fmt::Debug for RegistrySlot<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let filled = self.0.read().map(|slot| slot.is_some()).unwrap_or(false);
-        f.debug_struct("RegistrySlot").field("filled", &filled).finish()
+        f.debug_struct("RegistrySlot")
+            .field("filled", &filled)
+            .finish()
     }
 }
 
@@ -277,7 +353,10 @@ impl<M: ractor::Message> Default for RegistrySlot<M> {
 
 impl<M: ractor::Message> RegistrySlot<M> {
     pub fn set(&self, registry: Option<ActorRef<RegistryMessage<M>>>) {
-        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = registry;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = registry;
     }
 
     pub fn get(&self) -> Result<ActorRef<RegistryMessage<M>>> {
@@ -297,7 +376,10 @@ pub struct EntityClient<A: EntityActor> {
 
 impl<A: EntityActor> Clone for EntityClient<A> {
     fn clone(&self) -> Self {
-        Self { slot: self.slot.clone(), call_timeout: self.call_timeout }
+        Self {
+            slot: self.slot.clone(),
+            call_timeout: self.call_timeout,
+        }
     }
 }
 
@@ -318,19 +400,40 @@ impl<A: EntityActor> EntityClient<A> {
     /// Returns the live actor of `id` (spawning it if needed).
     pub async fn actor_of(&self, id: Uuid) -> Result<ActorRef<A::Msg>> {
         let registry = self.slot.get()?;
-        match registry.call(|reply| RegistryMessage::Lookup { id, reply }, Some(self.call_timeout)).await {
+        match registry
+            .call(
+                |reply| RegistryMessage::Lookup { id, reply },
+                Some(self.call_timeout),
+            )
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(Error::unavailable(format!("the {} registry did not answer in time", A::KIND))),
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(Error::unavailable(format!("the {} registry is restarting", A::KIND))),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(Error::unavailable(format!(
+                "the {} registry did not answer in time",
+                A::KIND
+            ))),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(Error::unavailable(format!(
+                "the {} registry is restarting",
+                A::KIND
+            ))),
         }
     }
 
     /// Returns the registry's counts.
     pub async fn stats(&self) -> Result<RegistryStats> {
         let registry = self.slot.get()?;
-        match registry.call(|reply| RegistryMessage::Stats { reply }, Some(self.call_timeout)).await {
+        match registry
+            .call(
+                |reply| RegistryMessage::Stats { reply },
+                Some(self.call_timeout),
+            )
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(stats)) => Ok(stats),
-            _ => Err(Error::unavailable(format!("the {} registry did not answer", A::KIND))),
+            _ => Err(Error::unavailable(format!(
+                "the {} registry did not answer",
+                A::KIND
+            ))),
         }
     }
 
@@ -352,8 +455,15 @@ impl<A: EntityActor> EntityClient<A> {
             let (reply, answer) = ractor::concurrency::oneshot();
             let sent = actor.send_message(message(reply.into()));
             let outcome = match sent {
-                Err(MessagingErr::SendErr(_)) | Err(MessagingErr::ChannelClosed) => Delivery::NotDelivered,
-                Err(other) => return Err(Error::Internal(format!("cannot message the {} actor: {other}", A::KIND))),
+                Err(MessagingErr::SendErr(_)) | Err(MessagingErr::ChannelClosed) => {
+                    Delivery::NotDelivered
+                }
+                Err(other) => {
+                    return Err(Error::Internal(format!(
+                        "cannot message the {} actor: {other}",
+                        A::KIND
+                    )));
+                }
                 Ok(()) => match tokio::time::timeout(self.call_timeout, answer).await {
                     Ok(Ok(answer)) => return answer,
                     Ok(Err(_)) => Delivery::DiedHolding,
@@ -365,13 +475,19 @@ impl<A: EntityActor> EntityClient<A> {
                     }
                 },
             };
-            let may_retry = attempts_left > 0 && (outcome == Delivery::NotDelivered || retry == Retry::Idempotent);
+            let may_retry = attempts_left > 0
+                && (outcome == Delivery::NotDelivered || retry == Retry::Idempotent);
             if may_retry {
                 continue;
             }
             return Err(match outcome {
-                Delivery::NotDelivered => Error::unavailable(format!("the {} actor is restarting", A::KIND)),
-                Delivery::DiedHolding => Error::OutcomeUnknown(format!("the {} actor stopped while handling the request", A::KIND)),
+                Delivery::NotDelivered => {
+                    Error::unavailable(format!("the {} actor is restarting", A::KIND))
+                }
+                Delivery::DiedHolding => Error::OutcomeUnknown(format!(
+                    "the {} actor stopped while handling the request",
+                    A::KIND
+                )),
             });
         }
     }

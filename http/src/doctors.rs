@@ -42,7 +42,11 @@ impl From<&Doctor> for DoctorView {
         Self {
             id: doctor.id,
             first_name: doctor.data.first_name.as_str().to_owned(),
-            middle_name: doctor.data.middle_name.as_ref().map(|v| v.as_str().to_owned()),
+            middle_name: doctor
+                .data
+                .middle_name
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
             last_name: doctor.data.last_name.as_str().to_owned(),
             specialty: doctor.data.specialty.as_str().to_owned(),
             version: doctor.version,
@@ -68,7 +72,12 @@ pub struct DoctorInput {
 
 impl From<DoctorInput> for DoctorFields {
     fn from(input: DoctorInput) -> Self {
-        Self { first_name: input.first_name, middle_name: input.middle_name, last_name: input.last_name, specialty: input.specialty }
+        Self {
+            first_name: input.first_name,
+            middle_name: input.middle_name,
+            last_name: input.last_name,
+            specialty: input.specialty,
+        }
     }
 }
 
@@ -102,7 +111,7 @@ fn doctor_reply(status: StatusCode, doctor: &Doctor) -> Response {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body = warp::body::content_length_limit(state.limits.body_limit_bytes).and(warp::body::bytes());
+    let body = extract::body(state.limits.body_limit_bytes);
     let with_state = warp::any().map(move || state.clone());
     let collection = warp::path!("api" / "v1" / "doctors");
     let item = warp::path!("api" / "v1" / "doctors" / String);
@@ -110,29 +119,43 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(crate::raw_query())
         .and(with_state.clone())
-        .then(|query: String, state: AppState| async move { outcome(list_doctors(&state, &query).await) });
+        .then(|query: String, state: AppState| async move {
+            outcome(list_doctors(&state, &query).await)
+        });
     let create = collection
         .and(warp::post())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body.clone())
         .and(with_state.clone())
-        .then(|ctx, headers, body, state: AppState| async move { outcome(create_doctor(&state, &ctx, &headers, &body).await) });
+        .then(|ctx, headers, body, state: AppState| async move {
+            outcome(create_doctor(&state, &ctx, &headers, body).await)
+        });
     let get = item
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        .then(|id: String, headers, state: AppState| async move { outcome(get_doctor(&state, &id, &headers).await) });
+        .then(|id: String, headers, state: AppState| async move {
+            outcome(get_doctor(&state, &id, &headers).await)
+        });
     let replace = item
         .and(warp::put())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body.clone())
         .and(with_state)
-        .then(|id: String, ctx, headers, body, state: AppState| async move {
-            outcome(replace_doctor(&state, &id, &ctx, &headers, &body).await)
-        });
-    list.or(create).unify().or(get).unify().or(replace).unify().boxed()
+        .then(
+            |id: String, ctx, headers, body, state: AppState| async move {
+                outcome(replace_doctor(&state, &id, &ctx, &headers, body).await)
+            },
+        );
+    list.or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(replace)
+        .unify()
+        .boxed()
 }
 
 /// Lists doctors, ordered by last name, first name, id.
@@ -150,9 +173,23 @@ pub async fn list_doctors(state: &AppState, raw_query: &str) -> Result<Response,
     };
     let last_name_prefix = query.parsed("lastName", "must be 1–100 characters", non_empty)?;
     let specialty = query.parsed("specialty", "must be 1–100 characters", non_empty)?;
-    let filter = DoctorFilter { last_name_prefix, specialty, offset, limit };
-    let page = state.store.list_doctors(&filter).await.map_err(|error| Error::from_store(KIND, error))?;
-    let body = DoctorPage { items: page.items.iter().map(DoctorView::from).collect(), offset, limit, total: page.total };
+    let filter = DoctorFilter {
+        last_name_prefix,
+        specialty,
+        offset,
+        limit,
+    };
+    let page = state
+        .store
+        .list_doctors(&filter)
+        .await
+        .map_err(|error| Error::from_store(KIND, error))?;
+    let body = DoctorPage {
+        items: page.items.iter().map(DoctorView::from).collect(),
+        offset,
+        limit,
+        total: page.total,
+    };
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 
@@ -164,10 +201,20 @@ pub async fn list_doctors(state: &AppState, raw_query: &str) -> Result<Response,
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_doctor(state: &AppState, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
-    let input: DoctorInput = json_body(headers, body)?;
+pub async fn create_doctor(
+    state: &AppState,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let body = body?;
+    let input: DoctorInput = json_body(headers, &body)?;
     let data = DoctorData::parse(input.into()).map_err(Problem::validation)?;
-    let doctor = state.store.insert_doctor(&data, ctx).await.map_err(|error| Error::from_store(KIND, error))?;
+    let doctor = state
+        .store
+        .insert_doctor(&data, ctx)
+        .await
+        .map_err(|error| Error::from_store(KIND, error))?;
     let mut response = doctor_reply(StatusCode::CREATED, &doctor);
     crate::set_location(&mut response, &format!("/api/v1/doctors/{}", doctor.id));
     Ok(response)
@@ -182,7 +229,11 @@ pub async fn create_doctor(state: &AppState, ctx: &RequestContext, headers: &Hea
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such doctor", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_doctor(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Response, Problem> {
+pub async fn get_doctor(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
     let id = parse_id(id)?;
     let doctor = state
         .store
@@ -206,16 +257,34 @@ pub async fn get_doctor(state: &AppState, id: &str, headers: &HeaderMap) -> Resu
         (status = 404, description = "No such doctor", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replace_doctor(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+pub async fn replace_doctor(
+    state: &AppState,
+    id: &str,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let body = body?;
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
-    let input: DoctorInput = json_body(headers, body)?;
+    let input: DoctorInput = json_body(headers, &body)?;
     let data = DoctorData::parse(input.into()).map_err(Problem::validation)?;
     match state.store.update_doctor(id, expected, &data, ctx).await {
         Ok(doctor) => Ok(doctor_reply(StatusCode::OK, &doctor)),
         Err(medflow_actors::store::StoreError::VersionConflict) => {
-            let current = state.store.load_doctor(id).await.ok().flatten().map(|d| d.version).unwrap_or_default();
-            Err(Error::PreconditionFailed { expected: expected.unwrap_or_default(), current }.into())
+            let current = state
+                .store
+                .load_doctor(id)
+                .await
+                .ok()
+                .flatten()
+                .map(|d| d.version)
+                .unwrap_or_default();
+            Err(Error::PreconditionFailed {
+                expected: expected.unwrap_or_default(),
+                current,
+            }
+            .into())
         }
         Err(error) => Err(Error::from_store(KIND, error).into()),
     }

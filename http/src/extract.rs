@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
 use medflow_actors::RequestContext;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
-use warp::Filter;
 use warp::http::{HeaderMap, StatusCode, header};
+use warp::{Filter, Rejection};
 
 use crate::problem::Problem;
 
@@ -24,36 +25,52 @@ const MAX_HEADER_ID_LEN: usize = 128;
 
 /// Extracts the caller's context: request id and peer (from the server wrapper), the acting
 /// principal (`X-Actor-Id` until authentication lands) and the W3C trace parent.
-pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = std::convert::Infallible> + Clone {
-    warp::ext::optional::<RequestMeta>().and(warp::header::headers_cloned()).map(|meta: Option<RequestMeta>, headers: HeaderMap| {
-        let meta = meta.unwrap_or_else(|| RequestMeta { request_id: Uuid::new_v4().to_string(), client_addr: None });
-        let actor_id = header_token(&headers, ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned());
-        let traceparent = headers
-            .get("traceparent")
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| is_traceparent(value))
-            .map(str::to_owned);
-        RequestContext {
-            actor_id,
-            request_id: meta.request_id,
-            client_addr: meta.client_addr.map(|addr| addr.ip().to_string()),
-            traceparent,
-        }
-    })
+pub fn request_context()
+-> impl Filter<Extract = (RequestContext,), Error = std::convert::Infallible> + Clone {
+    warp::ext::optional::<RequestMeta>()
+        .and(warp::header::headers_cloned())
+        .map(|meta: Option<RequestMeta>, headers: HeaderMap| {
+            let meta = meta.unwrap_or_else(|| RequestMeta {
+                request_id: Uuid::new_v4().to_string(),
+                client_addr: None,
+            });
+            let actor_id =
+                header_token(&headers, ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned());
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| is_traceparent(value))
+                .map(str::to_owned);
+            RequestContext {
+                actor_id,
+                request_id: meta.request_id,
+                client_addr: meta.client_addr.map(|addr| addr.ip().to_string()),
+                traceparent,
+            }
+        })
 }
 
 /// Returns a header's value if it is a short token of visible ASCII.
 pub fn header_token(headers: &HeaderMap, name: &str) -> Option<String> {
     let value = headers.get(name)?.to_str().ok()?.trim();
-    let acceptable = !value.is_empty() && value.len() <= MAX_HEADER_ID_LEN && value.bytes().all(|b| b.is_ascii_graphic());
+    let acceptable = !value.is_empty()
+        && value.len() <= MAX_HEADER_ID_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic());
     acceptable.then(|| value.to_owned())
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`.
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let lengths_ok = parts.len() == 4 && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| part.len() == *len);
-    lengths_ok && parts.iter().all(|part| part.bytes().all(|b| b.is_ascii_hexdigit()))
+    let lengths_ok = parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len);
+    lengths_ok
+        && parts
+            .iter()
+            .all(|part| part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Parses a path segment as an id, or answers 400 naming it.
@@ -66,7 +83,12 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let invalid = || Problem::invalid_field("If-Match", "must be an entity tag from an ETag header, such as \"3\"");
+    let invalid = || {
+        Problem::invalid_field(
+            "If-Match",
+            "must be an entity tag from an ETag header, such as \"3\"",
+        )
+    };
     let value = value.to_str().map_err(|_| invalid())?.trim();
     if value == "*" {
         return Ok(None);
@@ -76,15 +98,25 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 
 /// Returns whether `If-None-Match` names `version` (or is `*`).
 pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
-    let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+    else {
         return false;
     };
-    value.split(',').map(str::trim).any(|tag| tag == "*" || parse_etag(tag) == Some(version))
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || parse_etag(tag) == Some(version))
 }
 
 fn parse_etag(tag: &str) -> Option<i64> {
     let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    tag.strip_prefix('"')?.strip_suffix('"')?.parse::<i64>().ok().filter(|version| *version > 0)
+    tag.strip_prefix('"')?
+        .strip_suffix('"')?
+        .parse::<i64>()
+        .ok()
+        .filter(|version| *version > 0)
 }
 
 /// The `ETag` of an entity at `version`.
@@ -95,18 +127,36 @@ pub fn etag(version: i64) -> String {
 /// Parses a JSON body into `T`, or answers 415 (not JSON), or 400 naming the malformed part
 /// or the offending field (wrong type, unknown, missing).
 pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Problem> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
-        return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            .detail(format!("the body must be application/json, not {:?}", content_type)));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail(format!(
+            "the body must be application/json, not {:?}",
+            content_type
+        )));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::bad_request("the request body is empty"));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(json_problem)?;
-    deserializer.end().map_err(|error| Problem::bad_request(format!("malformed JSON: {error}")))?;
+    deserializer
+        .end()
+        .map_err(|error| Problem::bad_request(format!("malformed JSON: {error}")))?;
     Ok(value)
 }
 
@@ -118,12 +168,14 @@ fn json_problem(error: serde_path_to_error::Error<serde_json::Error>) -> Problem
     }
     let message = strip_position(&inner.to_string());
     // Unknown and missing fields are reported at the enclosing object; name the field itself.
-    let named = backticked(&message).filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
+    let named = backticked(&message)
+        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
+    // serde_path_to_error places an unknown field at its own path, a missing one at its
+    // parent's.
     let field = match (named, path.as_str()) {
-        (Some(name), ".") => name.to_owned(),
-        (Some(name), parent) => format!("{parent}.{name}"),
-        (None, ".") => "body".to_owned(),
-        (None, path) => path.to_owned(),
+        (_, ".") => named.unwrap_or("body").to_owned(),
+        (Some(name), parent) if message.starts_with("missing field") => format!("{parent}.{name}"),
+        (_, path) => path.to_owned(),
     };
     Problem::invalid_field(field, message)
 }
@@ -142,16 +194,65 @@ fn backticked(message: &str) -> Option<&str> {
     Some(&message[start..start + len])
 }
 
+/// Reads the request body up to `limit` bytes. A larger body — announced by
+/// `Content-Length` or discovered while streaming a chunked one — is a 413 problem; a body
+/// without a length is read like any other (warp's own limit would answer 411).
+pub fn body(
+    limit: u64,
+) -> impl Filter<Extract = (Result<Bytes, Problem>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |length, stream| collect_body(limit, length, stream))
+}
+
+async fn collect_body<B: Buf>(
+    limit: u64,
+    length: Option<u64>,
+    stream: impl futures::Stream<Item = Result<B, warp::Error>>,
+) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .detail(format!("the request body exceeds {limit} bytes"))
+    };
+    if length.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|error| {
+            Problem::bad_request(format!("the request body could not be read: {error}"))
+        })?;
+        if collected.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let len = part.len();
+            collected.extend_from_slice(part);
+            chunk.advance(len);
+        }
+    }
+    Ok(collected.freeze())
+}
+
 /// Query parameters of a list: known keys only, each once.
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(raw: &str, known: &[&str]) -> Result<Self, Problem> {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(raw).map_err(|_| Problem::bad_request("the query string is malformed"))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+            .map_err(|_| Problem::bad_request("the query string is malformed"))?;
         for (index, (key, _)) in pairs.iter().enumerate() {
             if !known.contains(&key.as_str()) {
-                return Err(Problem::invalid_field(key.clone(), format!("unknown query parameter; known: {}", known.join(", "))));
+                return Err(Problem::invalid_field(
+                    key.clone(),
+                    format!("unknown query parameter; known: {}", known.join(", ")),
+                ));
             }
             if pairs[..index].iter().any(|(earlier, _)| earlier == key) {
                 return Err(Problem::invalid_field(key.clone(), "given more than once"));
@@ -161,20 +262,34 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Parses `key` with `parse`, answering 400 with `expected` if it fails.
-    pub fn parsed<T>(&self, key: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Problem> {
-        self.get(key).map(|raw| parse(raw).ok_or_else(|| Problem::invalid_field(key, expected))).transpose()
+    pub fn parsed<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, Problem> {
+        self.get(key)
+            .map(|raw| parse(raw).ok_or_else(|| Problem::invalid_field(key, expected)))
+            .transpose()
     }
 
     /// `offset` (≥ 0, default 0) and `limit` (1–`max`, default `default`).
     pub fn pagination(&self, default: i64, max: i64) -> Result<(i64, i64), Problem> {
-        let offset = self.parsed("offset", "must be an integer ≥ 0", |raw| raw.parse::<i64>().ok().filter(|v| *v >= 0))?;
-        let limit = self.parsed("limit", &format!("must be an integer from 1 to {max}"), |raw| {
-            raw.parse::<i64>().ok().filter(|v| (1..=max).contains(v))
+        let offset = self.parsed("offset", "must be an integer ≥ 0", |raw| {
+            raw.parse::<i64>().ok().filter(|v| *v >= 0)
         })?;
+        let limit = self.parsed(
+            "limit",
+            &format!("must be an integer from 1 to {max}"),
+            |raw| raw.parse::<i64>().ok().filter(|v| (1..=max).contains(v)),
+        )?;
         Ok((offset.unwrap_or(0), limit.unwrap_or(default)))
     }
 }
@@ -209,22 +324,40 @@ mod tests {
     }
 
     fn field_of(body: &str) -> (u16, Vec<String>) {
-        let problem = json_body::<Sample>(&headers("application/json"), &Bytes::from(body.to_owned())).unwrap_err();
-        (problem.status, problem.errors.into_iter().map(|e| e.field).collect())
+        let problem =
+            json_body::<Sample>(&headers("application/json"), &Bytes::from(body.to_owned()))
+                .unwrap_err();
+        (
+            problem.status,
+            problem.errors.into_iter().map(|e| e.field).collect(),
+        )
     }
 
     #[test]
     fn body_errors_name_the_field() {
-        assert_eq!(field_of(r#"{"firstName": 1, "birthDate": "2000-01-01"}"#), (400, vec!["firstName".into()]));
-        assert_eq!(field_of(r#"{"firstName": "a", "birthDate": "2000-13-01"}"#), (400, vec!["birthDate".into()]));
-        assert_eq!(field_of(r#"{"firstName": "a", "birthDate": "2000-01-01", "x": 1}"#), (400, vec!["x".into()]));
-        assert_eq!(field_of(r#"{"birthDate": "2000-01-01"}"#), (400, vec!["firstName".into()]));
+        assert_eq!(
+            field_of(r#"{"firstName": 1, "birthDate": "2000-01-01"}"#),
+            (400, vec!["firstName".into()])
+        );
+        assert_eq!(
+            field_of(r#"{"firstName": "a", "birthDate": "2000-13-01"}"#),
+            (400, vec!["birthDate".into()])
+        );
+        assert_eq!(
+            field_of(r#"{"firstName": "a", "birthDate": "2000-01-01", "x": 1}"#),
+            (400, vec!["x".into()])
+        );
+        assert_eq!(
+            field_of(r#"{"birthDate": "2000-01-01"}"#),
+            (400, vec!["firstName".into()])
+        );
         assert_eq!(field_of(r#"{"firstName": "a""#), (400, vec![]));
     }
 
     #[test]
     fn non_json_is_415() {
-        let problem = json_body::<Sample>(&headers("text/plain"), &Bytes::from_static(b"{}")).unwrap_err();
+        let problem =
+            json_body::<Sample>(&headers("text/plain"), &Bytes::from_static(b"{}")).unwrap_err();
         assert_eq!(problem.status, 415);
     }
 
@@ -244,15 +377,30 @@ mod tests {
     #[test]
     fn queries_refuse_unknown_and_repeated_keys() {
         assert!(Query::parse("limit=5&offset=0", &["limit", "offset"]).is_ok());
-        assert_eq!(Query::parse("limt=5", &["limit"]).err().unwrap().errors[0].field, "limt");
-        assert_eq!(Query::parse("limit=5&limit=6", &["limit"]).err().unwrap().errors[0].field, "limit");
+        assert_eq!(
+            Query::parse("limt=5", &["limit"]).err().unwrap().errors[0].field,
+            "limt"
+        );
+        assert_eq!(
+            Query::parse("limit=5&limit=6", &["limit"])
+                .err()
+                .unwrap()
+                .errors[0]
+                .field,
+            "limit"
+        );
         let query = Query::parse("limit=101", &["limit", "offset"]).unwrap();
-        assert_eq!(query.pagination(20, 100).unwrap_err().errors[0].field, "limit");
+        assert_eq!(
+            query.pagination(20, 100).unwrap_err().errors[0].field,
+            "limit"
+        );
     }
 
     #[test]
     fn traceparent_format_is_checked() {
-        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
         assert!(!is_traceparent("00-xyz-00f067aa0ba902b7-01"));
     }
 }

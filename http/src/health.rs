@@ -37,7 +37,9 @@ impl ReadinessCheck for DatabaseCheck {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| json_reply(StatusCode::OK, &json!({ "status": "alive" }), None));
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({ "status": "alive" }), None));
     let ready_state = state.clone();
     let readyz = warp::path!("readyz").and(warp::get()).then(move || {
         let state = ready_state.clone();
@@ -46,7 +48,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let metrics_state = state;
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
         let mut response = Response::new((metrics_state.render_metrics)().into());
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
         response
     });
     healthz.or(readyz).unify().or(metrics).unify().boxed()
@@ -54,7 +59,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 async fn readiness(state: &AppState) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
-        return json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "shutting_down" }), None);
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "shutting_down" }),
+            None,
+        );
     }
     let checks: &[Arc<dyn ReadinessCheck>] = &state.readiness;
     let results = join_all(checks.iter().map(|check| async move {
@@ -73,8 +82,19 @@ async fn readiness(state: &AppState) -> Response {
             tracing::warn!(check = name, reason = %reason, "readiness check failed");
         }
         // Reasons go to the log, not to an unauthenticated probe.
-        report.insert(name.to_owned(), json!(if outcome.is_ok() { "ok" } else { "failing" }));
+        report.insert(
+            name.to_owned(),
+            json!(if outcome.is_ok() { "ok" } else { "failing" }),
+        );
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json_reply(status, &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": report }), None)
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(
+        status,
+        &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": report }),
+        None,
+    )
 }

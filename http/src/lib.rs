@@ -69,13 +69,20 @@ pub(crate) fn outcome(result: Result<Response, Problem>) -> Response {
 }
 
 /// A JSON response, with an `ETag` when the body is a versioned entity.
-pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize, version: Option<i64>) -> Response {
+pub(crate) fn json_reply(
+    status: StatusCode,
+    body: &impl Serialize,
+    version: Option<i64>,
+) -> Response {
     let Ok(bytes) = serde_json::to_vec(body) else {
         return Problem::internal().into_response();
     };
     let mut response = Response::new(bytes.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(version) = version
         && let Ok(value) = HeaderValue::from_str(&extract::etag(version))
     {
@@ -109,13 +116,34 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let problem = if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such resource")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large").detail("the request body exceeds the size limit")
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .detail("the request body exceeds the size limit")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        Problem::new(StatusCode::LENGTH_REQUIRED, "length-required", "Length required").detail("send the body with a Content-Length header")
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+        Problem::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length-required",
+            "Length required",
+        )
+        .detail("send the body with a Content-Length header")
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        )
     } else if let Some(missing) = rejection.find::<warp::reject::MissingHeader>() {
         Problem::invalid_field(missing.name(), "header is required")
     } else if let Some(invalid) = rejection.find::<warp::reject::InvalidHeader>() {

@@ -57,7 +57,9 @@ fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Respo
     if full.as_str() == "/docs" {
         let mut response = warp::reply::Response::default();
         *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
-        response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/docs/"));
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/docs/"));
         return response;
     }
     match utoipa_swagger_ui::serve(tail.as_str(), config) {
@@ -68,7 +70,8 @@ fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Respo
             }
             response
         }
-        Ok(None) => crate::problem::Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").into_response(),
+        Ok(None) => crate::problem::Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+            .into_response(),
         Err(error) => {
             tracing::error!(error = %error, "swagger ui failed");
             crate::problem::Problem::internal().into_response()

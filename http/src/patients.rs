@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
-use medflow_actors::domain::{Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields};
+use medflow_actors::domain::{
+    Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields,
+};
 use medflow_actors::store::PatientFilter;
 use medflow_actors::{Error, RequestContext};
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,9 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, nullable, parse_id};
+use crate::extract::{
+    self, Query, etag, if_match, if_none_match_hits, json_body, nullable, parse_id,
+};
 use crate::problem::Problem;
 use crate::{AppState, json_reply, not_modified, outcome};
 
@@ -140,7 +144,10 @@ impl PatientPatchInput {
     fn into_fields(self) -> Result<PatientPatchFields, Problem> {
         fn required<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>, Problem> {
             match value {
-                Some(None) => Err(Problem::invalid_field(field, "is required and cannot be null")),
+                Some(None) => Err(Problem::invalid_field(
+                    field,
+                    "is required and cannot be null",
+                )),
                 Some(Some(value)) => Ok(Some(value)),
                 None => Ok(None),
             }
@@ -194,7 +201,7 @@ fn patient_reply(status: StatusCode, patient: &Patient) -> Response {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body = warp::body::content_length_limit(state.limits.body_limit_bytes).and(warp::body::bytes());
+    let body = extract::body(state.limits.body_limit_bytes);
     let with_state = warp::any().map(move || state.clone());
     let collection = warp::path!("api" / "v1" / "patients");
     let item = warp::path!("api" / "v1" / "patients" / String);
@@ -203,44 +210,66 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(crate::raw_query())
         .and(with_state.clone())
-        .then(|query: String, state: AppState| async move { outcome(list_patients(&state, &query).await) });
+        .then(|query: String, state: AppState| async move {
+            outcome(list_patients(&state, &query).await)
+        });
     let create = collection
         .and(warp::post())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body.clone())
         .and(with_state.clone())
-        .then(|ctx, headers, body, state: AppState| async move { outcome(create_patient(&state, &ctx, &headers, &body).await) });
+        .then(|ctx, headers, body, state: AppState| async move {
+            outcome(create_patient(&state, &ctx, &headers, body).await)
+        });
     let get = item
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        .then(|id: String, headers, state: AppState| async move { outcome(get_patient(&state, &id, &headers).await) });
+        .then(|id: String, headers, state: AppState| async move {
+            outcome(get_patient(&state, &id, &headers).await)
+        });
     let replace = item
         .and(warp::put())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body.clone())
         .and(with_state.clone())
-        .then(|id: String, ctx, headers, body, state: AppState| async move {
-            outcome(replace_patient(&state, &id, &ctx, &headers, &body).await)
-        });
+        .then(
+            |id: String, ctx, headers, body, state: AppState| async move {
+                outcome(replace_patient(&state, &id, &ctx, &headers, body).await)
+            },
+        );
     let patch = item
         .and(warp::patch())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body.clone())
         .and(with_state.clone())
-        .then(|id: String, ctx, headers, body, state: AppState| async move {
-            outcome(patch_patient(&state, &id, &ctx, &headers, &body).await)
-        });
+        .then(
+            |id: String, ctx, headers, body, state: AppState| async move {
+                outcome(patch_patient(&state, &id, &ctx, &headers, body).await)
+            },
+        );
     let archive = item
         .and(warp::delete())
         .and(extract::request_context())
         .and(warp::header::headers_cloned())
         .and(with_state)
-        .then(|id: String, ctx, headers, state: AppState| async move { outcome(archive_patient(&state, &id, &ctx, &headers).await) });
-    list.or(create).unify().or(get).unify().or(replace).unify().or(patch).unify().or(archive).unify().boxed()
+        .then(|id: String, ctx, headers, state: AppState| async move {
+            outcome(archive_patient(&state, &id, &ctx, &headers).await)
+        });
+    list.or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(replace)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(archive)
+        .unify()
+        .boxed()
 }
 
 /// Lists patients, ordered by last name, first name, id.
@@ -250,17 +279,47 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response, Problem> {
-    let query = Query::parse(raw_query, &["offset", "limit", "lastName", "birthDate", "includeArchived"])?;
+    let query = Query::parse(
+        raw_query,
+        &[
+            "offset",
+            "limit",
+            "lastName",
+            "birthDate",
+            "includeArchived",
+        ],
+    )?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let last_name_prefix = query.parsed("lastName", "must be 1–100 characters", |raw| {
         let raw = raw.trim();
         (!raw.is_empty() && raw.chars().count() <= 100).then(|| raw.to_owned())
     })?;
-    let birth_date = query.parsed("birthDate", "must be a date such as 1985-03-14", |raw| raw.parse::<NaiveDate>().ok())?;
-    let include_archived = query.parsed("includeArchived", "must be true or false", |raw| raw.parse::<bool>().ok())?.unwrap_or(false);
-    let filter = PatientFilter { last_name_prefix, birth_date, include_archived, offset, limit };
-    let page = state.store.list_patients(&filter).await.map_err(|error| Error::from_store("patient", error))?;
-    let body = PatientPage { items: page.items.iter().map(PatientView::from).collect(), offset, limit, total: page.total };
+    let birth_date = query.parsed("birthDate", "must be a date such as 1985-03-14", |raw| {
+        raw.parse::<NaiveDate>().ok()
+    })?;
+    let include_archived = query
+        .parsed("includeArchived", "must be true or false", |raw| {
+            raw.parse::<bool>().ok()
+        })?
+        .unwrap_or(false);
+    let filter = PatientFilter {
+        last_name_prefix,
+        birth_date,
+        include_archived,
+        offset,
+        limit,
+    };
+    let page = state
+        .store
+        .list_patients(&filter)
+        .await
+        .map_err(|error| Error::from_store("patient", error))?;
+    let body = PatientPage {
+        items: page.items.iter().map(PatientView::from).collect(),
+        offset,
+        limit,
+        total: page.total,
+    };
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 
@@ -274,8 +333,14 @@ pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_patient(state: &AppState, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
-    let input: PatientInput = json_body(headers, body)?;
+pub async fn create_patient(
+    state: &AppState,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let body = body?;
+    let input: PatientInput = json_body(headers, &body)?;
     let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
     let patient = state.patients.create(data, ctx).await?;
     let mut response = patient_reply(StatusCode::CREATED, &patient);
@@ -292,7 +357,11 @@ pub async fn create_patient(state: &AppState, ctx: &RequestContext, headers: &He
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_patient(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Response, Problem> {
+pub async fn get_patient(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
     let id = parse_id(id)?;
     let patient = state.patients.get(id).await?;
     if if_none_match_hits(headers, patient.version) {
@@ -312,10 +381,17 @@ pub async fn get_patient(state: &AppState, id: &str, headers: &HeaderMap) -> Res
         (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replace_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+pub async fn replace_patient(
+    state: &AppState,
+    id: &str,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let body = body?;
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
-    let input: PatientInput = json_body(headers, body)?;
+    let input: PatientInput = json_body(headers, &body)?;
     let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
     let patient = state.patients.replace(id, data, expected, ctx).await?;
     Ok(patient_reply(StatusCode::OK, &patient))
@@ -333,10 +409,17 @@ pub async fn replace_patient(state: &AppState, id: &str, ctx: &RequestContext, h
         (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn patch_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap, body: &Bytes) -> Result<Response, Problem> {
+pub async fn patch_patient(
+    state: &AppState,
+    id: &str,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let body = body?;
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
-    let input: PatientPatchInput = json_body(headers, body)?;
+    let input: PatientPatchInput = json_body(headers, &body)?;
     let patch = PatientPatch::parse(input.into_fields()?, today()).map_err(Problem::validation)?;
     let patient = state.patients.patch(id, patch, expected, ctx).await?;
     Ok(patient_reply(StatusCode::OK, &patient))
@@ -352,7 +435,12 @@ pub async fn patch_patient(state: &AppState, id: &str, ctx: &RequestContext, hea
         (status = 409, description = "Already archived", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn archive_patient(state: &AppState, id: &str, ctx: &RequestContext, headers: &HeaderMap) -> Result<Response, Problem> {
+pub async fn archive_patient(
+    state: &AppState,
+    id: &str,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
     let patient = state.patients.archive(id, expected, ctx).await?;

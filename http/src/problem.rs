@@ -17,9 +17,11 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 #[serde(rename_all = "camelCase")]
 pub struct Problem {
     /// A URN naming the problem type, e.g. `urn:medflow:problem:validation-error`.
-    #[serde(rename = "type")]
-    pub problem_type: String,
-    pub title: String,
+    #[serde(rename = "type", serialize_with = "problem_urn")]
+    #[schema(value_type = String, example = "urn:medflow:problem:validation-error")]
+    pub slug: &'static str,
+    #[schema(value_type = String)]
+    pub title: &'static str,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -43,10 +45,10 @@ pub struct ProblemField {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+    pub fn new(status: StatusCode, slug: &'static str, title: &'static str) -> Self {
         Self {
-            problem_type: format!("urn:medflow:problem:{slug}"),
-            title: title.to_owned(),
+            slug,
+            title,
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
@@ -67,7 +69,12 @@ impl Problem {
 
     /// A request that cannot be accepted as sent: malformed, mistyped or invalid fields.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "validation-error", "The request is invalid").detail(detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation-error",
+            "The request is invalid",
+        )
+        .detail(detail)
     }
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -83,12 +90,17 @@ impl Problem {
     }
 
     pub fn not_found(kind: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(format!("no {kind} with this id"))
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+            .detail(format!("no {kind} with this id"))
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal error")
-            .detail("the server failed to handle the request; it was logged with the request id")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal-error",
+            "Internal error",
+        )
+        .detail("the server failed to handle the request; it was logged with the request id")
     }
 
     pub fn status(&self) -> StatusCode {
@@ -100,7 +112,10 @@ impl Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = Response::new(body.into());
         *response.status_mut() = status;
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if let Some(retry_after) = self.retry_after {
             let seconds = retry_after.as_secs().max(1);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
@@ -111,29 +126,53 @@ impl Problem {
     }
 }
 
+fn problem_urn<S: serde::Serializer>(
+    slug: &&'static str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("urn:medflow:problem:{slug}"))
+}
+
 impl From<Error> for Problem {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(errors) => Self::validation(errors),
             Error::NotFound { kind } => Self::not_found(kind),
             Error::PreconditionFailed { expected, current } => {
-                let mut problem = Self::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", "Version mismatch")
-                    .detail(format!("If-Match names version {expected}, the current version is {current}"));
+                let mut problem = Self::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition-failed",
+                    "Version mismatch",
+                )
+                .detail(format!(
+                    "If-Match names version {expected}, the current version is {current}"
+                ));
                 problem.current_version = Some(current);
                 problem
             }
-            Error::Conflict { message, current_version } => {
-                let mut problem = Self::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(message);
+            Error::Conflict {
+                message,
+                current_version,
+            } => {
+                let mut problem =
+                    Self::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(message);
                 problem.current_version = current_version;
                 problem
             }
             Error::Duplicate { field } => Self::new(StatusCode::CONFLICT, "duplicate", "Duplicate")
                 .detail(format!("a record with this {field} already exists"))
                 .field(field, "already exists"),
-            Error::Unavailable { message, retry_after } => {
+            Error::Unavailable {
+                message,
+                retry_after,
+            } => {
                 tracing::warn!(reason = %message, "answering 503");
-                let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable")
-                    .detail("a dependency is unavailable; retry later");
+                let mut problem = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Temporarily unavailable",
+                )
+                .detail("a dependency is unavailable; retry later");
                 problem.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(1)));
                 problem
             }

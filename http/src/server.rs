@@ -34,7 +34,9 @@ pub async fn serve(
         let peer = connection.remote_addr();
         let service = service.clone();
         async move {
-            Ok::<_, Infallible>(service_fn(move |request| handle(service.clone(), peer, request_timeout, request)))
+            Ok::<_, Infallible>(service_fn(move |request| {
+                handle(service.clone(), peer, request_timeout, request)
+            }))
         }
     });
     hyper::Server::from_tcp(listener)?
@@ -45,26 +47,40 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle<S>(mut service: S, peer: SocketAddr, timeout: Duration, mut request: Request<Body>) -> Result<Response, Infallible>
+async fn handle<S>(
+    mut service: S,
+    peer: SocketAddr,
+    timeout: Duration,
+    mut request: Request<Body>,
+) -> Result<Response, Infallible>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
-    let request_id = header_token(request.headers(), REQUEST_ID_HEADER).unwrap_or_else(|| Uuid::new_v4().to_string());
-    request.extensions_mut().insert(RequestMeta { request_id: request_id.clone(), client_addr: Some(peer) });
+    let request_id = header_token(request.headers(), REQUEST_ID_HEADER)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestMeta {
+        request_id: request_id.clone(),
+        client_addr: Some(peer),
+    });
     let method = request.method().clone();
     // The path only: query strings may carry personal data (name filters).
     let path = request.uri().path().to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
     let mut response = async {
         match tokio::time::timeout(timeout, service.call(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(never)) => match never {},
             Err(_) => {
                 tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
-                    .detail("the request did not complete in time; it may or may not have been applied")
-                    .into_response()
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "Request timed out",
+                )
+                .detail("the request did not complete in time; it may or may not have been applied")
+                .into_response()
             }
         }
     }
@@ -81,9 +97,17 @@ where
     metrics::histogram!("medflow_http_request_duration_seconds", "method" => method.to_string(), "route" => route).record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request served");
+            tracing::warn!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request served"
+            );
         } else {
-            tracing::info!(status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request served");
+            tracing::info!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request served"
+            );
         }
     });
     Ok(response)
@@ -91,11 +115,24 @@ where
 
 /// A bounded metrics label for a path: ids become `{id}`, unrouted paths are `other`.
 fn route_label(path: &str, status: StatusCode) -> String {
-    if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED || path.starts_with("/docs/") {
-        return if path.starts_with("/docs") { "/docs".into() } else { "other".into() };
+    if status == StatusCode::NOT_FOUND
+        || status == StatusCode::METHOD_NOT_ALLOWED
+        || path.starts_with("/docs/")
+    {
+        return if path.starts_with("/docs") {
+            "/docs".into()
+        } else {
+            "other".into()
+        };
     }
     path.split('/')
-        .map(|segment| if Uuid::parse_str(segment).is_ok() { "{id}" } else { segment })
+        .map(|segment| {
+            if Uuid::parse_str(segment).is_ok() {
+                "{id}"
+            } else {
+                segment
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -107,8 +144,14 @@ mod tests {
     #[test]
     fn route_labels_are_bounded() {
         let id = Uuid::new_v4();
-        assert_eq!(route_label(&format!("/api/v1/patients/{id}"), StatusCode::OK), "/api/v1/patients/{id}");
-        assert_eq!(route_label("/api/v1/patients/nonsense", StatusCode::NOT_FOUND), "other");
+        assert_eq!(
+            route_label(&format!("/api/v1/patients/{id}"), StatusCode::OK),
+            "/api/v1/patients/{id}"
+        );
+        assert_eq!(
+            route_label("/api/v1/patients/nonsense", StatusCode::NOT_FOUND),
+            "other"
+        );
         assert_eq!(route_label("/docs/swagger-ui.css", StatusCode::OK), "/docs");
     }
 }

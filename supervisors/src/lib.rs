@@ -61,14 +61,22 @@ impl Supervision {
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the supervision tree: {error}"))?;
         let patients = Patients::new(EntityClient::new(patient_slot, settings.call_timeout));
-        Ok(Self { root, root_task, patients, fatal })
+        Ok(Self {
+            root,
+            root_task,
+            patients,
+            fatal,
+        })
     }
 
     /// Stops every actor, children first, waiting at most `timeout`.
     pub async fn stop(self, timeout: Duration) {
         self.root.stop(Some("shutdown".into()));
         if tokio::time::timeout(timeout, self.root_task).await.is_err() {
-            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "actors did not stop in time");
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "actors did not stop in time"
+            );
         }
     }
 }

@@ -30,14 +30,17 @@ pub enum RestartDecision {
 impl RestartTracker {
     /// Records a failure at `now` and decides.
     pub fn on_failure(&mut self, policy: &RestartPolicy, now: Instant) -> RestartDecision {
-        self.failures.retain(|at| now.duration_since(*at) < policy.window);
+        self.failures
+            .retain(|at| now.duration_since(*at) < policy.window);
         self.failures.push(now);
         let count = self.failures.len() as u32;
         if count > policy.max_restarts {
             return RestartDecision::Escalate;
         }
         let doublings = (count - 1).min(16);
-        RestartDecision::RestartAfter((policy.backoff_initial * 2u32.pow(doublings)).min(policy.backoff_max))
+        RestartDecision::RestartAfter(
+            (policy.backoff_initial * 2u32.pow(doublings)).min(policy.backoff_max),
+        )
     }
 
     /// Failures counted in the current window.
@@ -63,10 +66,22 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_then_escalates() {
         let mut tracker = RestartTracker::default();
         let now = Instant::now();
-        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(200)));
-        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::RestartAfter(Duration::from_millis(250)));
-        assert_eq!(tracker.on_failure(&policy(), now), RestartDecision::Escalate);
+        assert_eq!(
+            tracker.on_failure(&policy(), now),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            tracker.on_failure(&policy(), now),
+            RestartDecision::RestartAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            tracker.on_failure(&policy(), now),
+            RestartDecision::RestartAfter(Duration::from_millis(250))
+        );
+        assert_eq!(
+            tracker.on_failure(&policy(), now),
+            RestartDecision::Escalate
+        );
     }
 
     #[test]
@@ -77,7 +92,10 @@ mod tests {
             tracker.on_failure(&policy(), start);
         }
         let later = start + Duration::from_secs(61);
-        assert_eq!(tracker.on_failure(&policy(), later), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(
+            tracker.on_failure(&policy(), later),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
         assert_eq!(tracker.recent_failures(), 1);
     }
 }

@@ -33,9 +33,16 @@ impl Actor for RootSupervisor {
     type State = RootState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<RootMessage>, _: ()) -> Result<RootState, ActorProcessingErr> {
-        let (domain, _) = Actor::spawn_linked(None, self.domain.clone(), (), myself.get_cell()).await?;
-        Ok(RootState { domain: domain.get_cell() })
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMessage>,
+        _: (),
+    ) -> Result<RootState, ActorProcessingErr> {
+        let (domain, _) =
+            Actor::spawn_linked(None, self.domain.clone(), (), myself.get_cell()).await?;
+        Ok(RootState {
+            domain: domain.get_cell(),
+        })
     }
 
     async fn handle_supervisor_evt(
@@ -45,14 +52,22 @@ impl Actor for RootSupervisor {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let reason = match event {
-            SupervisionEvent::ActorFailed(cell, error) if cell.get_id() == state.domain.get_id() => error.to_string(),
-            SupervisionEvent::ActorTerminated(cell, _, reason) if cell.get_id() == state.domain.get_id() => {
+            SupervisionEvent::ActorFailed(cell, error)
+                if cell.get_id() == state.domain.get_id() =>
+            {
+                error.to_string()
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason)
+                if cell.get_id() == state.domain.get_id() =>
+            {
                 reason.unwrap_or_else(|| "stopped".into())
             }
             _ => return Ok(()),
         };
         tracing::error!(child = "domain_supervisor", reason = %reason, "a top-level child is gone; the application stops");
-        let _ = self.fatal.send(Some(format!("domain supervisor: {reason}")));
+        let _ = self
+            .fatal
+            .send(Some(format!("domain supervisor: {reason}")));
         myself.stop(Some(reason));
         Ok(())
     }

@@ -29,12 +29,24 @@ impl DoctorData {
     pub fn parse(fields: DoctorFields) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let first_name = errors.check(PersonName::parse("firstName", &fields.first_name));
-        let middle_name = errors.check_opt(fields.middle_name.as_deref().map(|raw| PersonName::parse("middleName", raw)));
+        let middle_name = errors.check_opt(
+            fields
+                .middle_name
+                .as_deref()
+                .map(|raw| PersonName::parse("middleName", raw)),
+        );
         let last_name = errors.check(PersonName::parse("lastName", &fields.last_name));
         let specialty = errors.check(Specialty::parse("specialty", &fields.specialty));
         match (first_name, middle_name, last_name, specialty) {
-            (Some(first_name), Some(middle_name), Some(last_name), Some(specialty)) if errors.is_empty() => {
-                Ok(Self { first_name, middle_name, last_name, specialty })
+            (Some(first_name), Some(middle_name), Some(last_name), Some(specialty))
+                if errors.is_empty() =>
+            {
+                Ok(Self {
+                    first_name,
+                    middle_name,
+                    last_name,
+                    specialty,
+                })
             }
             _ => Err(errors),
         }

@@ -9,7 +9,9 @@ mod patient;
 mod values;
 
 pub use doctor::{Doctor, DoctorData, DoctorFields};
-pub use patient::{Patient, PatientData, PatientEvent, PatientFields, PatientPatch, PatientPatchFields};
+pub use patient::{
+    Patient, PatientData, PatientEvent, PatientFields, PatientPatch, PatientPatchFields,
+};
 pub use values::{BirthDate, Email, OmsPolicy, PersonName, Snils, Specialty};
 
 use serde::Serialize;
@@ -23,7 +25,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -56,7 +61,11 @@ impl ValidationErrors {
     }
 
     pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, ValidationErrors> {
-        if self.0.is_empty() { Ok(value()) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
     }
 }
 

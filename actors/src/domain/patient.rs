@@ -38,18 +38,58 @@ impl PatientData {
     pub fn parse(fields: PatientFields, today: NaiveDate) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let first_name = errors.check(PersonName::parse("firstName", &fields.first_name));
-        let middle_name = errors.check_opt(fields.middle_name.as_deref().map(|raw| PersonName::parse("middleName", raw)));
+        let middle_name = errors.check_opt(
+            fields
+                .middle_name
+                .as_deref()
+                .map(|raw| PersonName::parse("middleName", raw)),
+        );
         let last_name = errors.check(PersonName::parse("lastName", &fields.last_name));
         let birth_date = errors.check(BirthDate::parse("birthDate", fields.birth_date, today));
-        let email = errors.check_opt(fields.email.as_deref().map(|raw| Email::parse("email", raw)));
-        let snils = errors.check_opt(fields.snils.as_deref().map(|raw| Snils::parse("snils", raw)));
-        let oms_policy = errors.check_opt(fields.oms_policy.as_deref().map(|raw| OmsPolicy::parse("omsPolicy", raw)));
-        match (first_name, middle_name, last_name, birth_date, email, snils, oms_policy) {
-            (Some(first_name), Some(middle_name), Some(last_name), Some(birth_date), Some(email), Some(snils), Some(oms_policy))
-                if errors.is_empty() =>
-            {
-                Ok(Self { first_name, middle_name, last_name, birth_date, email, snils, oms_policy })
-            }
+        let email = errors.check_opt(
+            fields
+                .email
+                .as_deref()
+                .map(|raw| Email::parse("email", raw)),
+        );
+        let snils = errors.check_opt(
+            fields
+                .snils
+                .as_deref()
+                .map(|raw| Snils::parse("snils", raw)),
+        );
+        let oms_policy = errors.check_opt(
+            fields
+                .oms_policy
+                .as_deref()
+                .map(|raw| OmsPolicy::parse("omsPolicy", raw)),
+        );
+        match (
+            first_name,
+            middle_name,
+            last_name,
+            birth_date,
+            email,
+            snils,
+            oms_policy,
+        ) {
+            (
+                Some(first_name),
+                Some(middle_name),
+                Some(last_name),
+                Some(birth_date),
+                Some(email),
+                Some(snils),
+                Some(oms_policy),
+            ) if errors.is_empty() => Ok(Self {
+                first_name,
+                middle_name,
+                last_name,
+                birth_date,
+                email,
+                snils,
+                oms_policy,
+            }),
             _ => Err(errors),
         }
     }
@@ -59,7 +99,10 @@ impl PatientData {
         let (Value::Object(after), Value::Object(before)) = (json!(self), json!(before)) else {
             return Map::new();
         };
-        after.into_iter().filter(|(key, value)| before.get(key) != Some(value)).collect()
+        after
+            .into_iter()
+            .filter(|(key, value)| before.get(key) != Some(value))
+            .collect()
     }
 }
 
@@ -104,13 +147,23 @@ impl PatientPatch {
         }
         let mut errors = ValidationErrors::default();
         let patch = Self {
-            first_name: fields.first_name.and_then(|raw| errors.check(PersonName::parse("firstName", &raw))),
-            middle_name: nullable(&mut errors, fields.middle_name, |raw| PersonName::parse("middleName", raw)),
-            last_name: fields.last_name.and_then(|raw| errors.check(PersonName::parse("lastName", &raw))),
-            birth_date: fields.birth_date.and_then(|date| errors.check(BirthDate::parse("birthDate", date, today))),
+            first_name: fields
+                .first_name
+                .and_then(|raw| errors.check(PersonName::parse("firstName", &raw))),
+            middle_name: nullable(&mut errors, fields.middle_name, |raw| {
+                PersonName::parse("middleName", raw)
+            }),
+            last_name: fields
+                .last_name
+                .and_then(|raw| errors.check(PersonName::parse("lastName", &raw))),
+            birth_date: fields
+                .birth_date
+                .and_then(|date| errors.check(BirthDate::parse("birthDate", date, today))),
             email: nullable(&mut errors, fields.email, |raw| Email::parse("email", raw)),
             snils: nullable(&mut errors, fields.snils, |raw| Snils::parse("snils", raw)),
-            oms_policy: nullable(&mut errors, fields.oms_policy, |raw| OmsPolicy::parse("omsPolicy", raw)),
+            oms_policy: nullable(&mut errors, fields.oms_policy, |raw| {
+                OmsPolicy::parse("omsPolicy", raw)
+            }),
         };
         errors.into_result(|| patch)
     }
@@ -193,7 +246,9 @@ impl PatientEvent {
     pub fn payload(&self, patient: &Patient) -> Value {
         match self {
             Self::Created => json!(patient),
-            Self::Updated { updated_fields } => json!({ "id": patient.id, "updatedFields": updated_fields }),
+            Self::Updated { updated_fields } => {
+                json!({ "id": patient.id, "updatedFields": updated_fields })
+            }
             Self::Deleted => json!({ "id": patient.id }),
         }
     }
@@ -240,7 +295,11 @@ mod tests {
     fn patch_applies_and_clears() {
         let data = PatientData::parse(fields(), today()).unwrap();
         let patch = PatientPatch::parse(
-            PatientPatchFields { last_name: Some("Петрова".into()), email: Some(None), ..Default::default() },
+            PatientPatchFields {
+                last_name: Some("Петрова".into()),
+                email: Some(None),
+                ..Default::default()
+            },
             today(),
         )
         .unwrap();
@@ -248,6 +307,9 @@ mod tests {
         assert_eq!(next.last_name.as_str(), "Петрова");
         assert_eq!(next.email, None);
         let changed = next.changed_fields(&data);
-        assert_eq!(changed.keys().collect::<Vec<_>>(), ["email", "lastName"]);
+        let mut names: Vec<&String> = changed.keys().collect();
+        names.sort();
+        assert_eq!(names, ["email", "lastName"]);
+        assert_eq!(changed["email"], serde_json::Value::Null);
     }
 }

@@ -56,10 +56,16 @@ fn bounded_text(field: &str, raw: &str, max_chars: usize) -> Result<String, Fiel
         return Err(FieldError::new(field, "must not be empty"));
     }
     if trimmed.chars().count() > max_chars {
-        return Err(FieldError::new(field, format!("must be at most {max_chars} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -108,13 +114,23 @@ impl Email {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         let raw = raw.trim();
         if raw.chars().count() > EMAIL_MAX_CHARS {
-            return Err(FieldError::new(field, format!("must be at most {EMAIL_MAX_CHARS} characters")));
+            return Err(FieldError::new(
+                field,
+                format!("must be at most {EMAIL_MAX_CHARS} characters"),
+            ));
         }
-        // `email_address` accepts display-name forms too; an address field takes the bare
-        // addr-spec only.
-        match raw.parse::<email_address::EmailAddress>() {
-            Ok(parsed) if parsed.as_str() == raw && parsed.domain().contains('.') => Ok(Self(raw.to_owned())),
-            _ => Err(FieldError::new(field, "must be an e-mail address such as name@example.org")),
+        // An address field takes the bare addr-spec: no display name, a dotted domain.
+        let options = email_address::Options {
+            minimum_sub_domains: 2,
+            allow_domain_literal: false,
+            allow_display_text: false,
+        };
+        match email_address::EmailAddress::parse_with_options(raw, options) {
+            Ok(parsed) if parsed.email() == raw => Ok(Self(raw.to_owned())),
+            _ => Err(FieldError::new(
+                field,
+                "must be an e-mail address such as name@example.org",
+            )),
         }
     }
 
@@ -150,7 +166,11 @@ impl Snils {
     /// Returns the control number of the first nine digits: the sum of each digit times its
     /// weight (9 down to 1), reduced modulo 101, with 100 written as 00.
     fn checksum(first_nine: &[u32]) -> u32 {
-        let sum: u32 = first_nine.iter().zip((1..=9).rev()).map(|(digit, weight)| digit * weight).sum();
+        let sum: u32 = first_nine
+            .iter()
+            .zip((1..=9).rev())
+            .map(|(digit, weight)| digit * weight)
+            .sum();
         match sum {
             0..=99 => sum,
             100 | 101 => 0,
@@ -216,7 +236,10 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(PersonName::parse("firstName", "  Анна ").unwrap().as_str(), "Анна");
+        assert_eq!(
+            PersonName::parse("firstName", "  Анна ").unwrap().as_str(),
+            "Анна"
+        );
         assert!(PersonName::parse("firstName", "   ").is_err());
         assert!(PersonName::parse("firstName", &"я".repeat(100)).is_ok());
         assert!(PersonName::parse("firstName", &"я".repeat(101)).is_err());
@@ -226,7 +249,13 @@ mod tests {
     #[test]
     fn birth_dates_are_bounded() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
-        let parse = |y, m, d| BirthDate::parse("birthDate", NaiveDate::from_ymd_opt(y, m, d).unwrap(), today);
+        let parse = |y, m, d| {
+            BirthDate::parse(
+                "birthDate",
+                NaiveDate::from_ymd_opt(y, m, d).unwrap(),
+                today,
+            )
+        };
         assert!(parse(1900, 1, 1).is_err());
         assert!(parse(1900, 1, 2).is_ok());
         assert!(parse(2026, 11, 24).is_ok());

@@ -23,7 +23,9 @@ fn doctor_from_row(row: &Row) -> Doctor {
         id: row.get("id"),
         data: DoctorData {
             first_name: PersonName::from_stored(row.get("first_name")),
-            middle_name: row.get::<_, Option<String>>("middle_name").map(PersonName::from_stored),
+            middle_name: row
+                .get::<_, Option<String>>("middle_name")
+                .map(PersonName::from_stored),
             last_name: PersonName::from_stored(row.get("last_name")),
             specialty: Specialty::from_stored(row.get("specialty")),
         },
@@ -36,29 +38,65 @@ fn doctor_from_row(row: &Row) -> Doctor {
 impl PgStore {
     pub async fn load_doctor(&self, id: Uuid) -> StoreResult<Option<Doctor>> {
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(include_str!("sql/doctor_select.sql")).await?;
-        Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(doctor_from_row))
+        let statement = client
+            .prepare_cached(include_str!("sql/doctor_select.sql"))
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&id])
+            .await?
+            .as_ref()
+            .map(doctor_from_row))
     }
 
     pub async fn list_doctors(&self, filter: &DoctorFilter) -> StoreResult<Page<Doctor>> {
         let client = self.pool.get().await?;
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
-        let list = client.prepare_cached(include_str!("sql/doctor_list.sql")).await?;
-        let count = client.prepare_cached(include_str!("sql/doctor_count.sql")).await?;
-        let rows = client.query(&list, &[&prefix, &filter.specialty, &filter.offset, &filter.limit]).await?;
-        let total: i64 = client.query_one(&count, &[&prefix, &filter.specialty]).await?.get(0);
-        Ok(Page { items: rows.iter().map(doctor_from_row).collect(), total })
+        let list = client
+            .prepare_cached(include_str!("sql/doctor_list.sql"))
+            .await?;
+        let count = client
+            .prepare_cached(include_str!("sql/doctor_count.sql"))
+            .await?;
+        let rows = client
+            .query(
+                &list,
+                &[&prefix, &filter.specialty, &filter.offset, &filter.limit],
+            )
+            .await?;
+        let total: i64 = client
+            .query_one(&count, &[&prefix, &filter.specialty])
+            .await?
+            .get(0);
+        Ok(Page {
+            items: rows.iter().map(doctor_from_row).collect(),
+            total,
+        })
     }
 
     /// Inserts a doctor with its audit row.
-    pub async fn insert_doctor(&self, data: &DoctorData, ctx: &RequestContext) -> StoreResult<Doctor> {
+    pub async fn insert_doctor(
+        &self,
+        data: &DoctorData,
+        ctx: &RequestContext,
+    ) -> StoreResult<Doctor> {
         let id = Uuid::now_v7();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(include_str!("sql/doctor_insert.sql")).await?;
+        let statement = tx
+            .prepare_cached(include_str!("sql/doctor_insert.sql"))
+            .await?;
         let middle_name = data.middle_name.as_ref().map(PersonName::as_str);
         let row = tx
-            .query_one(&statement, &[&id, &data.first_name.as_str(), &middle_name, &data.last_name.as_str(), &data.specialty.as_str()])
+            .query_one(
+                &statement,
+                &[
+                    &id,
+                    &data.first_name.as_str(),
+                    &middle_name,
+                    &data.last_name.as_str(),
+                    &data.specialty.as_str(),
+                ],
+            )
             .await?;
         let doctor = doctor_from_row(&row);
         audit_doctor(&tx, ctx, "doctor.create", &doctor).await?;
@@ -76,17 +114,33 @@ impl PgStore {
     ) -> StoreResult<Doctor> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(include_str!("sql/doctor_update.sql")).await?;
+        let statement = tx
+            .prepare_cached(include_str!("sql/doctor_update.sql"))
+            .await?;
         let middle_name = data.middle_name.as_ref().map(PersonName::as_str);
         let row = tx
             .query_opt(
                 &statement,
-                &[&id, &expected_version, &data.first_name.as_str(), &middle_name, &data.last_name.as_str(), &data.specialty.as_str()],
+                &[
+                    &id,
+                    &expected_version,
+                    &data.first_name.as_str(),
+                    &middle_name,
+                    &data.last_name.as_str(),
+                    &data.specialty.as_str(),
+                ],
             )
             .await?;
         let Some(row) = row else {
-            let exists = tx.query_opt("SELECT 1 FROM doctors WHERE id = $1", &[&id]).await?.is_some();
-            return Err(if exists { StoreError::VersionConflict } else { StoreError::NotFound });
+            let exists = tx
+                .query_opt("SELECT 1 FROM doctors WHERE id = $1", &[&id])
+                .await?
+                .is_some();
+            return Err(if exists {
+                StoreError::VersionConflict
+            } else {
+                StoreError::NotFound
+            });
         };
         let doctor = doctor_from_row(&row);
         audit_doctor(&tx, ctx, "doctor.update", &doctor).await?;

@@ -74,13 +74,10 @@ impl From<tokio_postgres::Error> for StoreError {
             };
             return Self::Duplicate { field };
         }
-        if *code == SqlState::QUERY_CANCELED
-            || *code == SqlState::ADMIN_SHUTDOWN
-            || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
-            || *code == SqlState::TOO_MANY_CONNECTIONS
-            || code.code().starts_with("08")
-        {
+        // Connection trouble (08), resources (53), operator intervention such as shutdown or
+        // statement timeout (57), system errors (58) and a missing database are outages.
+        let class = &code.code()[..2];
+        if matches!(class, "08" | "53" | "57" | "58") || *code == SqlState::INVALID_CATALOG_NAME {
             return Self::Unavailable(db_error.message().to_owned());
         }
         Self::Unexpected(anyhow::Error::new(error))
@@ -89,10 +86,9 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<PoolError> for StoreError {
     fn from(error: PoolError) -> Self {
-        match error {
-            PoolError::Backend(error) => error.into(),
-            other => Self::Unavailable(other.to_string()),
-        }
+        // Whatever stops a connection from being handed out is an outage, whether the pool
+        // timed out or PostgreSQL refused a new connection.
+        Self::Unavailable(error.to_string())
     }
 }
 
@@ -104,20 +100,32 @@ pub struct PgStore {
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
+        f.debug_struct("PgStore")
+            .field("status", &self.pool.status())
+            .finish()
     }
 }
 
 impl PgStore {
     /// Builds the pool. Connections are opened lazily; call [`PgStore::ping`] to check.
     pub fn connect(settings: &StoreSettings) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(settings.url.expose_secret())
-            .map_err(|error| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {error}"))?;
+        let mut config =
+            tokio_postgres::Config::from_str(settings.url.expose_secret()).map_err(|error| {
+                anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {error}")
+            })?;
         config.connect_timeout(settings.connect_timeout);
         config.application_name("medflow");
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        config.options(format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout.as_millis()
+        ));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -131,13 +139,27 @@ impl PgStore {
 
     /// Applies pending migrations, holding an advisory lock so concurrent pods take turns.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let mut client = self.pool.get().await.map_err(|error| anyhow::anyhow!("cannot connect to PostgreSQL: {error}"))?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
-        let report = embedded::migrations::runner().run_async(&mut **client).await;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot connect to PostgreSQL: {error}"))?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
         let report = report.map_err(|error| anyhow::anyhow!("migration failed: {error}"))?;
         for migration in report.applied_migrations() {
-            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+            tracing::info!(
+                version = migration.version(),
+                name = migration.name(),
+                "applied migration"
+            );
         }
         Ok(())
     }
@@ -174,7 +196,9 @@ async fn insert_audit(
     ctx: &RequestContext,
     entry: AuditEntry<'_>,
 ) -> StoreResult<()> {
-    let statement = client.prepare_cached(include_str!("sql/audit_insert.sql")).await?;
+    let statement = client
+        .prepare_cached(include_str!("sql/audit_insert.sql"))
+        .await?;
     let params: [&(dyn ToSql + Sync); 7] = [
         &ctx.actor_id,
         &entry.action,
@@ -204,7 +228,9 @@ async fn insert_outbox(
     ctx: &RequestContext,
     event: OutboxEvent<'_>,
 ) -> StoreResult<()> {
-    let statement = client.prepare_cached(include_str!("sql/outbox_insert.sql")).await?;
+    let statement = client
+        .prepare_cached(include_str!("sql/outbox_insert.sql"))
+        .await?;
     let event_id = Uuid::now_v7();
     let params: [&(dyn ToSql + Sync); 8] = [
         &event_id,

@@ -7,9 +7,14 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{AuditEntry, OutboxEvent, Page, PgStore, StoreError, StoreResult, insert_audit, insert_outbox, like_prefix};
+use super::{
+    AuditEntry, OutboxEvent, Page, PgStore, StoreError, StoreResult, insert_audit, insert_outbox,
+    like_prefix,
+};
 use crate::context::RequestContext;
-use crate::domain::{BirthDate, Email, OmsPolicy, Patient, PatientData, PatientEvent, PersonName, Snils};
+use crate::domain::{
+    BirthDate, Email, OmsPolicy, Patient, PatientData, PatientEvent, PersonName, Snils,
+};
 
 /// Which patients a list returns.
 #[derive(Debug, Clone, Default)]
@@ -26,12 +31,20 @@ fn patient_from_row(row: &Row) -> Patient {
         id: row.get("id"),
         data: PatientData {
             first_name: PersonName::from_stored(row.get("first_name")),
-            middle_name: row.get::<_, Option<String>>("middle_name").map(PersonName::from_stored),
+            middle_name: row
+                .get::<_, Option<String>>("middle_name")
+                .map(PersonName::from_stored),
             last_name: PersonName::from_stored(row.get("last_name")),
             birth_date: BirthDate::from_stored(row.get("birth_date")),
-            email: row.get::<_, Option<String>>("email").map(Email::from_stored),
-            snils: row.get::<_, Option<String>>("snils").map(Snils::from_stored),
-            oms_policy: row.get::<_, Option<String>>("oms_policy").map(OmsPolicy::from_stored),
+            email: row
+                .get::<_, Option<String>>("email")
+                .map(Email::from_stored),
+            snils: row
+                .get::<_, Option<String>>("snils")
+                .map(Snils::from_stored),
+            oms_policy: row
+                .get::<_, Option<String>>("oms_policy")
+                .map(OmsPolicy::from_stored),
         },
         archived_at: row.get("archived_at"),
         version: row.get("version"),
@@ -56,7 +69,9 @@ impl PgStore {
     /// Returns the patient with `id`, archived or not.
     pub async fn load_patient(&self, id: Uuid) -> StoreResult<Option<Patient>> {
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(include_str!("sql/patient_select.sql")).await?;
+        let statement = client
+            .prepare_cached(include_str!("sql/patient_select.sql"))
+            .await?;
         let row = client.query_opt(&statement, &[&id]).await?;
         Ok(row.as_ref().map(patient_from_row))
     }
@@ -65,23 +80,56 @@ impl PgStore {
     pub async fn list_patients(&self, filter: &PatientFilter) -> StoreResult<Page<Patient>> {
         let client = self.pool.get().await?;
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
-        let list = client.prepare_cached(include_str!("sql/patient_list.sql")).await?;
-        let count = client.prepare_cached(include_str!("sql/patient_count.sql")).await?;
-        let rows = client
-            .query(&list, &[&prefix, &filter.birth_date, &filter.include_archived, &filter.offset, &filter.limit])
+        let list = client
+            .prepare_cached(include_str!("sql/patient_list.sql"))
             .await?;
-        let total: i64 = client.query_one(&count, &[&prefix, &filter.birth_date, &filter.include_archived]).await?.get(0);
-        Ok(Page { items: rows.iter().map(patient_from_row).collect(), total })
+        let count = client
+            .prepare_cached(include_str!("sql/patient_count.sql"))
+            .await?;
+        let rows = client
+            .query(
+                &list,
+                &[
+                    &prefix,
+                    &filter.birth_date,
+                    &filter.include_archived,
+                    &filter.offset,
+                    &filter.limit,
+                ],
+            )
+            .await?;
+        let total: i64 = client
+            .query_one(
+                &count,
+                &[&prefix, &filter.birth_date, &filter.include_archived],
+            )
+            .await?
+            .get(0);
+        Ok(Page {
+            items: rows.iter().map(patient_from_row).collect(),
+            total,
+        })
     }
 
     /// Inserts a new patient with its audit and `PatientCreated` outbox rows.
-    pub async fn insert_patient(&self, id: Uuid, data: &PatientData, ctx: &RequestContext) -> StoreResult<Patient> {
+    pub async fn insert_patient(
+        &self,
+        id: Uuid,
+        data: &PatientData,
+        ctx: &RequestContext,
+    ) -> StoreResult<Patient> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(include_str!("sql/patient_insert.sql")).await?;
+        let statement = tx
+            .prepare_cached(include_str!("sql/patient_insert.sql"))
+            .await?;
         let data_params = data_params(data);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id];
-        params.extend(data_params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+        params.extend(
+            data_params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        );
         let row = tx.query_one(&statement, &params).await?;
         let patient = patient_from_row(&row);
         record_patient_event(&tx, ctx, &patient, &PatientEvent::Created).await?;
@@ -90,15 +138,31 @@ impl PgStore {
     }
 
     /// Replaces the data of `current` if its version is still current in the database.
-    pub async fn update_patient(&self, current: &Patient, next: &PatientData, ctx: &RequestContext) -> StoreResult<Patient> {
-        let event = PatientEvent::Updated { updated_fields: next.changed_fields(&current.data) };
+    pub async fn update_patient(
+        &self,
+        current: &Patient,
+        next: &PatientData,
+        ctx: &RequestContext,
+    ) -> StoreResult<Patient> {
+        let event = PatientEvent::Updated {
+            updated_fields: next.changed_fields(&current.data),
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(include_str!("sql/patient_update.sql")).await?;
+        let statement = tx
+            .prepare_cached(include_str!("sql/patient_update.sql"))
+            .await?;
         let data_params = data_params(next);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&current.id, &current.version];
-        params.extend(data_params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
-        let row = tx.query_opt(&statement, &params).await?.ok_or(StoreError::VersionConflict)?;
+        params.extend(
+            data_params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        );
+        let row = tx
+            .query_opt(&statement, &params)
+            .await?
+            .ok_or(StoreError::VersionConflict)?;
         let patient = patient_from_row(&row);
         record_patient_event(&tx, ctx, &patient, &event).await?;
         tx.commit().await?;
@@ -106,11 +170,20 @@ impl PgStore {
     }
 
     /// Archives `current` (patients are retained, never deleted).
-    pub async fn archive_patient(&self, current: &Patient, ctx: &RequestContext) -> StoreResult<Patient> {
+    pub async fn archive_patient(
+        &self,
+        current: &Patient,
+        ctx: &RequestContext,
+    ) -> StoreResult<Patient> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(include_str!("sql/patient_archive.sql")).await?;
-        let row = tx.query_opt(&statement, &[&current.id, &current.version]).await?.ok_or(StoreError::VersionConflict)?;
+        let statement = tx
+            .prepare_cached(include_str!("sql/patient_archive.sql"))
+            .await?;
+        let row = tx
+            .query_opt(&statement, &[&current.id, &current.version])
+            .await?
+            .ok_or(StoreError::VersionConflict)?;
         let patient = patient_from_row(&row);
         record_patient_event(&tx, ctx, &patient, &PatientEvent::Deleted).await?;
         tx.commit().await?;

@@ -1,0 +1,137 @@
+# Shared by scripts/up and scripts/test: install what is missing, start a private PostgreSQL
+# (wal_level=logical) and a tansu broker, wait until they answer, stop them.
+# Sourced, not executed. Works as root on a fresh Debian machine.
+
+TANSU_VERSION=0.6.0
+
+log() { printf '[medflow] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Finds PostgreSQL's server binaries; installs Debian's `postgresql` package if missing.
+ensure_postgres() {
+  PG_BIN=""
+  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then PG_BIN=$dir; break; fi
+  done
+  if [ -z "$PG_BIN" ]; then
+    log "installing PostgreSQL (Debian package postgresql)"
+    [ "$(id -u)" = 0 ] || die "PostgreSQL is missing and installing it needs root"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq postgresql postgresql-contrib >&2 \
+      || die "apt-get install postgresql failed"
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+      if [ -x "$dir/initdb" ]; then PG_BIN=$dir; break; fi
+    done
+  fi
+  [ -n "$PG_BIN" ] || die "PostgreSQL server binaries not found after install"
+  # PostgreSQL refuses to run as root: run it as the `postgres` system user.
+  if [ "$(id -u)" = 0 ]; then
+    if ! id postgres >/dev/null 2>&1; then
+      useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+    PG_AS="runuser -u postgres --"
+  else
+    PG_AS=""
+  fi
+  export PG_BIN PG_AS
+}
+
+# Finds tansu; installs it from crates.io if missing (~8 minutes on 2 cores).
+ensure_tansu() {
+  if command -v tansu >/dev/null 2>&1; then TANSU=$(command -v tansu)
+  elif [ -x "$HOME/.cargo/bin/tansu" ]; then TANSU=$HOME/.cargo/bin/tansu
+  else
+    log "installing tansu $TANSU_VERSION (cargo install; takes several minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql >&2 \
+      || die "cargo install tansu failed"
+    TANSU=$HOME/.cargo/bin/tansu
+  fi
+  export TANSU
+}
+
+# Prints a TCP port nobody listens on.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+# Waits until something accepts TCP connections on 127.0.0.1:$1 (at most $2 seconds).
+wait_for_port() {
+  local port=$1 deadline=$((SECONDS + ${2:-60}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+# start_postgres DATADIR PORT [test]: initialises the cluster if needed and starts it.
+# With `test`, durability is traded for speed (fsync off): the data is thrown away anyway.
+start_postgres() {
+  local data=$1 port=$2 mode=${3:-dev}
+  mkdir -p "$data"
+  if [ -n "$PG_AS" ]; then chown postgres: "$data"; chmod 700 "$data"; fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    $PG_AS "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$data.initdb.log" 2>&1 \
+      || { cat "$data.initdb.log" >&2; die "initdb failed"; }
+    {
+      echo "listen_addresses = '127.0.0.1'"
+      echo "unix_socket_directories = '$data'"
+      echo "wal_level = logical"
+      echo "max_replication_slots = 64"
+      echo "max_wal_senders = 64"
+      echo "max_connections = 500"
+      echo "shared_buffers = 256MB"
+      if [ "$mode" = test ]; then
+        echo "fsync = off"
+        echo "synchronous_commit = off"
+        echo "full_page_writes = off"
+      fi
+    } >>"$data/postgresql.conf"
+  fi
+  # The port is given on the command line so a reused cluster can move.
+  $PG_AS "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -o "-p $port" -w -t 60 start >/dev/null \
+    || { tail -20 "$data/server.log" >&2; die "PostgreSQL did not start"; }
+  wait_for_port "$port" 30 || die "PostgreSQL does not answer on port $port"
+}
+
+stop_postgres() {
+  local data=$1
+  [ -f "$data/postmaster.pid" ] || return 0
+  $PG_AS "$PG_BIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+}
+
+# start_tansu DIR PORT: starts the broker with sqlite storage under DIR; sets TANSU_PID.
+start_tansu() {
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  # tansu resolves sqlite:// paths against its working directory.
+  (cd "$dir" && exec setsid "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "sqlite://tansu.db" >"$dir/broker.log" 2>&1) &
+  TANSU_PID=$!
+  echo "$TANSU_PID" >"$dir/broker.pid"
+  wait_for_port "$port" 60 || { tail -20 "$dir/broker.log" >&2; die "tansu does not answer on port $port"; }
+}
+
+stop_tansu() {
+  local dir=$1 pid
+  [ -f "$dir/broker.pid" ] || return 0
+  pid=$(cat "$dir/broker.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/broker.pid"
+}
+
+# psql_admin PORT SQL...: runs SQL as the superuser over TCP.
+psql_admin() {
+  local port=$1; shift
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+}

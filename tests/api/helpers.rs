@@ -1,0 +1,249 @@
+//! The end-to-end harness: every test gets the real application, started in-process on port
+//! 0 against its own fresh database in the PostgreSQL that `scripts/test` started.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use medflow::config::{LogFormat, LogSettings, Settings};
+use medflow::startup::Application;
+use medflow::telemetry;
+use serde_json::{Value, json};
+use tokio_postgres::NoTls;
+
+/// The superuser URL of the test cluster (`scripts/test` exports it).
+pub fn admin_url() -> String {
+    std::env::var("MEDFLOW_TEST_DATABASE_URL")
+        .expect("MEDFLOW_TEST_DATABASE_URL is not set: run the tests through scripts/test, which starts PostgreSQL and the broker")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub app: Option<Application>,
+    pub db_name: String,
+    pub db_url: String,
+}
+
+static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates an empty database and returns its name and URL.
+pub async fn fresh_database() -> (String, String) {
+    let admin = admin_url();
+    let (client, connection) = tokio_postgres::connect(&admin, NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(connection);
+    let name = format!(
+        "medflow_test_{}_{}",
+        std::process::id(),
+        DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ) + &uuid::Uuid::new_v4().simple().to_string()[..8];
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .expect("admin URL has a database path");
+    (name.clone(), format!("{base}/{name}"))
+}
+
+/// Settings for a test application: defaults, port 0, the given database.
+pub fn test_settings(db_url: &str) -> Settings {
+    let mut settings = Settings::load_without_env(None).expect("default settings are valid");
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = db_url.to_owned().into();
+    settings.database.pool_size = 8;
+    settings.http.shutdown_grace_ms = 2000;
+    settings.log = LogSettings {
+        format: LogFormat::Pretty,
+        level: std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
+    };
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the application with settings adjusted by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let (db_name, db_url) = fresh_database().await;
+    let mut settings = test_settings(&db_url);
+    configure(&mut settings);
+    settings.validate().expect("test settings are valid");
+    if std::env::var("TEST_LOG").is_ok() {
+        telemetry::init_logging(&settings.log);
+    }
+    let app = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let address = format!("http://{}", app.address());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        app: Some(app),
+        db_name,
+        db_url,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn app(&self) -> &Application {
+        self.app.as_ref().expect("the application is running")
+    }
+
+    /// A direct connection to this test's database, for assertions.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.db_url, NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db().await.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a patient from `body` and returns the response body; panics unless 201.
+    pub async fn create_patient(&self, body: &Value) -> Value {
+        let response = self.post_json("/api/v1/patients", body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "create failed: {body}");
+        body
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("graceful shutdown");
+        }
+    }
+}
+
+/// A valid patient; `n` varies the identifying fields so many can coexist.
+pub fn patient_body(n: u32) -> Value {
+    json!({
+        "firstName": "Анна",
+        "middleName": "Сергеевна",
+        "lastName": format!("Иванова{}", letters(n)),
+        "birthDate": "1985-03-14",
+        "email": format!("anna{n}@example.org"),
+        "snils": valid_snils(n),
+        "omsPolicy": format!("{:016}", 1_000_000_000_000_000u64 + u64::from(n)),
+    })
+}
+
+fn letters(mut n: u32) -> String {
+    let mut out = String::new();
+    loop {
+        out.push(char::from(b'a' + (n % 26) as u8));
+        n /= 26;
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+/// Returns a SNILS with a valid checksum, distinct for each `n` < 10⁸.
+pub fn valid_snils(n: u32) -> String {
+    let body = format!("{:09}", 100_000_000 + n % 800_000_000);
+    let sum: u32 = body
+        .bytes()
+        .zip((1..=9).rev())
+        .map(|(digit, weight)| u32::from(digit - b'0') * weight)
+        .sum();
+    let check = match sum {
+        0..=99 => sum,
+        100 | 101 => 0,
+        _ => match sum % 101 {
+            100 => 0,
+            rest => rest,
+        },
+    };
+    format!("{body}{check:02}")
+}
+
+/// Polls `probe` until it yields `Some`, or panics after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub async fn expect_problem(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    assert_eq!(body["status"], status, "body: {body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:medflow:problem:")),
+        "body: {body}"
+    );
+    assert!(body["title"].is_string(), "body: {body}");
+    body
+}
+
+/// Returns the field names a problem lists.
+pub fn problem_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

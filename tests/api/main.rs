@@ -1,0 +1,9 @@
+//! End-to-end tests against the real application, PostgreSQL and broker (see `scripts/test`).
+
+mod actors;
+mod doctors;
+mod helpers;
+mod openapi;
+mod operations;
+mod patients;
+mod validation;

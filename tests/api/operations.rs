@@ -1,0 +1,173 @@
+//! Health, readiness, metrics, request ids, a database outage and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{admin_url, eventually, expect_problem, patient_body, spawn_app};
+
+#[tokio::test]
+async fn probes_and_metrics_answer() {
+    let app = spawn_app().await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"database": "ok"}})
+    );
+
+    app.create_patient(&patient_body(50)).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("medflow_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("route=\"/api/v1/patients\""), "{metrics}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_assigned() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("X-Request-Id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let response = app.get("/healthz").await;
+    let assigned = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(assigned).is_ok(), "{assigned}");
+
+    // The request id and the acting principal are what the audit row records.
+    let response = app
+        .client
+        .post(app.url("/api/v1/patients"))
+        .header("X-Request-Id", "create-1")
+        .header("X-Actor-Id", "registrar-7")
+        .json(&patient_body(51))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let db = app.db().await;
+    let row = db
+        .query_one(
+            "SELECT actor_id, request_id, client_addr FROM audit_log",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "registrar-7");
+    assert_eq!(row.get::<_, String>(1), "create-1");
+    assert_eq!(row.get::<_, String>(2), "127.0.0.1");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_and_readiness_turns_red() {
+    let app = spawn_app().await;
+    let created = app.create_patient(&patient_body(52)).await;
+    let path = format!("/api/v1/patients/{}", created["id"].as_str().unwrap());
+
+    // Take the database away underneath the running application.
+    let (admin, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db_name))
+        .await
+        .unwrap();
+
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "failing");
+
+    // Writes answer 503 with Retry-After, not 500; the live actor still serves reads it holds.
+    let response = app
+        .client
+        .patch(app.url(&path))
+        .json(&json!({"firstName": "Вера"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    expect_problem(response, 503).await;
+    let response = app.post_json("/api/v1/patients", &patient_body(53)).await;
+    expect_problem(response, 503).await;
+    let response = app.get("/api/v1/patients").await;
+    expect_problem(response, 503).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_finishes_in_flight_requests() {
+    let app = spawn_app().await;
+    let created = app.create_patient(&patient_body(54)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/patients/{id}");
+
+    // Hold the patient's row lock so the next update blocks inside PostgreSQL.
+    let mut blocker = app.db().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM patients WHERE id = $1::text::uuid FOR UPDATE",
+        &[&id],
+    )
+    .await
+    .unwrap();
+
+    let in_flight = tokio::spawn(
+        app.client
+            .patch(app.url(&path))
+            .json(&json!({"firstName": "Зоя"}))
+            .send(),
+    );
+    let observer = app.db().await;
+    eventually(Duration::from_secs(10), "the update to wait on the row lock", || async {
+        let waiting: i64 = observer
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE patients%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (waiting == 1).then_some(())
+    })
+    .await;
+
+    let address = app.address.clone();
+    let shutdown = tokio::spawn(app.shutdown());
+    // New connections are refused once shutdown began.
+    eventually(Duration::from_secs(10), "the listener to close", || {
+        let address = address.clone();
+        async move {
+            let fresh = reqwest::Client::new();
+            fresh
+                .get(format!("{address}/healthz"))
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the in-flight request"
+    );
+
+    lock.commit().await.unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["firstName"], "Зоя");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+}
