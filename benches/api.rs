@@ -1,1 +1,383 @@
-fn main() {}
+//! API benchmark (issue "walking skeleton"), run by `scripts/bench` against the private
+//! PostgreSQL it starts. Prints, on this machine and in one run:
+//!
+//! (a) `POST /api/v1/patients` at 32 concurrent clients — throughput, p50/p99 — and the ratio
+//!     to plain SQL doing the same inserts (row + audit + outbox in one transaction) at the
+//!     same concurrency (target ≥ 0.7);
+//! (b) `GET /api/v1/patients/{id}` of live actors at 64 concurrent clients, and the ratio to a
+//!     trivial warp handler on the same machine (target ≥ 0.5);
+//! (c) memory per idle live patient actor (target < 4 KiB).
+//!
+//! Client and server share the machine's two cores in every phase, so the ratios compare
+//! like with like.
+
+#[allow(dead_code)]
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use hdrhistogram::Histogram;
+use medflow_actors::RequestContext;
+use medflow_actors::domain::{PatientData, PatientFields};
+use serde_json::json;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+use warp::Filter;
+
+const WRITE_CLIENTS: usize = 32;
+const READ_CLIENTS: usize = 64;
+const PHASE: Duration = Duration::from_secs(5);
+const WARMUP: Duration = Duration::from_millis(500);
+const IDLE_ACTORS: usize = 20_000;
+
+struct Figures {
+    requests: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    errors: u64,
+}
+
+impl Figures {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<44} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} errors)",
+            self.per_second(),
+            self.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            self.requests,
+            self.errors
+        );
+    }
+}
+
+/// Runs `clients` loops of `operation` for `PHASE` (after a warm-up) and records latencies.
+async fn drive<F, Fut>(clients: usize, operation: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let operation = Arc::new(operation);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let warm_until = Instant::now() + WARMUP;
+    let stop_at = warm_until + PHASE;
+    let merged = Arc::new(Mutex::new((Histogram::<u64>::new(3).unwrap(), 0u64, 0u64)));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let operation = operation.clone();
+            let counter = counter.clone();
+            let merged = merged.clone();
+            tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new(3).unwrap();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                loop {
+                    let started = Instant::now();
+                    if started >= stop_at {
+                        break;
+                    }
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let succeeded = operation(n).await;
+                    if started >= warm_until {
+                        histogram
+                            .record(started.elapsed().as_micros() as u64)
+                            .unwrap();
+                        if succeeded { ok += 1 } else { failed += 1 }
+                    }
+                }
+                let mut merged = merged.lock().await;
+                merged.0.add(&histogram).unwrap();
+                merged.1 += ok;
+                merged.2 += failed;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (latency, requests, errors) = Arc::try_unwrap(merged).ok().unwrap().into_inner();
+    Figures {
+        requests,
+        elapsed: PHASE,
+        latency,
+        errors,
+    }
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn plain_sql_pool(url: &str, size: usize) -> Pool {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager).max_size(size).build().unwrap()
+}
+
+/// The same three inserts medflow makes for a create, in one transaction, without HTTP or
+/// actors.
+async fn plain_sql_insert(pool: &Pool, n: usize) -> bool {
+    let Ok(mut client) = pool.get().await else {
+        return false;
+    };
+    let Ok(tx) = client.transaction().await else {
+        return false;
+    };
+    let id = Uuid::now_v7();
+    let birth = chrono::NaiveDate::from_ymd_opt(1985, 3, 14).unwrap();
+    let snils = helpers::valid_snils(500_000_000 + n as u32);
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO patients (id, first_name, middle_name, last_name, birth_date, email, snils, oms_policy) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING version, created_at, updated_at",
+        )
+        .await
+        .unwrap();
+    let email = format!("p{n}@example.org");
+    let ok = tx
+        .query_one(
+            &insert,
+            &[
+                &id,
+                &"Анна",
+                &Some("Сергеевна"),
+                &"Иванова",
+                &birth,
+                &Some(email.as_str()),
+                &Some(snils.as_str()),
+                &None::<String>,
+            ],
+        )
+        .await
+        .is_ok();
+    let audit = tx
+        .prepare_cached("INSERT INTO audit_log (actor_id, action, object_type, object_id, client_addr, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .await
+        .unwrap();
+    let ok = ok
+        && tx
+            .execute(
+                &audit,
+                &[
+                    &"bench",
+                    &"patient.create",
+                    &"patient",
+                    &id,
+                    &Some("127.0.0.1"),
+                    &"req",
+                    &json!({"version": 1}),
+                ],
+            )
+            .await
+            .is_ok();
+    let outbox = tx
+        .prepare_cached("INSERT INTO outbox (id, aggregate_type, aggregate_id, patient_id, event_type, version, payload, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .await
+        .unwrap();
+    let payload = json!({"id": id, "firstName": "Анна", "lastName": "Иванова", "birthDate": birth});
+    let ok = ok
+        && tx
+            .execute(
+                &outbox,
+                &[
+                    &Uuid::now_v7(),
+                    &"patient",
+                    &id,
+                    &Some(id),
+                    &"PatientCreated",
+                    &1i64,
+                    &payload,
+                    &None::<String>,
+                ],
+            )
+            .await
+            .is_ok();
+    ok && tx.commit().await.is_ok()
+}
+
+fn main() {
+    if std::env::var("MEDFLOW_TEST_DATABASE_URL").is_err() {
+        eprintln!("the benchmark needs the private stack: run scripts/bench");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    println!(
+        "medflow API benchmark — {} cores; phases of {:?} after {:?} warm-up",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        PHASE,
+        WARMUP
+    );
+    let app = helpers::spawn_app_with(|settings| {
+        settings.database.pool_size = WRITE_CLIENTS;
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(READ_CLIENTS)
+        .build()
+        .unwrap();
+
+    // (a) creates through the API, then the same inserts in plain SQL.
+    let url = app.url("/api/v1/patients");
+    let api_client = client.clone();
+    let api = drive(WRITE_CLIENTS, move |n| {
+        let request = api_client
+            .post(url.clone())
+            .json(&helpers::patient_body(n as u32));
+        async move { request.send().await.is_ok_and(|r| r.status() == 201) }
+    })
+    .await;
+    api.print("(a) POST /patients, 32 clients");
+    let patients = app.app().patients().clone();
+    let direct = drive(WRITE_CLIENTS, move |n| {
+        let patients = patients.clone();
+        async move {
+            let body = helpers::patient_body(1_000_000 + n as u32);
+            let fields = PatientFields {
+                first_name: body["firstName"].as_str().unwrap().into(),
+                middle_name: body["middleName"].as_str().map(Into::into),
+                last_name: body["lastName"].as_str().unwrap().into(),
+                birth_date: chrono::NaiveDate::from_ymd_opt(1985, 3, 14).unwrap(),
+                email: body["email"].as_str().map(Into::into),
+                snils: body["snils"].as_str().map(Into::into),
+                oms_policy: body["omsPolicy"].as_str().map(Into::into),
+            };
+            let data = PatientData::parse(fields, chrono::Utc::now().date_naive()).unwrap();
+            patients
+                .create(data, &RequestContext::system("bench"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    direct.print("    the same through actors, without HTTP");
+    let (_, sql_db) = helpers::fresh_database().await;
+    let migrated =
+        helpers::spawn_app_with(|settings| settings.database.url = sql_db.clone().into()).await;
+    migrated.shutdown().await;
+    let pool = Arc::new(plain_sql_pool(&sql_db, WRITE_CLIENTS).await);
+    let sql = drive(WRITE_CLIENTS, move |n| {
+        let pool = pool.clone();
+        async move { plain_sql_insert(&pool, n).await }
+    })
+    .await;
+    sql.print("    plain SQL, same transaction, 32 clients");
+    println!(
+        "    ratio API / plain SQL: {:.2} (target ≥ 0.70); actors without HTTP / plain SQL: {:.2}",
+        api.per_second() / sql.per_second(),
+        direct.per_second() / sql.per_second()
+    );
+
+    // (b) reads of live actors, then a trivial warp handler.
+    let page: serde_json::Value = client
+        .get(app.url("/api/v1/patients?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Arc<Vec<String>> = Arc::new(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect(),
+    );
+    for id in ids.iter() {
+        client
+            .get(app.url(&format!("/api/v1/patients/{id}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let base = app.url("/api/v1/patients/");
+    let read_client = client.clone();
+    let reads = drive(READ_CLIENTS, move |n| {
+        let request = read_client.get(format!("{base}{}", ids[n % ids.len()]));
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    reads.print("(b) GET /patients/{id} (live actors), 64 clients");
+    let trivial = warp::path!("ping").map(|| {
+        warp::reply::json(&json!({"id": "00000000-0000-0000-0000-000000000000", "ok": true}))
+    });
+    let (address, server) = warp::serve(trivial).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    let ping = format!("http://{address}/ping");
+    let ping_client = client.clone();
+    let baseline = drive(READ_CLIENTS, move |_| {
+        let request = ping_client.get(ping.clone());
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    baseline.print("    trivial warp handler, 64 clients");
+    println!(
+        "    ratio API / trivial handler: {:.2} (target ≥ 0.50)",
+        reads.per_second() / baseline.per_second()
+    );
+
+    // (c) memory per idle live actor: load many patients into actors, measure the growth.
+    let db = app.db().await;
+    db.batch_execute(&format!(
+        "INSERT INTO patients (id, first_name, middle_name, last_name, birth_date, email) \
+         SELECT gen_random_uuid(), 'Анна', 'Сергеевна', 'Иванова' || g, DATE '1985-03-14', 'p' || g || '@example.org' \
+         FROM generate_series(1, {IDLE_ACTORS}) AS g"
+    ))
+    .await
+    .unwrap();
+    let rows = db
+        .query(
+            "SELECT id FROM patients WHERE email LIKE 'p%@example.org' AND snils IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+    let patients = app.app().patients().clone();
+    let live_before = patients.stats().await.unwrap().live;
+    let before = resident_bytes();
+    for chunk in ids.chunks(500) {
+        let loads = chunk.iter().map(|id| patients.get(*id));
+        for loaded in futures::future::join_all(loads).await {
+            loaded.unwrap();
+        }
+    }
+    let after = resident_bytes();
+    let live_after = patients.stats().await.unwrap().live;
+    let added = live_after - live_before;
+    let per_actor = after.saturating_sub(before) as f64 / added as f64;
+    println!(
+        "(c) {added} idle live patient actors: resident memory +{:.1} MiB, {:.0} bytes per actor (state included; target < 4096)",
+        after.saturating_sub(before) as f64 / 1048576.0,
+        per_actor
+    );
+    app.shutdown().await;
+}

@@ -135,3 +135,32 @@ psql_admin() {
   local port=$1; shift
   "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
 }
+
+# start_private_stack: PostgreSQL and tansu in a temporary directory on free ports, torn down
+# when the calling script exits; exports their addresses as MEDFLOW_TEST_* for tests/benches.
+start_private_stack() {
+  ensure_postgres
+  ensure_tansu
+  WORK=$(mktemp -d /tmp/medflow-test.XXXXXX)
+  chmod 755 "$WORK"
+  trap teardown_private_stack EXIT
+  trap 'exit 130' INT TERM
+  local pg_port kafka_port
+  pg_port=$(free_port)
+  kafka_port=$(free_port)
+  log "PostgreSQL on 127.0.0.1:$pg_port, tansu on 127.0.0.1:$kafka_port (under $WORK)"
+  start_postgres "$WORK/pg" "$pg_port" test
+  start_tansu "$WORK/kafka" "$kafka_port"
+  export MEDFLOW_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+  export MEDFLOW_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
+  export MEDFLOW_TEST_PG_BIN="$PG_BIN"
+  export MEDFLOW_TEST_PG_DATA="$WORK/pg"
+}
+
+teardown_private_stack() {
+  local status=$?
+  stop_tansu "$WORK/kafka"
+  stop_postgres "$WORK/pg"
+  rm -rf "$WORK"
+  exit "$status"
+}
