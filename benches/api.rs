@@ -276,7 +276,7 @@ async fn run() {
         }
     })
     .await;
-    direct.print("    the same through actors, without HTTP");
+    direct.print("    the same via Patients::create, no HTTP");
     let (_, sql_db) = helpers::fresh_database().await;
     let migrated =
         helpers::spawn_app_with(|settings| settings.database.url = sql_db.clone().into()).await;
@@ -289,7 +289,7 @@ async fn run() {
     .await;
     sql.print("    plain SQL, same transaction, 32 clients");
     println!(
-        "    ratio API / plain SQL: {:.2} (target ≥ 0.70); actors without HTTP / plain SQL: {:.2}",
+        "    ratio API / plain SQL: {:.2} (target ≥ 0.70); domain API without HTTP / plain SQL: {:.2}",
         api.per_second() / sql.per_second(),
         direct.per_second() / sql.per_second()
     );

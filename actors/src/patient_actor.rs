@@ -1,8 +1,9 @@
 //! `PatientActor`: owns one patient's state and serialises every command on it.
 //!
-//! The actor is spawned by the [`PatientRegistry`](crate::patient_registry) on first use and
-//! loads its patient lazily on the first message, so spawning does no I/O and a registry
-//! never waits on the database. Reads are answered from memory; each write is one
+//! The actor is spawned by the patient [`EntityRegistry`](crate::registry::EntityRegistry) on
+//! first use and loads its patient lazily on the first message, so spawning does no I/O and a
+//! registry never waits on the database. A new patient is inserted by
+//! [`Patients::create`](crate::Patients::create) directly: its id has no actor yet. Reads are answered from memory; each write is one
 //! transaction (row with version check, audit row, outbox row) and replaces the state only
 //! after it committed.
 //!
@@ -29,11 +30,6 @@ const KIND: &str = "patient";
 /// Commands and queries for one patient.
 #[derive(Debug)]
 pub enum PatientMessage {
-    Create {
-        data: PatientData,
-        ctx: RequestContext,
-        reply: RpcReplyPort<Result<Arc<Patient>>>,
-    },
     Get {
         reply: RpcReplyPort<Result<Arc<Patient>>>,
     },
@@ -98,10 +94,6 @@ impl Actor for PatientActor {
     ) -> Result<(), ActorProcessingErr> {
         // The store futures are boxed so this actor's task stays small while it idles.
         match message {
-            PatientMessage::Create { data, ctx, reply } => {
-                let answer = Box::pin(self.create(state, data, ctx)).await;
-                let _ = reply.send(answer);
-            }
             PatientMessage::Get { reply } => {
                 let answer = Box::pin(self.loaded(&myself, state)).await;
                 let _ = reply.send(answer);
@@ -152,34 +144,6 @@ impl EntityActor for PatientActor {
 }
 
 impl PatientActor {
-    async fn create(
-        &self,
-        state: &mut PatientState,
-        data: PatientData,
-        ctx: RequestContext,
-    ) -> Result<Arc<Patient>> {
-        let id = match state {
-            PatientState::Unloaded { id } | PatientState::Missing { id } => *id,
-            PatientState::Live(patient) => {
-                return Err(Error::Conflict {
-                    message: "the patient already exists".into(),
-                    current_version: Some(patient.version),
-                });
-            }
-        };
-        match self.store.insert_patient(id, &data, &ctx).await {
-            Ok(patient) => {
-                let patient = Arc::new(patient);
-                *state = PatientState::Live(patient.clone());
-                Ok(patient)
-            }
-            Err(error) => {
-                *state = PatientState::Unloaded { id };
-                Err(Error::from_store(KIND, error))
-            }
-        }
-    }
-
     /// Returns the patient, reading it from the store first if needed.
     async fn loaded(
         &self,

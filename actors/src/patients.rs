@@ -6,33 +6,37 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Patient, PatientData, PatientPatch};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::patient_actor::{PatientActor, PatientMessage};
 use crate::registry::{EntityClient, RegistryStats, Retry};
+use crate::store::PgStore;
 
 /// Commands and queries on patients, routed to each patient's actor.
 #[derive(Clone)]
 pub struct Patients {
     client: EntityClient<PatientActor>,
+    store: PgStore,
 }
 
 impl Patients {
-    pub fn new(client: EntityClient<PatientActor>) -> Self {
-        Self { client }
+    pub fn new(client: EntityClient<PatientActor>, store: PgStore) -> Self {
+        Self { client, store }
     }
 
     /// Creates a patient with a fresh id and returns it as committed.
+    ///
+    /// A create is the one write that does not pass through the patient's actor: the id is
+    /// minted here and nobody else can know it until this returns, so there is no writer to
+    /// serialise against. The actor is spawned on the first request that names the id and
+    /// loads the committed row. Skipping the spawn keeps a burst of registrations (which are
+    /// rarely read back at once) from filling the registry with actors nobody asked for.
     pub async fn create(&self, data: PatientData, ctx: &RequestContext) -> Result<Arc<Patient>> {
         let id = Uuid::now_v7();
-        self.client
-            .ask(id, Retry::OnlyIfUndelivered, |reply| {
-                PatientMessage::Create {
-                    data: data.clone(),
-                    ctx: ctx.clone(),
-                    reply,
-                }
-            })
+        self.store
+            .insert_patient(id, &data, ctx)
             .await
+            .map(Arc::new)
+            .map_err(|error| Error::from_store("patient", error))
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Arc<Patient>> {

@@ -50,7 +50,7 @@ impl Supervision {
         let (fatal_tx, fatal) = watch::channel(None);
         let root = RootSupervisor {
             domain: DomainSupervisor {
-                store,
+                store: store.clone(),
                 registry: settings.registry,
                 restart: settings.restart,
                 patients: patient_slot.clone(),
@@ -60,7 +60,10 @@ impl Supervision {
         let (root, root_task) = Actor::spawn(None, root, ())
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the supervision tree: {error}"))?;
-        let patients = Patients::new(EntityClient::new(patient_slot, settings.call_timeout));
+        let patients = Patients::new(
+            EntityClient::new(patient_slot, settings.call_timeout),
+            store,
+        );
         Ok(Self {
             root,
             root_task,

@@ -121,6 +121,10 @@ async fn idle_patient_actors_are_passivated_and_reload_on_demand() {
             created["id"].as_str().unwrap()
         ));
     }
+    // A create goes straight to the store; reading spawns each patient's actor.
+    for path in &paths {
+        assert_eq!(app.get(path).await.status(), 200);
+    }
     let live = app.app().patients().stats().await.unwrap().live;
     assert!(live >= 1, "actors are live right after use (live = {live})");
 
