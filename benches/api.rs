@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use hdrhistogram::Histogram;
 use medflow_actors::RequestContext;
+use medflow_http::policy::Role;
 use medflow_actors::domain::{PatientData, PatientFields};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -238,8 +239,21 @@ async fn run() {
         settings.database.pool_size = WRITE_CLIENTS;
     })
     .await;
+    // Every request carries a token, as in production: its verification is part of the cost.
+    let token = helpers::mint(
+        &app.auth,
+        &app.staff_subject,
+        &[Role::Registrar, Role::Doctor],
+        None,
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(READ_CLIENTS)
+        .default_headers(headers)
         .build()
         .unwrap();
 

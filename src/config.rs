@@ -2,15 +2,16 @@
 //! then `MEDFLOW__SECTION__KEY` environment variables; validated before anything starts.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use medflow_actors::registry::RegistrySettings;
 use medflow_actors::store::StoreSettings;
+use medflow_http::auth::{AuthSettings, JwksSource};
 use medflow_supervisors::{RestartPolicy, TreeSettings};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The defaults, the same text as `config.toml` at the repository root.
@@ -24,6 +25,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub actors: ActorSettings,
     pub supervision: SupervisionSettings,
+    pub auth: AuthConfig,
     pub log: LogSettings,
 }
 
@@ -34,6 +36,45 @@ pub struct HttpSettings {
     pub body_limit_bytes: u64,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_ms: u64,
+    /// Empty disables HS256 (development tokens).
+    pub dev_hs256_secret: SecretString,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_ms: u64,
+    pub roles_claim: String,
+}
+
+impl AuthConfig {
+    /// The settings the authenticator takes.
+    pub fn to_settings(&self) -> AuthSettings {
+        let secret = self.dev_hs256_secret.expose_secret();
+        AuthSettings {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway: ms(self.leeway_ms),
+            dev_secret: (!secret.is_empty()).then(|| self.dev_hs256_secret.clone()),
+            jwks: match (&self.jwks_file, &self.jwks_url) {
+                (Some(path), _) => Some(JwksSource::File(path.clone())),
+                (None, Some(url)) => Some(JwksSource::Url(url.clone())),
+                (None, None) => None,
+            },
+            jwks_refresh: ms(self.jwks_refresh_ms),
+            roles_claim: self.roles_claim.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +160,56 @@ impl Settings {
         Ok(settings)
     }
 
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if auth.issuer.trim().is_empty() {
+            return invalid("auth.issuer", "must not be empty");
+        }
+        if auth.audience.trim().is_empty() {
+            return invalid("auth.audience", "must not be empty");
+        }
+        if auth.roles_claim.trim().is_empty() {
+            return invalid("auth.roles_claim", "must not be empty");
+        }
+        if auth.leeway_ms > 300_000 {
+            return invalid("auth.leeway_ms", "must be at most 300000 (5 minutes)");
+        }
+        if auth.jwks_refresh_ms < 1_000 {
+            return invalid("auth.jwks_refresh_ms", "must be at least 1000");
+        }
+        let secret = auth.dev_hs256_secret.expose_secret();
+        if !secret.is_empty() && secret.len() < 32 {
+            return invalid(
+                "auth.dev_hs256_secret",
+                "must be empty (disabled) or at least 32 bytes",
+            );
+        }
+        if auth.jwks_file.is_some() && auth.jwks_url.is_some() {
+            return invalid(
+                "auth.jwks_url",
+                "set auth.jwks_file or auth.jwks_url, not both",
+            );
+        }
+        if let Some(url) = &auth.jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid("auth.jwks_url", "must be an http(s) URL");
+        }
+        if secret.is_empty() && auth.jwks_file.is_none() && auth.jwks_url.is_none() {
+            return invalid(
+                "auth.jwks_url",
+                "no verification key: set auth.jwks_url or auth.jwks_file (or auth.dev_hs256_secret in development)",
+            );
+        }
+        Ok(())
+    }
+
     /// Checks the relations between values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
@@ -164,6 +255,33 @@ impl Settings {
                 return invalid(key, "must be greater than 0");
             }
         }
+        if self.http.rate_limit_per_second == 0 {
+            return invalid("http.rate_limit_per_second", "must be greater than 0");
+        }
+        if self.http.rate_limit_burst < self.http.rate_limit_per_second {
+            return invalid(
+                "http.rate_limit_burst",
+                "must be at least http.rate_limit_per_second",
+            );
+        }
+        for origin in &self.http.cors_allowed_origins {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let ok = host.is_some_and(|host| {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+            });
+            if !ok {
+                return invalid(
+                    "http.cors_allowed_origins",
+                    format!("{origin:?} is not an origin such as https://clinic.example"),
+                );
+            }
+        }
+        self.validate_auth()?;
         if !(1..=1000).contains(&self.database.pool_size) {
             return invalid("database.pool_size", "must be from 1 to 1000");
         }

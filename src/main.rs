@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use medflow::config::Settings;
 use medflow::startup::{Application, StopReason};
 use medflow::telemetry;
+use medflow_http::auth::{DevToken, mint_dev_token};
+use medflow_http::policy::Role;
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +31,32 @@ enum Command {
     Serve,
     /// Loads and validates the configuration, then exits.
     CheckConfig,
+    /// Prints a development token signed with auth.dev_hs256_secret.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// A role: doctor, registrar, admin, accountant, quality_control, management, patient.
+    /// Repeat for several.
+    #[arg(long = "role", required = true, value_parser = parse_role)]
+    roles: Vec<Role>,
+    /// The token subject: the acting user's id (a doctor's id for a doctor who signs).
+    #[arg(long)]
+    sub: Uuid,
+    /// For the patient role: the patient record the token may see.
+    #[arg(long)]
+    patient_id: Option<Uuid>,
+    /// Lifetime, e.g. 15m, 1h, 8h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Role::ALL.iter().map(|role| role.as_str()).collect();
+        format!("unknown role {name:?}; one of {}", names.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -45,6 +74,30 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
+        Command::Token(args) => token(&settings, args),
+    }
+}
+
+fn token(settings: &Settings, args: TokenArgs) -> ExitCode {
+    if args.roles.contains(&Role::Patient) && args.patient_id.is_none() {
+        eprintln!("medflow: a patient token needs --patient-id");
+        return ExitCode::from(2);
+    }
+    let request = DevToken {
+        subject: args.sub.to_string(),
+        roles: args.roles,
+        patient_id: args.patient_id,
+        ttl: args.ttl,
+    };
+    match mint_dev_token(&settings.auth.to_settings(), &request) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("medflow: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -7,10 +7,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use medflow_actors::{Patients, PgStore};
+use medflow_http::access::{RateLimitSettings, RateLimits};
+use medflow_http::auth::Authenticator;
 use medflow_http::health::DatabaseCheck;
+use medflow_http::policy::Policy;
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
 use medflow_supervisors::Supervision;
 use tokio::sync::oneshot;
@@ -27,6 +31,8 @@ pub struct Application {
     shutting_down: Arc<AtomicBool>,
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
+    /// Housekeeping tasks (key-set refresh, rate-limit memory), aborted on shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Why the application stopped.
@@ -40,6 +46,19 @@ pub enum StopReason {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth_settings = settings.auth.to_settings();
+        if auth_settings.dev_secret.is_some() {
+            tracing::warn!(
+                "auth.dev_hs256_secret is set: development tokens (HS256) are accepted; disable it in production"
+            );
+        }
+        let auth = Authenticator::new(auth_settings)
+            .await
+            .context("cannot load the token verification keys")?;
+        let rate_limits = RateLimits::new(RateLimitSettings {
+            per_second: settings.http.rate_limit_per_second,
+            burst: settings.http.rate_limit_burst,
+        });
         let store = PgStore::connect(&settings.store())?;
         store
             .migrate()
@@ -63,6 +82,10 @@ impl Application {
             readiness: Arc::new(readiness),
             shutting_down: shutting_down.clone(),
             render_metrics: Arc::new(move || metrics.render()),
+            auth: auth.clone(),
+            policy: Policy,
+            rate_limits: rate_limits.clone(),
+            cors_allowed_origins: Arc::new(settings.http.cors_allowed_origins.clone()),
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -74,6 +97,18 @@ impl Application {
                 let _ = stopped.await;
             },
         ));
+        let mut background = Vec::new();
+        background.extend(auth.spawn_refresh());
+        background.push(tokio::spawn({
+            let rate_limits = rate_limits.clone();
+            async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    ticker.tick().await;
+                    rate_limits.forget_idle_clients();
+                }
+            }
+        }));
         tracing::info!(address = %address, "medflow is listening");
         Ok(Self {
             address,
@@ -83,6 +118,7 @@ impl Application {
             shutting_down,
             stop_server,
             server,
+            background,
         })
     }
 
@@ -145,6 +181,9 @@ impl Application {
                     server.abort();
                 }
             }
+        }
+        for task in &self.background {
+            task.abort();
         }
         self.supervision.stop(grace).await;
         self.store.pool().close();

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use medflow_actors::Error;
 use medflow_actors::domain::{Doctor, DoctorData, DoctorFields};
 use medflow_actors::store::DoctorFilter;
-use medflow_actors::{Error, RequestContext};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -14,7 +14,9 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
+use crate::access::{self, Caller};
 use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
+use crate::policy::{Action, Target};
 use crate::problem::Problem;
 use crate::{AppState, json_reply, not_modified, outcome};
 
@@ -112,41 +114,44 @@ fn doctor_reply(status: StatusCode, doctor: &Doctor) -> Response {
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let body = extract::body(state.limits.body_limit_bytes);
+    let caller = access::caller(&state);
     let with_state = warp::any().map(move || state.clone());
     let collection = warp::path!("api" / "v1" / "doctors");
     let item = warp::path!("api" / "v1" / "doctors" / String);
     let list = collection
         .and(warp::get())
+        .and(caller.clone())
         .and(crate::raw_query())
         .and(with_state.clone())
-        .then(|query: String, state: AppState| async move {
-            outcome(list_doctors(&state, &query).await)
+        .then(|caller, query: String, state: AppState| async move {
+            outcome(list_doctors(&state, caller, &query).await)
         });
     let create = collection
         .and(warp::post())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(body.clone())
         .and(with_state.clone())
-        .then(|ctx, headers, body, state: AppState| async move {
-            outcome(create_doctor(&state, &ctx, &headers, body).await)
+        .then(|caller, headers, body, state: AppState| async move {
+            outcome(create_doctor(&state, caller, &headers, body).await)
         });
     let get = item
         .and(warp::get())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        .then(|id: String, headers, state: AppState| async move {
-            outcome(get_doctor(&state, &id, &headers).await)
+        .then(|id: String, caller, headers, state: AppState| async move {
+            outcome(get_doctor(&state, &id, caller, &headers).await)
         });
     let replace = item
         .and(warp::put())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(body.clone())
         .and(with_state)
         .then(
-            |id: String, ctx, headers, body, state: AppState| async move {
-                outcome(replace_doctor(&state, &id, &ctx, &headers, body).await)
+            |id: String, caller, headers, body, state: AppState| async move {
+                outcome(replace_doctor(&state, &id, caller, &headers, body).await)
             },
         );
     list.or(create)
@@ -164,7 +169,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         (status = 200, description = "A page of doctors", body = DoctorPage),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_doctors(state: &AppState, raw_query: &str) -> Result<Response, Problem> {
+pub async fn list_doctors(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    raw_query: &str,
+) -> Result<Response, Problem> {
+    caller?.authorize(Action::DoctorList, Target::Any)?;
     let query = Query::parse(raw_query, &["offset", "limit", "lastName", "specialty"])?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let non_empty = |raw: &str| {
@@ -203,10 +213,13 @@ pub async fn list_doctors(state: &AppState, raw_query: &str) -> Result<Response,
     ))]
 pub async fn create_doctor(
     state: &AppState,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
+    let caller = caller?;
+    caller.authorize(Action::DoctorCreate, Target::Any)?;
+    let ctx = &caller.ctx;
     let body = body?;
     let input: DoctorInput = json_body(headers, &body)?;
     let data = DoctorData::parse(input.into()).map_err(Problem::validation)?;
@@ -232,9 +245,12 @@ pub async fn create_doctor(
 pub async fn get_doctor(
     state: &AppState,
     id: &str,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
 ) -> Result<Response, Problem> {
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::DoctorRead, Target::Any)?;
     let doctor = state
         .store
         .load_doctor(id)
@@ -260,12 +276,15 @@ pub async fn get_doctor(
 pub async fn replace_doctor(
     state: &AppState,
     id: &str,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
-    let body = body?;
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::DoctorUpdate, Target::Any)?;
+    let ctx = &caller.ctx;
+    let body = body?;
     let expected = if_match(headers)?;
     let input: DoctorInput = json_body(headers, &body)?;
     let data = DoctorData::parse(input.into()).map_err(Problem::validation)?;

@@ -20,34 +20,30 @@ pub struct RequestMeta {
     pub client_addr: Option<SocketAddr>,
 }
 
-const ACTOR_HEADER: &str = "x-actor-id";
 const MAX_HEADER_ID_LEN: usize = 128;
 
-/// Extracts the caller's context: request id and peer (from the server wrapper), the acting
-/// principal (`X-Actor-Id` until authentication lands) and the W3C trace parent.
-pub fn request_context()
--> impl Filter<Extract = (RequestContext,), Error = std::convert::Infallible> + Clone {
-    warp::ext::optional::<RequestMeta>()
-        .and(warp::header::headers_cloned())
-        .map(|meta: Option<RequestMeta>, headers: HeaderMap| {
-            let meta = meta.unwrap_or_else(|| RequestMeta {
-                request_id: Uuid::new_v4().to_string(),
-                client_addr: None,
-            });
-            let actor_id =
-                header_token(&headers, ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned());
-            let traceparent = headers
-                .get("traceparent")
-                .and_then(|value| value.to_str().ok())
-                .filter(|value| is_traceparent(value))
-                .map(str::to_owned);
-            RequestContext {
-                actor_id,
-                request_id: meta.request_id,
-                client_addr: meta.client_addr.map(|addr| addr.ip().to_string()),
-                traceparent,
-            }
-        })
+/// Builds the request's context for `actor_id`: request id and peer (from the server
+/// wrapper) and the W3C trace parent.
+pub fn request_context(
+    meta: Option<RequestMeta>,
+    headers: &HeaderMap,
+    actor_id: String,
+) -> RequestContext {
+    let meta = meta.unwrap_or_else(|| RequestMeta {
+        request_id: Uuid::new_v4().to_string(),
+        client_addr: None,
+    });
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| is_traceparent(value))
+        .map(str::to_owned);
+    RequestContext {
+        actor_id,
+        request_id: meta.request_id,
+        client_addr: meta.client_addr.map(|addr| addr.ip().to_string()),
+        traceparent,
+    }
 }
 
 /// Returns a header's value if it is a short token of visible ASCII.

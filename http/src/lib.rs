@@ -6,11 +6,15 @@
 //! Handlers never return warp rejections for business errors; rejections only mean "no
 //! route", and [`recover`] turns the rest of warp's into problems too.
 
+pub mod access;
+pub mod audit;
+pub mod auth;
 pub mod doctors;
 pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod patients;
+pub mod policy;
 pub mod problem;
 pub mod server;
 
@@ -24,7 +28,7 @@ use serde::Serialize;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
 pub use health::ReadinessCheck;
 pub use problem::Problem;
@@ -47,14 +51,41 @@ pub struct AppState {
     pub readiness: Arc<Vec<Arc<dyn ReadinessCheck>>>,
     pub shutting_down: Arc<AtomicBool>,
     pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    pub auth: auth::Authenticator,
+    pub policy: policy::Policy,
+    pub rate_limits: access::RateLimits,
+    /// Origins allowed to call the API from a browser; empty: no CORS headers at all.
+    pub cors_allowed_origins: Arc<Vec<String>>,
 }
 
 /// Every route of the service, with warp's rejections mapped to problems.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    patients::routes(state.clone())
+    let origins = state.cors_allowed_origins.clone();
+    let api = patients::routes(state.clone())
         .or(doctors::routes(state.clone()))
         .unify()
-        .or(health::routes(state))
+        .or(audit::routes(state.clone()))
+        .unify()
+        .boxed();
+    let api = if origins.is_empty() {
+        api
+    } else {
+        let cors = warp::cors()
+            .allow_origins(origins.iter().map(String::as_str))
+            .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "if-match",
+                "if-none-match",
+                "x-request-id",
+                "traceparent",
+            ])
+            .expose_headers(["etag", "location", "retry-after", "x-request-id"])
+            .max_age(600);
+        api.with(cors).map(Reply::into_response).boxed()
+    };
+    api.or(health::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()
@@ -138,6 +169,13 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "unsupported-media-type",
             "Unsupported media type",
         )
+    } else if rejection.find::<warp::cors::CorsForbidden>().is_some() {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "cors-forbidden",
+            "Origin not allowed",
+        )
+        .detail("this origin may not call the API from a browser")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,

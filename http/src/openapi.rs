@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::Config;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -10,7 +12,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
-use crate::{doctors, json_reply, patients};
+use crate::{audit, doctors, json_reply, patients};
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
@@ -26,13 +28,79 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         patients::list_patients, patients::create_patient, patients::get_patient,
         patients::replace_patient, patients::patch_patient, patients::archive_patient,
         doctors::list_doctors, doctors::create_doctor, doctors::get_doctor, doctors::replace_doctor,
+        audit::list_audit, audit::verify_audit,
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags(
         (name = "patients", description = "Patients' personal data; archived, never deleted"),
         (name = "doctors", description = "Doctors"),
+        (name = "audit", description = "The hash-chained audit log (admin only)"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer-token scheme and the answers every `/api/v1` operation may give
+/// before its handler runs: 401 (no valid token), 403 (roles do not allow it), 429 (rate
+/// limit).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT (RS256/ES256 from the identity provider, HS256 in development) \
+                         with `sub`, `iss`, `aud`, `exp` and the roles claim",
+                    ))
+                    .build(),
+            ),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "401".into(),
+                    problem("No valid bearer token (`WWW-Authenticate` says why, per RFC 6750)")
+                        .into(),
+                );
+                responses.insert(
+                    "403".into(),
+                    problem("The caller's roles do not allow this operation").into(),
+                );
+                responses.insert(
+                    "429".into(),
+                    problem("Rate limit exceeded; `Retry-After` says when to retry").into(),
+                );
+            }
+        }
+    }
+}
 
 /// Returns the OpenAPI document as served.
 pub fn document() -> utoipa::openapi::OpenApi {

@@ -2,11 +2,11 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
+use medflow_actors::Error;
 use medflow_actors::domain::{
     Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields,
 };
 use medflow_actors::store::PatientFilter;
-use medflow_actors::{Error, RequestContext};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -15,9 +15,11 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
+use crate::access::{self, Caller};
 use crate::extract::{
     self, Query, etag, if_match, if_none_match_hits, json_body, nullable, parse_id,
 };
+use crate::policy::{Action, Target};
 use crate::problem::Problem;
 use crate::{AppState, json_reply, not_modified, outcome};
 
@@ -202,62 +204,65 @@ fn patient_reply(status: StatusCode, patient: &Patient) -> Response {
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let body = extract::body(state.limits.body_limit_bytes);
+    let caller = access::caller(&state);
     let with_state = warp::any().map(move || state.clone());
     let collection = warp::path!("api" / "v1" / "patients");
     let item = warp::path!("api" / "v1" / "patients" / String);
 
     let list = collection
         .and(warp::get())
+        .and(caller.clone())
         .and(crate::raw_query())
         .and(with_state.clone())
-        .then(|query: String, state: AppState| async move {
-            outcome(list_patients(&state, &query).await)
+        .then(|caller, query: String, state: AppState| async move {
+            outcome(list_patients(&state, caller, &query).await)
         });
     let create = collection
         .and(warp::post())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(body.clone())
         .and(with_state.clone())
-        .then(|ctx, headers, body, state: AppState| async move {
-            outcome(create_patient(&state, &ctx, &headers, body).await)
+        .then(|caller, headers, body, state: AppState| async move {
+            outcome(create_patient(&state, caller, &headers, body).await)
         });
     let get = item
         .and(warp::get())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        .then(|id: String, headers, state: AppState| async move {
-            outcome(get_patient(&state, &id, &headers).await)
+        .then(|id: String, caller, headers, state: AppState| async move {
+            outcome(get_patient(&state, &id, caller, &headers).await)
         });
     let replace = item
         .and(warp::put())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(body.clone())
         .and(with_state.clone())
         .then(
-            |id: String, ctx, headers, body, state: AppState| async move {
-                outcome(replace_patient(&state, &id, &ctx, &headers, body).await)
+            |id: String, caller, headers, body, state: AppState| async move {
+                outcome(replace_patient(&state, &id, caller, &headers, body).await)
             },
         );
     let patch = item
         .and(warp::patch())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(body.clone())
         .and(with_state.clone())
         .then(
-            |id: String, ctx, headers, body, state: AppState| async move {
-                outcome(patch_patient(&state, &id, &ctx, &headers, body).await)
+            |id: String, caller, headers, body, state: AppState| async move {
+                outcome(patch_patient(&state, &id, caller, &headers, body).await)
             },
         );
     let archive = item
         .and(warp::delete())
-        .and(extract::request_context())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(with_state)
-        .then(|id: String, ctx, headers, state: AppState| async move {
-            outcome(archive_patient(&state, &id, &ctx, &headers).await)
+        .then(|id: String, caller, headers, state: AppState| async move {
+            outcome(archive_patient(&state, &id, caller, &headers).await)
         });
     list.or(create)
         .unify()
@@ -278,7 +283,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         (status = 200, description = "A page of patients", body = PatientPage),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response, Problem> {
+pub async fn list_patients(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    raw_query: &str,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    caller.authorize(Action::PatientList, Target::Any)?;
     let query = Query::parse(
         raw_query,
         &[
@@ -325,7 +336,6 @@ pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response
 
 /// Creates a patient.
 #[utoipa::path(post, path = "/api/v1/patients", tag = "patients", request_body = PatientInput,
-    params(("X-Actor-Id" = Option<String>, Header, description = "Who acts (recorded in the audit log)")),
     responses(
         (status = 201, description = "Created; `Location` and `ETag` are set", body = PatientView),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
@@ -335,10 +345,13 @@ pub async fn list_patients(state: &AppState, raw_query: &str) -> Result<Response
     ))]
 pub async fn create_patient(
     state: &AppState,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
+    let caller = caller?;
+    caller.authorize(Action::PatientCreate, Target::Any)?;
+    let ctx = &caller.ctx;
     let body = body?;
     let input: PatientInput = json_body(headers, &body)?;
     let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
@@ -360,9 +373,12 @@ pub async fn create_patient(
 pub async fn get_patient(
     state: &AppState,
     id: &str,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
 ) -> Result<Response, Problem> {
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::PatientRead, Target::Patient(id))?;
     let patient = state.patients.get(id).await?;
     if if_none_match_hits(headers, patient.version) {
         return Ok(not_modified(&etag(patient.version)));
@@ -384,12 +400,15 @@ pub async fn get_patient(
 pub async fn replace_patient(
     state: &AppState,
     id: &str,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
-    let body = body?;
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::PatientUpdate, Target::Patient(id))?;
+    let ctx = &caller.ctx;
+    let body = body?;
     let expected = if_match(headers)?;
     let input: PatientInput = json_body(headers, &body)?;
     let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
@@ -412,12 +431,15 @@ pub async fn replace_patient(
 pub async fn patch_patient(
     state: &AppState,
     id: &str,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
-    let body = body?;
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::PatientUpdate, Target::Patient(id))?;
+    let ctx = &caller.ctx;
+    let body = body?;
     let expected = if_match(headers)?;
     let input: PatientPatchInput = json_body(headers, &body)?;
     let patch = PatientPatch::parse(input.into_fields()?, today()).map_err(Problem::validation)?;
@@ -438,10 +460,13 @@ pub async fn patch_patient(
 pub async fn archive_patient(
     state: &AppState,
     id: &str,
-    ctx: &RequestContext,
+    caller: Result<Caller, Problem>,
     headers: &HeaderMap,
 ) -> Result<Response, Problem> {
+    let caller = caller?;
     let id = parse_id(id)?;
+    caller.authorize(Action::PatientArchive, Target::Patient(id))?;
+    let ctx = &caller.ctx;
     let expected = if_match(headers)?;
     let patient = state.patients.archive(id, expected, ctx).await?;
     Ok(patient_reply(StatusCode::OK, &patient))

@@ -34,6 +34,27 @@ pub struct Problem {
     pub current_version: Option<i64>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// The `WWW-Authenticate` challenge of a 401 answer.
+    #[serde(skip)]
+    pub challenge: Option<Challenge>,
+}
+
+/// The RFC 6750 challenge of a 401 answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No token was sent.
+    Bearer,
+    /// A token was sent and failed a check.
+    InvalidToken,
+}
+
+impl Challenge {
+    fn header_value(self) -> &'static str {
+        match self {
+            Challenge::Bearer => r#"Bearer realm="medflow""#,
+            Challenge::InvalidToken => r#"Bearer realm="medflow", error="invalid_token""#,
+        }
+    }
 }
 
 /// One offending field of a request.
@@ -54,6 +75,7 @@ impl Problem {
             errors: Vec::new(),
             current_version: None,
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -103,6 +125,42 @@ impl Problem {
         .detail("the server failed to handle the request; it was logged with the request id")
     }
 
+    /// 401: no usable bearer token. The body and the RFC 6750 challenge say only whether a
+    /// token was missing or invalid, never which check failed.
+    pub fn unauthenticated(token_present: bool) -> Self {
+        let mut problem = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+        );
+        if token_present {
+            problem.detail = Some("the bearer token is invalid or expired".into());
+            problem.challenge = Some(Challenge::InvalidToken);
+        } else {
+            problem.detail = Some("send an `Authorization: Bearer <token>` header".into());
+            problem.challenge = Some(Challenge::Bearer);
+        }
+        problem
+    }
+
+    /// 403: authenticated, but the caller's roles do not allow `operation`.
+    pub fn forbidden(operation: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail(format!("your roles do not allow you to {operation}"))
+    }
+
+    /// 429: the caller's request budget is spent; retry after `wait`.
+    pub fn too_many_requests(wait: Duration) -> Self {
+        let mut problem = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "Too many requests",
+        )
+        .detail("the request rate limit was exceeded; retry after the indicated delay");
+        problem.retry_after = Some(wait);
+        problem
+    }
+
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -117,10 +175,16 @@ impl Problem {
             HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
         );
         if let Some(retry_after) = self.retry_after {
-            let seconds = retry_after.as_secs().max(1);
+            let seconds = retry_after.as_millis().div_ceil(1000).max(1);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+        }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge.header_value()),
+            );
         }
         response
     }

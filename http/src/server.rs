@@ -13,7 +13,7 @@ use hyper::{Body, Request};
 use tracing::Instrument;
 use uuid::Uuid;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::extract::{RequestMeta, header_token};
@@ -89,6 +89,7 @@ where
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    add_security_headers(&path, response.headers_mut());
     let status = response.status();
     let elapsed = started.elapsed();
     let route = route_label(&path, status);
@@ -111,6 +112,29 @@ where
         }
     });
     Ok(response)
+}
+
+/// Headers that keep browsers from sniffing, framing, caching or leaking what the API returns
+/// (patients' data); Swagger UI under `/docs` keeps its scripts.
+fn add_security_headers(path: &str, headers: &mut HeaderMap) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !path.starts_with("/docs") {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    if path.starts_with("/api/") && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 /// A bounded metrics label for a path: ids become `{id}`, unrouted paths are `other`.

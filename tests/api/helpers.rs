@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use medflow::config::{LogFormat, LogSettings, Settings};
 use medflow::startup::Application;
 use medflow::telemetry;
+use medflow_http::auth::{AuthSettings, DevToken, mint_dev_token};
+use medflow_http::policy::Role;
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
@@ -19,7 +21,12 @@ pub fn admin_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    /// Sends the staff token of [`TestApp::staff_subject`] (roles admin, registrar, doctor).
     pub client: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+    pub staff_subject: String,
+    pub auth: AuthSettings,
     pub app: Option<Application>,
     pub db_name: String,
     pub db_url: String,
@@ -56,6 +63,9 @@ pub fn test_settings(db_url: &str) -> Settings {
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.database.url = db_url.to_owned().into();
     settings.database.pool_size = 8;
+    // Tests fire requests far faster than a person; the rate-limit test sets its own.
+    settings.http.rate_limit_per_second = 1_000_000;
+    settings.http.rate_limit_burst = 1_000_000;
     settings.http.shutdown_grace_ms = 2000;
     settings.log = LogSettings {
         format: LogFormat::Pretty,
@@ -77,24 +87,74 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         telemetry::init_logging(&settings.log);
     }
+    let auth = settings.auth.to_settings();
     let app = Application::build(settings)
         .await
         .expect("the application starts");
     let address = format!("http://{}", app.address());
+    let staff_subject = uuid::Uuid::new_v4().to_string();
+    let staff_token = mint(
+        &auth,
+        &staff_subject,
+        &[Role::Admin, Role::Registrar, Role::Doctor],
+        None,
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {staff_token}").parse().unwrap(),
+    );
     let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let anonymous = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     TestApp {
         address,
         client,
+        anonymous,
+        staff_subject,
+        auth,
         app: Some(app),
         db_name,
         db_url,
     }
 }
 
+/// Mints a development token for `subject` with `roles`.
+pub fn mint(
+    auth: &AuthSettings,
+    subject: &str,
+    roles: &[Role],
+    patient_id: Option<uuid::Uuid>,
+) -> String {
+    mint_dev_token(
+        auth,
+        &DevToken {
+            subject: subject.to_owned(),
+            roles: roles.to_vec(),
+            patient_id,
+            ttl: Duration::from_secs(600),
+        },
+    )
+    .expect("mint a development token")
+}
+
 impl TestApp {
+    /// A token for a fresh subject with `roles`.
+    pub fn token(&self, roles: &[Role], patient_id: Option<uuid::Uuid>) -> String {
+        mint(
+            &self.auth,
+            &uuid::Uuid::new_v4().to_string(),
+            roles,
+            patient_id,
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -46,7 +46,6 @@ async fn request_ids_are_echoed_or_assigned() {
         .client
         .post(app.url("/api/v1/patients"))
         .header("X-Request-Id", "create-1")
-        .header("X-Actor-Id", "registrar-7")
         .json(&patient_body(51))
         .send()
         .await
@@ -60,7 +59,7 @@ async fn request_ids_are_echoed_or_assigned() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "registrar-7");
+    assert_eq!(row.get::<_, String>(0), app.staff_subject);
     assert_eq!(row.get::<_, String>(1), "create-1");
     assert_eq!(row.get::<_, String>(2), "127.0.0.1");
     app.shutdown().await;

@@ -4,6 +4,7 @@
 //!
 //! SQL lives in `sql/*.sql` beside this file and is prepared once per connection.
 
+mod audit;
 mod doctors;
 mod patients;
 
@@ -18,6 +19,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+pub use audit::{AuditFilter, AuditRecord, ChainReport, ChainVerifier, ChainedRow};
 pub use doctors::DoctorFilter;
 pub use patients::PatientFilter;
 

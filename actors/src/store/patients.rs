@@ -197,13 +197,6 @@ async fn record_patient_event(
     patient: &Patient,
     event: &PatientEvent,
 ) -> StoreResult<()> {
-    let audit = AuditEntry {
-        action: event.audit_action(),
-        object_type: "patient",
-        object_id: Some(patient.id),
-        details: json!({ "version": patient.version }),
-    };
-    insert_audit(tx, ctx, audit).await?;
     let outbox = OutboxEvent {
         aggregate_type: "patient",
         aggregate_id: patient.id,
@@ -212,5 +205,13 @@ async fn record_patient_event(
         version: patient.version,
         payload: event.payload(patient),
     };
-    insert_outbox(tx, ctx, outbox).await
+    insert_outbox(tx, ctx, outbox).await?;
+    // Last before COMMIT: the audit insert takes the hash chain's lock until the commit.
+    let audit = AuditEntry {
+        action: event.audit_action(),
+        object_type: "patient",
+        object_id: Some(patient.id),
+        details: json!({ "version": patient.version }),
+    };
+    insert_audit(tx, ctx, audit).await
 }
