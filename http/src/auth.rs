@@ -9,6 +9,7 @@
 //! leeway, `iss`, `aud`, and a usable `sub`. Why a token failed is logged at debug level and
 //! never told to the client beyond RFC 6750's `invalid_token`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +25,11 @@ use crate::policy::Role;
 /// The shortest interval between two key-set reloads caused by unknown key ids.
 pub const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
 const MAX_SUBJECT_LEN: usize = 128;
+/// A verified token is trusted again without re-verification for at most this long (never
+/// past its `exp`), so a removed JWKS key stops working within this time.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Verified tokens remembered at once; beyond, expired entries (then all) are dropped.
+const VERIFIED_CAPACITY: usize = 10_000;
 /// A JWKS document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -86,6 +92,9 @@ struct Inner {
     keys: RwLock<Arc<Vec<Key>>>,
     last_reload: Mutex<Instant>,
     http: reqwest::Client,
+    /// Recently verified tokens: verification (base64, JSON, signature) is the dearest part
+    /// of a cheap read, and a client sends the same token for many requests.
+    verified: Mutex<HashMap<String, (Principal, Instant)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -116,6 +125,7 @@ impl Authenticator {
                 keys: RwLock::new(Arc::new(Vec::new())),
                 last_reload: Mutex::new(Instant::now()),
                 http,
+                verified: Mutex::new(HashMap::new()),
             }),
         };
         if authenticator.inner.settings.jwks.is_some() {
@@ -197,8 +207,14 @@ impl Authenticator {
                 return Err(AuthFailure::Invalid);
             }
         };
+        if let Some(principal) = self.cached(token) {
+            return Ok(principal);
+        }
         match self.verify(token).await {
-            Ok(principal) => Ok(principal),
+            Ok((principal, expires_at)) => {
+                self.remember(token, &principal, expires_at);
+                Ok(principal)
+            }
             Err(reason) => {
                 tracing::debug!(reason, "token rejected");
                 Err(AuthFailure::Invalid)
@@ -206,7 +222,40 @@ impl Authenticator {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+    /// A principal verified from this exact token within [`VERIFIED_TTL`] and not expired.
+    fn cached(&self, token: &str) -> Option<Principal> {
+        let cache = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (principal, valid_until) = cache.get(token)?;
+        (Instant::now() < *valid_until).then(|| principal.clone())
+    }
+
+    fn remember(&self, token: &str, principal: &Principal, expires_at: i64) {
+        let seconds_left = expires_at.saturating_sub(chrono::Utc::now().timestamp());
+        let Ok(seconds_left) = u64::try_from(seconds_left) else {
+            return;
+        };
+        let valid_until = Instant::now() + VERIFIED_TTL.min(Duration::from_secs(seconds_left));
+        let mut cache = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CAPACITY {
+            let now = Instant::now();
+            cache.retain(|_, (_, valid_until)| *valid_until > now);
+            if cache.len() >= VERIFIED_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_owned(), (principal.clone(), valid_until));
+    }
+
+    /// Returns the principal and the token's `exp`.
+    async fn verify(&self, token: &str) -> Result<(Principal, i64), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed header")?;
         let claims = match header.alg {
             Algorithm::HS256 => {
@@ -226,7 +275,11 @@ impl Authenticator {
             }
             _ => return Err("algorithm not accepted"),
         };
-        self.principal(claims)
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or("exp is not an integer")?;
+        Ok((self.principal(claims)?, expires_at))
     }
 
     /// The current keys; when none matches `kid`, reloads once (rate limited) first.
@@ -396,4 +449,72 @@ pub fn mint_dev_token(settings: &AuthSettings, token: &DevToken) -> anyhow::Resu
         &claims,
         &key,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            issuer: "medflow-test".into(),
+            audience: "medflow".into(),
+            leeway: Duration::from_secs(0),
+            dev_secret: Some("a-test-secret-that-is-long-enough-for-hs256".into()),
+            jwks: None,
+            jwks_refresh: Duration::from_secs(300),
+            roles_claim: "roles".into(),
+        }
+    }
+
+    fn token(ttl: Duration) -> String {
+        mint_dev_token(
+            &settings(),
+            &DevToken {
+                subject: "0195f6a2-0000-7000-8000-000000000001".into(),
+                roles: vec![Role::Doctor],
+                patient_id: None,
+                ttl,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_but_never_past_its_expiry() {
+        let authenticator = Authenticator::new(settings()).await.unwrap();
+        let long = token(Duration::from_secs(3600));
+        let header = format!("Bearer {long}");
+        let principal = authenticator.authenticate(Some(&header)).await.unwrap();
+        assert_eq!(principal.roles, vec![Role::Doctor]);
+        assert_eq!(authenticator.cached(&long), Some(principal));
+
+        // A token already past its expiry is neither accepted nor remembered.
+        authenticator.remember("expired", &authenticator.cached(&long).unwrap(), 0);
+        assert_eq!(authenticator.cached("expired"), None);
+        // A token expiring in 1 s is remembered for at most 1 s, not VERIFIED_TTL.
+        let soon = chrono::Utc::now().timestamp() + 1;
+        authenticator.remember("soon", &authenticator.cached(&long).unwrap(), soon);
+        let cache = authenticator.inner.verified.lock().unwrap();
+        let (_, valid_until) = cache.get("soon").unwrap();
+        assert!(*valid_until <= Instant::now() + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn hs256_is_refused_when_no_secret_is_configured() {
+        let tok = token(Duration::from_secs(60));
+        let mut without_secret = settings();
+        without_secret.dev_secret = None;
+        let authenticator = Authenticator::new(without_secret).await.unwrap();
+        assert_eq!(
+            authenticator
+                .authenticate(Some(&format!("Bearer {tok}")))
+                .await,
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            authenticator.authenticate(None).await,
+            Err(AuthFailure::Missing)
+        );
+    }
 }
