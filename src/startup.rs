@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use medflow_actors::domain::WellFormedSignature;
 use medflow_actors::{Patients, PgStore};
 use medflow_http::access::{RateLimitSettings, RateLimits};
 use medflow_http::auth::Authenticator;
@@ -64,7 +65,12 @@ impl Application {
             .migrate()
             .await
             .context("cannot prepare the database")?;
-        let supervision = Supervision::start(store.clone(), settings.tree()).await?;
+        let supervision = Supervision::start(
+            store.clone(),
+            settings.tree(),
+            Arc::new(WellFormedSignature),
+        )
+        .await?;
 
         let listener = std::net::TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
@@ -74,6 +80,9 @@ impl Application {
         let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(store.clone()))];
         let state = AppState {
             patients: supervision.patients.clone(),
+            appointments: supervision.appointments.clone(),
+            documents: supervision.documents.clone(),
+            audit: supervision.audit.clone(),
             store: store.clone(),
             limits: HttpLimits {
                 body_limit_bytes: settings.http.body_limit_bytes,

@@ -23,6 +23,20 @@ pub enum Error {
     },
     #[error("a record with this {field} already exists")]
     Duplicate { field: &'static str },
+    /// The request is well-formed but names something unusable (an unknown or archived
+    /// patient, an unknown doctor): 422 naming the field.
+    #[error("{field}: {message}")]
+    Unprocessable {
+        field: &'static str,
+        message: String,
+    },
+    /// The entity's lifecycle does not allow the action in its current status.
+    #[error("{message}")]
+    InvalidTransition {
+        message: String,
+        current_status: &'static str,
+        current_version: i64,
+    },
     /// A dependency is down or the entity is backing off after crashes; retry later.
     #[error("temporarily unavailable: {message}")]
     Unavailable {
@@ -55,6 +69,14 @@ impl Error {
                 current_version: None,
             },
             StoreError::Duplicate { field } => Self::Duplicate { field },
+            StoreError::Overlap => Self::Conflict {
+                message: "the doctor already has an appointment overlapping this time".into(),
+                current_version: None,
+            },
+            StoreError::Unprocessable { field, message } => Self::Unprocessable {
+                field,
+                message: message.into(),
+            },
             StoreError::Unavailable(message) => Self::unavailable(message),
             StoreError::Unexpected(error) => Self::Internal(format!("{error:#}")),
         }

@@ -6,15 +6,24 @@
 //! Patients (client) ── Lookup ─► registry ── message ─► actor ── transaction ─► PgStore
 //! ```
 
+pub mod appointment_actor;
+pub mod appointments;
+pub mod audit_writer;
 pub mod context;
+pub mod document_actor;
+pub mod documents;
 pub mod domain;
+pub mod entity_state;
 pub mod error;
 pub mod patient_actor;
 pub mod patients;
 pub mod registry;
 pub mod store;
 
+pub use appointments::Appointments;
+pub use audit_writer::AuditTrail;
 pub use context::RequestContext;
+pub use documents::Documents;
 pub use error::{Error, Result};
 pub use patients::Patients;
 pub use store::PgStore;

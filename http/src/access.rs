@@ -13,6 +13,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use medflow_actors::RequestContext;
+use medflow_actors::store::AuditAppend;
+use uuid::Uuid;
 use warp::Filter;
 use warp::http::{HeaderMap, header};
 
@@ -97,6 +99,67 @@ impl Caller {
     pub fn authorize(&self, action: Action, target: Target) -> Result<(), Problem> {
         self.policy.authorize(&self.principal, action, target)
     }
+
+    /// Returns `Ok` when the caller may perform `action` on some target (see
+    /// [`Policy::allows_some`](crate::policy::Policy::allows_some)), else the 403 problem.
+    pub fn authorize_some(&self, action: Action) -> Result<(), Problem> {
+        if self.policy.allows_some(&self.principal, action) {
+            Ok(())
+        } else {
+            self.policy.authorize(&self.principal, action, Target::Any)
+        }
+    }
+
+    /// Returns `Ok` when allowed on every one of `patient_ids` (the patients whose data an
+    /// answer would show).
+    pub fn authorize_all(
+        &self,
+        action: Action,
+        patient_ids: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), Problem> {
+        for patient_id in patient_ids {
+            self.authorize(action, Target::Patient(patient_id))?;
+        }
+        Ok(())
+    }
+
+    /// Audit rows recording that this caller read `objects` (`action` such as
+    /// `patient.read`).
+    pub fn read_rows(
+        &self,
+        action: &'static str,
+        object_type: &'static str,
+        objects: impl IntoIterator<Item = Uuid>,
+    ) -> Vec<AuditAppend> {
+        objects
+            .into_iter()
+            .map(|id| AuditAppend {
+                actor_id: self.ctx.actor_id.clone(),
+                action,
+                object_type,
+                object_id: Some(id),
+                client_addr: self.ctx.client_addr.clone(),
+                request_id: Some(self.ctx.request_id.clone()),
+                details: serde_json::Value::Object(Default::default()),
+            })
+            .collect()
+    }
+}
+
+/// Records the caller's read of `objects` and returns once it is committed: a read that
+/// cannot be audited is not answered (503).
+pub async fn audit_read(
+    state: &AppState,
+    caller: &Caller,
+    action: &'static str,
+    object_type: &'static str,
+    objects: impl IntoIterator<Item = Uuid>,
+) -> Result<(), Problem> {
+    state
+        .audit
+        .record(caller.read_rows(action, object_type, objects))
+        .await
+        .map_err(Problem::from)
 }
 
 /// Authenticates the request and charges its rate limit; the handler receives the result

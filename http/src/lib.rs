@@ -6,10 +6,16 @@
 //! Handlers never return warp rejections for business errors; rejections only mean "no
 //! route", and [`recover`] turns the rest of warp's into problems too.
 
+// `Problem` is the error of every handler step and is built once per failed request; boxing
+// it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 pub mod access;
+pub mod appointments;
 pub mod audit;
 pub mod auth;
 pub mod doctors;
+pub mod documents;
 pub mod extract;
 pub mod health;
 pub mod openapi;
@@ -23,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use medflow_actors::{Patients, PgStore};
+use medflow_actors::{Appointments, AuditTrail, Documents, Patients, PgStore};
 use serde::Serialize;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -46,6 +52,10 @@ pub struct HttpLimits {
 #[derive(Clone)]
 pub struct AppState {
     pub patients: Patients,
+    pub appointments: Appointments,
+    pub documents: Documents,
+    /// Records reads of personal and clinical data.
+    pub audit: AuditTrail,
     pub store: PgStore,
     pub limits: HttpLimits,
     pub readiness: Arc<Vec<Arc<dyn ReadinessCheck>>>,
@@ -63,6 +73,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let origins = state.cors_allowed_origins.clone();
     let api = patients::routes(state.clone())
         .or(doctors::routes(state.clone()))
+        .unify()
+        .or(appointments::routes(state.clone()))
+        .unify()
+        .or(documents::routes(state.clone()))
         .unify()
         .or(audit::routes(state.clone()))
         .unify()

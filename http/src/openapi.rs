@@ -12,7 +12,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
-use crate::{audit, doctors, json_reply, patients};
+use crate::{appointments, audit, doctors, documents, json_reply, patients};
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
@@ -28,6 +28,12 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         patients::list_patients, patients::create_patient, patients::get_patient,
         patients::replace_patient, patients::patch_patient, patients::archive_patient,
         doctors::list_doctors, doctors::create_doctor, doctors::get_doctor, doctors::replace_doctor,
+        appointments::list_appointments, appointments::create_appointment,
+        appointments::get_appointment, appointments::act_on_appointment,
+        documents::list_documents, documents::create_document, documents::get_document,
+        documents::edit_document, documents::list_document_versions,
+        documents::get_document_version, documents::sign_document,
+        documents::record_registry_outcome,
         audit::list_audit, audit::verify_audit,
     ),
     modifiers(&BearerAuth),
@@ -35,6 +41,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
     tags(
         (name = "patients", description = "Patients' personal data; archived, never deleted"),
         (name = "doctors", description = "Doctors"),
+        (name = "appointments", description = "Appointments and their lifecycle; a doctor is never double-booked"),
+        (name = "documents", description = "Medical documents: drafts in versions, signing, registry outcomes"),
         (name = "audit", description = "The hash-chained audit log (admin only)"),
     )
 )]

@@ -325,6 +325,14 @@ pub async fn list_patients(
         .list_patients(&filter)
         .await
         .map_err(|error| Error::from_store("patient", error))?;
+    access::audit_read(
+        state,
+        &caller,
+        "patient.list",
+        "patient",
+        page.items.iter().map(|patient| patient.id),
+    )
+    .await?;
     let body = PatientPage {
         items: page.items.iter().map(PatientView::from).collect(),
         offset,
@@ -380,6 +388,7 @@ pub async fn get_patient(
     let id = parse_id(id)?;
     caller.authorize(Action::PatientRead, Target::Patient(id))?;
     let patient = state.patients.get(id).await?;
+    access::audit_read(state, &caller, "patient.read", "patient", [id]).await?;
     if if_none_match_hits(headers, patient.version) {
         return Ok(not_modified(&etag(patient.version)));
     }

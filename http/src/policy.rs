@@ -77,12 +77,22 @@ pub enum Action {
     DoctorRead,
     DoctorCreate,
     DoctorUpdate,
+    AppointmentList,
+    AppointmentRead,
+    AppointmentCreate,
+    AppointmentTransition,
+    DocumentList,
+    DocumentRead,
+    DocumentCreate,
+    DocumentUpdate,
+    DocumentSign,
+    DocumentRegistryOutcome,
     AuditList,
     AuditVerify,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 21] = [
         Action::PatientList,
         Action::PatientRead,
         Action::PatientCreate,
@@ -92,6 +102,16 @@ impl Action {
         Action::DoctorRead,
         Action::DoctorCreate,
         Action::DoctorUpdate,
+        Action::AppointmentList,
+        Action::AppointmentRead,
+        Action::AppointmentCreate,
+        Action::AppointmentTransition,
+        Action::DocumentList,
+        Action::DocumentRead,
+        Action::DocumentCreate,
+        Action::DocumentUpdate,
+        Action::DocumentSign,
+        Action::DocumentRegistryOutcome,
         Action::AuditList,
         Action::AuditVerify,
     ];
@@ -108,6 +128,16 @@ impl Action {
             Action::DoctorRead => "read a doctor",
             Action::DoctorCreate => "create a doctor",
             Action::DoctorUpdate => "update a doctor",
+            Action::AppointmentList => "list appointments",
+            Action::AppointmentRead => "read an appointment",
+            Action::AppointmentCreate => "book an appointment",
+            Action::AppointmentTransition => "start, complete, cancel or reschedule an appointment",
+            Action::DocumentList => "list documents",
+            Action::DocumentRead => "read a document and its versions",
+            Action::DocumentCreate => "create a draft document",
+            Action::DocumentUpdate => "edit a draft document",
+            Action::DocumentSign => "sign a document (as themself)",
+            Action::DocumentRegistryOutcome => "record a registry outcome",
             Action::AuditList => "list the audit log",
             Action::AuditVerify => "verify the audit hash chain",
         }
@@ -119,7 +149,8 @@ impl Action {
 pub enum Target {
     /// A collection, or an object no ownership rule applies to.
     Any,
-    /// One patient's data (the record itself, later their appointments and documents).
+    /// One patient's data: the record itself, their appointments and documents, or a list
+    /// filtered to that patient.
     Patient(Uuid),
 }
 
@@ -147,6 +178,16 @@ fn grants(action: Action) -> [Grant; 7] {
         Action::DoctorRead => [Y, Y, Y, Y, Y, Y, Y],
         Action::DoctorCreate => [N, N, Y, N, N, N, N],
         Action::DoctorUpdate => [N, N, Y, N, N, N, N],
+        Action::AppointmentList => [Y, Y, Y, Y, Y, N, OWN],
+        Action::AppointmentRead => [Y, Y, Y, Y, Y, N, OWN],
+        Action::AppointmentCreate => [Y, Y, Y, N, N, N, N],
+        Action::AppointmentTransition => [Y, Y, Y, N, N, N, N],
+        Action::DocumentList => [Y, N, N, N, Y, N, OWN],
+        Action::DocumentRead => [Y, N, N, N, Y, N, OWN],
+        Action::DocumentCreate => [Y, N, N, N, N, N, N],
+        Action::DocumentUpdate => [Y, N, N, N, N, N, N],
+        Action::DocumentSign => [Y, N, N, N, N, N, N],
+        Action::DocumentRegistryOutcome => [N, N, Y, N, N, N, N],
         Action::AuditList => [N, N, Y, N, N, N, N],
         Action::AuditVerify => [N, N, Y, N, N, N, N],
     }
@@ -167,6 +208,18 @@ impl Policy {
                 Target::Patient(id) => principal.patient_id == Some(id),
                 Target::Any => false,
             },
+        })
+    }
+
+    /// Returns whether `principal` may perform `action` on at least some target: checked
+    /// before loading an object whose owner decides, so that a caller who may never see
+    /// such objects learns nothing about which exist.
+    pub fn allows_some(&self, principal: &Principal, action: Action) -> bool {
+        let row = grants(action);
+        principal.roles.iter().any(|role| match row[role.index()] {
+            Grant::Deny => false,
+            Grant::Allow => true,
+            Grant::OwnRecord => principal.patient_id.is_some(),
         })
     }
 

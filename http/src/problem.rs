@@ -32,6 +32,10 @@ pub struct Problem {
     /// The entity's current version, on 409 and 412 answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// The entity's current status, when a lifecycle transition was refused (409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub current_status: Option<&'static str>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
     /// The `WWW-Authenticate` challenge of a 401 answer.
@@ -74,6 +78,7 @@ impl Problem {
             detail: None,
             errors: Vec::new(),
             current_version: None,
+            current_status: None,
             retry_after: None,
             challenge: None,
         }
@@ -221,6 +226,28 @@ impl From<Error> for Problem {
                 let mut problem =
                     Self::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(message);
                 problem.current_version = current_version;
+                problem
+            }
+            Error::Unprocessable { field, message } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "The request cannot be processed",
+            )
+            .detail(format!("{field}: {message}"))
+            .field(field, message),
+            Error::InvalidTransition {
+                message,
+                current_status,
+                current_version,
+            } => {
+                let mut problem = Self::new(
+                    StatusCode::CONFLICT,
+                    "invalid-transition",
+                    "Not allowed in the current status",
+                )
+                .detail(message);
+                problem.current_status = Some(current_status);
+                problem.current_version = Some(current_version);
                 problem
             }
             Error::Duplicate { field } => Self::new(StatusCode::CONFLICT, "duplicate", "Duplicate")

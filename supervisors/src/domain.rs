@@ -1,19 +1,30 @@
-//! `DomainSupervisor`: owns the entity registries and restarts a failed one.
+//! `DomainSupervisor`: owns the entity registries and the audit writer, and restarts a failed
+//! one.
 //!
 //! ```text
 //! DomainSupervisor
-//! └─ EntityRegistry<PatientActor>   restarted with backoff within the restart budget;
-//!    └─ PatientActor(id) …          its entity actors die with it and reload on demand
+//! ├─ EntityRegistry<PatientActor>       each child is restarted with backoff within its own
+//! │  └─ PatientActor(id) …              restart budget; entity actors die with their
+//! ├─ EntityRegistry<AppointmentActor>   registry and reload on demand
+//! │  └─ AppointmentActor(id) …
+//! ├─ EntityRegistry<DocumentActor>
+//! │  └─ DocumentActor(id) …
+//! └─ AuditWriter                        batches the audit rows of reads
 //! ```
 //!
-//! While a registry restarts, its [`RegistrySlot`] is empty and requests answer
-//! "unavailable"; when the budget is spent the supervisor fails, escalating to the root.
+//! While a child restarts, its slot is empty and requests needing it answer "unavailable";
+//! when a child's budget is spent the supervisor fails, escalating to the root.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use medflow_actors::PgStore;
+use medflow_actors::appointment_actor::AppointmentActor;
+use medflow_actors::audit_writer::{AuditSlot, AuditWriter};
+use medflow_actors::document_actor::DocumentActor;
+use medflow_actors::domain::SignatureVerifier;
 use medflow_actors::patient_actor::PatientActor;
-use medflow_actors::registry::{EntityRegistry, RegistrySettings, RegistrySlot};
+use medflow_actors::registry::{EntityActor, EntityRegistry, RegistrySettings, RegistrySlot};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
@@ -22,6 +33,27 @@ use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainChild {
     PatientRegistry,
+    AppointmentRegistry,
+    DocumentRegistry,
+    AuditWriter,
+}
+
+impl DomainChild {
+    const ALL: [DomainChild; 4] = [
+        DomainChild::PatientRegistry,
+        DomainChild::AppointmentRegistry,
+        DomainChild::DocumentRegistry,
+        DomainChild::AuditWriter,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            DomainChild::PatientRegistry => "patient_registry",
+            DomainChild::AppointmentRegistry => "appointment_registry",
+            DomainChild::DocumentRegistry => "document_registry",
+            DomainChild::AuditWriter => "audit_writer",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -30,18 +62,33 @@ pub enum DomainMessage {
     Spawn(DomainChild),
 }
 
+/// Where transports find each child while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct DomainSlots {
+    pub patients: RegistrySlot<<PatientActor as Actor>::Msg>,
+    pub appointments: RegistrySlot<<AppointmentActor as Actor>::Msg>,
+    pub documents: RegistrySlot<<DocumentActor as Actor>::Msg>,
+    pub audit: AuditSlot,
+}
+
 /// Configuration of the domain supervisor.
 #[derive(Debug, Clone)]
 pub struct DomainSupervisor {
     pub store: PgStore,
     pub registry: RegistrySettings,
     pub restart: RestartPolicy,
-    pub patients: RegistrySlot<<PatientActor as Actor>::Msg>,
+    pub verifier: Arc<dyn SignatureVerifier>,
+    pub slots: DomainSlots,
+}
+
+struct Child {
+    kind: DomainChild,
+    cell: Option<ActorCell>,
+    restarts: RestartTracker,
 }
 
 pub struct DomainState {
-    patient_registry: Option<ActorCell>,
-    patient_restarts: RestartTracker,
+    children: Vec<Child>,
 }
 
 impl Actor for DomainSupervisor {
@@ -55,11 +102,18 @@ impl Actor for DomainSupervisor {
         _: (),
     ) -> Result<DomainState, ActorProcessingErr> {
         let mut state = DomainState {
-            patient_registry: None,
-            patient_restarts: RestartTracker::default(),
+            children: DomainChild::ALL
+                .into_iter()
+                .map(|kind| Child {
+                    kind,
+                    cell: None,
+                    restarts: RestartTracker::default(),
+                })
+                .collect(),
         };
-        self.spawn_child(&myself, &mut state, DomainChild::PatientRegistry)
-            .await?;
+        for kind in DomainChild::ALL {
+            self.spawn_child(&myself, &mut state, kind).await?;
+        }
         Ok(state)
     }
 
@@ -68,7 +122,9 @@ impl Actor for DomainSupervisor {
         _myself: ActorRef<DomainMessage>,
         _state: &mut DomainState,
     ) -> Result<(), ActorProcessingErr> {
-        self.patients.set(None);
+        for kind in DomainChild::ALL {
+            self.clear_slot(kind);
+        }
         Ok(())
     }
 
@@ -96,31 +152,30 @@ impl Actor for DomainSupervisor {
             }
             _ => return Ok(()),
         };
-        let is_patient_registry = state
-            .patient_registry
-            .as_ref()
-            .is_some_and(|child| child.get_id() == cell.get_id());
-        if !is_patient_registry {
+        let Some(child) = state.children.iter_mut().find(|child| {
+            child
+                .cell
+                .as_ref()
+                .is_some_and(|own| own.get_id() == cell.get_id())
+        }) else {
             return Ok(());
-        }
-        state.patient_registry = None;
-        self.patients.set(None);
-        metrics::counter!("medflow_supervisor_restarts_total", "child" => "patient_registry")
-            .increment(1);
-        match state
-            .patient_restarts
-            .on_failure(&self.restart, Instant::now())
-        {
+        };
+        let kind = child.kind;
+        child.cell = None;
+        self.clear_slot(kind);
+        metrics::counter!("medflow_supervisor_restarts_total", "child" => kind.name()).increment(1);
+        match child.restarts.on_failure(&self.restart, Instant::now()) {
             RestartDecision::RestartAfter(delay) => {
-                tracing::warn!(child = "patient_registry", reason = %reason, delay_ms = delay.as_millis() as u64, "child stopped; restarting");
-                myself.send_after(delay, || DomainMessage::Spawn(DomainChild::PatientRegistry));
+                tracing::warn!(child = kind.name(), reason = %reason, delay_ms = delay.as_millis() as u64, "child stopped; restarting");
+                myself.send_after(delay, move || DomainMessage::Spawn(kind));
                 Ok(())
             }
             RestartDecision::Escalate => {
-                tracing::error!(child = "patient_registry", reason = %reason, "restart budget spent; escalating");
+                tracing::error!(child = kind.name(), reason = %reason, "restart budget spent; escalating");
                 Err(format!(
-                    "patient registry failed {} times within the restart window: {reason}",
-                    state.patient_restarts.recent_failures()
+                    "{} failed {} times within the restart window: {reason}",
+                    kind.name(),
+                    child.restarts.recent_failures()
                 )
                 .into())
             }
@@ -129,24 +184,65 @@ impl Actor for DomainSupervisor {
 }
 
 impl DomainSupervisor {
+    fn clear_slot(&self, kind: DomainChild) {
+        match kind {
+            DomainChild::PatientRegistry => self.slots.patients.set(None),
+            DomainChild::AppointmentRegistry => self.slots.appointments.set(None),
+            DomainChild::DocumentRegistry => self.slots.documents.set(None),
+            DomainChild::AuditWriter => self.slots.audit.set(None),
+        }
+    }
+
+    async fn spawn_registry<A: EntityActor>(
+        &self,
+        myself: &ActorRef<DomainMessage>,
+        factory: A,
+        slot: &RegistrySlot<A::Msg>,
+    ) -> Result<ActorCell, ActorProcessingErr> {
+        let registry = EntityRegistry {
+            factory,
+            settings: self.registry.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, registry, (), myself.get_cell()).await?;
+        let cell = actor.get_cell();
+        slot.set(Some(actor));
+        Ok(cell)
+    }
+
     async fn spawn_child(
         &self,
         myself: &ActorRef<DomainMessage>,
         state: &mut DomainState,
-        child: DomainChild,
+        kind: DomainChild,
     ) -> Result<(), ActorProcessingErr> {
-        match child {
+        let store = self.store.clone();
+        let cell = match kind {
             DomainChild::PatientRegistry => {
-                let registry = EntityRegistry {
-                    factory: PatientActor {
-                        store: self.store.clone(),
-                    },
-                    settings: self.registry.clone(),
-                };
-                let (actor, _) = Actor::spawn_linked(None, registry, (), myself.get_cell()).await?;
-                state.patient_registry = Some(actor.get_cell());
-                self.patients.set(Some(actor));
+                self.spawn_registry(myself, PatientActor { store }, &self.slots.patients)
+                    .await?
             }
+            DomainChild::AppointmentRegistry => {
+                self.spawn_registry(myself, AppointmentActor { store }, &self.slots.appointments)
+                    .await?
+            }
+            DomainChild::DocumentRegistry => {
+                let factory = DocumentActor {
+                    store,
+                    verifier: self.verifier.clone(),
+                };
+                self.spawn_registry(myself, factory, &self.slots.documents)
+                    .await?
+            }
+            DomainChild::AuditWriter => {
+                let (actor, _) =
+                    Actor::spawn_linked(None, AuditWriter { store }, (), myself.get_cell()).await?;
+                let cell = actor.get_cell();
+                self.slots.audit.set(Some(actor));
+                cell
+            }
+        };
+        if let Some(child) = state.children.iter_mut().find(|child| child.kind == kind) {
+            child.cell = Some(cell);
         }
         Ok(())
     }

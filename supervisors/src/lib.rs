@@ -1,10 +1,15 @@
 //! medflow's supervision tree and its start and stop.
 //!
 //! ```text
-//! RootSupervisor                       reports escalations to the application (exit ≠ 0)
-//! └─ DomainSupervisor                  restarts registries with backoff and a budget
-//!    └─ EntityRegistry<PatientActor>   spawns, passivates and forgets entity actors
-//!       └─ PatientActor(id) …          one per live patient; reloads from PostgreSQL
+//! RootSupervisor                           reports escalations to the application (exit ≠ 0)
+//! └─ DomainSupervisor                      restarts its children with backoff and a budget
+//!    ├─ EntityRegistry<PatientActor>       spawns, passivates and forgets entity actors
+//!    │  └─ PatientActor(id) …              one per live patient; reloads from PostgreSQL
+//!    ├─ EntityRegistry<AppointmentActor>
+//!    │  └─ AppointmentActor(id) …
+//!    ├─ EntityRegistry<DocumentActor>
+//!    │  └─ DocumentActor(id) …
+//!    └─ AuditWriter                        batches the audit rows of reads
 //! ```
 
 pub mod domain;
@@ -13,16 +18,18 @@ pub mod root;
 
 use std::time::Duration;
 
-use medflow_actors::patient_actor::PatientActor;
-use medflow_actors::registry::{EntityClient, RegistrySettings, RegistrySlot};
-use medflow_actors::{Patients, PgStore};
+use std::sync::Arc;
+
+use medflow_actors::domain::SignatureVerifier;
+use medflow_actors::registry::{EntityClient, RegistrySettings};
+use medflow_actors::{Appointments, AuditTrail, Documents, Patients, PgStore};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
 pub use policy::RestartPolicy;
 
-use crate::domain::DomainSupervisor;
+use crate::domain::{DomainSlots, DomainSupervisor};
 use crate::root::{RootMessage, RootSupervisor};
 
 /// Everything the tree needs to start.
@@ -39,35 +46,46 @@ pub struct Supervision {
     root: ActorRef<RootMessage>,
     root_task: JoinHandle<()>,
     pub patients: Patients,
+    pub appointments: Appointments,
+    pub documents: Documents,
+    pub audit: AuditTrail,
     /// Becomes `Some(reason)` when a child escalated past the root's tolerance.
     pub fatal: watch::Receiver<Option<String>>,
 }
 
 impl Supervision {
     /// Starts the tree; returns once every registry is up.
-    pub async fn start(store: PgStore, settings: TreeSettings) -> anyhow::Result<Self> {
-        let patient_slot: RegistrySlot<<PatientActor as Actor>::Msg> = RegistrySlot::default();
+    pub async fn start(
+        store: PgStore,
+        settings: TreeSettings,
+        verifier: Arc<dyn SignatureVerifier>,
+    ) -> anyhow::Result<Self> {
+        let slots = DomainSlots::default();
         let (fatal_tx, fatal) = watch::channel(None);
         let root = RootSupervisor {
             domain: DomainSupervisor {
                 store: store.clone(),
                 registry: settings.registry,
                 restart: settings.restart,
-                patients: patient_slot.clone(),
+                verifier,
+                slots: slots.clone(),
             },
             fatal: fatal_tx,
         };
         let (root, root_task) = Actor::spawn(None, root, ())
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the supervision tree: {error}"))?;
-        let patients = Patients::new(
-            EntityClient::new(patient_slot, settings.call_timeout),
-            store,
-        );
+        let timeout = settings.call_timeout;
         Ok(Self {
             root,
             root_task,
-            patients,
+            patients: Patients::new(EntityClient::new(slots.patients, timeout), store.clone()),
+            appointments: Appointments::new(
+                EntityClient::new(slots.appointments, timeout),
+                store.clone(),
+            ),
+            documents: Documents::new(EntityClient::new(slots.documents, timeout), store),
+            audit: AuditTrail::new(slots.audit, timeout),
             fatal,
         })
     }

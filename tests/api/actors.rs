@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{eventually, patient_body, spawn_app, spawn_app_with};
+use crate::helpers::{WRITE_AUDIT_ROWS, eventually, patient_body, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn fifty_concurrent_updates_to_one_patient_are_serialised_without_a_lost_update() {
@@ -60,7 +60,7 @@ async fn fifty_concurrent_updates_to_one_patient_are_serialised_without_a_lost_u
         .unwrap();
     let outbox_versions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(outbox_versions, (1..=51).collect::<Vec<_>>());
-    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 51);
+    assert_eq!(app.count(WRITE_AUDIT_ROWS).await, 51);
     app.shutdown().await;
 }
 

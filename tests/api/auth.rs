@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use warp::Filter;
 
-use crate::helpers::{TestApp, eventually, expect_problem, patient_body, spawn_app_with};
+use crate::helpers::{
+    TestApp, eventually, expect_problem, hours_ahead, patient_body, spawn_app_with,
+};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -280,7 +282,7 @@ async fn the_key_set_can_come_from_a_jwks_url() {
 /// What the table in the README promises, written out independently of the code's table:
 /// (operation, columns doctor, registrar, admin, accountant, quality_control, management,
 /// patient); `O` means "own record only".
-const EXPECTED: [(&str, [char; 7]); 11] = [
+const EXPECTED: [(&str, [char; 7]); 21] = [
     ("list patients", ['Y', 'Y', 'Y', 'Y', 'Y', '-', '-']),
     ("read a patient", ['Y', 'Y', 'Y', 'Y', 'Y', '-', 'O']),
     ("create a patient", ['-', 'Y', 'Y', '-', '-', '-', '-']),
@@ -290,6 +292,22 @@ const EXPECTED: [(&str, [char; 7]); 11] = [
     ("read a doctor", ['Y', 'Y', 'Y', 'Y', 'Y', 'Y', 'Y']),
     ("create a doctor", ['-', '-', 'Y', '-', '-', '-', '-']),
     ("update a doctor", ['-', '-', 'Y', '-', '-', '-', '-']),
+    ("list appointments", ['Y', 'Y', 'Y', 'Y', 'Y', '-', 'O']),
+    ("read an appointment", ['Y', 'Y', 'Y', 'Y', 'Y', '-', 'O']),
+    ("book an appointment", ['Y', 'Y', 'Y', '-', '-', '-', '-']),
+    ("start an appointment", ['Y', 'Y', 'Y', '-', '-', '-', '-']),
+    ("list documents", ['Y', '-', '-', '-', 'Y', '-', 'O']),
+    ("read a document", ['Y', '-', '-', '-', 'Y', '-', 'O']),
+    (
+        "create a draft document",
+        ['Y', '-', '-', '-', '-', '-', '-'],
+    ),
+    ("edit a draft document", ['Y', '-', '-', '-', '-', '-', '-']),
+    ("sign a document", ['Y', '-', '-', '-', '-', '-', '-']),
+    (
+        "record a registry outcome",
+        ['-', '-', 'Y', '-', '-', '-', '-'],
+    ),
     ("list the audit log", ['-', '-', 'Y', '-', '-', '-', '-']),
     (
         "verify the audit hash chain",
@@ -301,20 +319,39 @@ fn doctor_body() -> Value {
     json!({"firstName": "Пётр", "lastName": "Сидоров", "specialty": "терапевт"})
 }
 
-/// Performs `operation` on a fresh object as `token` and returns the status.
+/// Performs `operation` as a fresh principal with `role` (and `patient_id` for the patient
+/// role) on fresh objects of patient `target`, and returns the status.
 async fn perform(
     app: &TestApp,
     operation: &str,
-    token: &str,
-    patient_id: Uuid,
+    role: Role,
+    patient_id: Option<Uuid>,
+    target: Uuid,
     serial: u32,
 ) -> u16 {
+    // A doctor signs as themself: their token's subject is their doctor id.
+    let subject_doctor = app.create_doctor().await;
+    let token = crate::helpers::mint(&app.auth, &subject_doctor, &[role], patient_id);
     let client = &app.anonymous;
-    let patient = app.url(&format!("/api/v1/patients/{patient_id}"));
+    let patient = app.url(&format!("/api/v1/patients/{target}"));
+    let target = target.to_string();
     let doctor = || async {
-        let response = app.post_json("/api/v1/doctors", &doctor_body()).await;
+        let id = app.create_doctor().await;
+        app.url(&format!("/api/v1/doctors/{id}"))
+    };
+    let appointment = || async {
+        let doctor = app.create_doctor().await;
+        let response = app.book(&target, &doctor, &hours_ahead(10), 30).await;
         let body: Value = response.json().await.unwrap();
-        app.url(&format!("/api/v1/doctors/{}", body["id"].as_str().unwrap()))
+        app.url(&format!(
+            "/api/v1/appointments/{}",
+            body["id"].as_str().unwrap()
+        ))
+    };
+    let document = || async {
+        let doctor = app.create_doctor().await;
+        let body = app.create_document(&target, &doctor).await;
+        (doctor, body["id"].as_str().unwrap().to_owned())
     };
     let request = match operation {
         "list patients" => client.get(app.url("/api/v1/patients")),
@@ -331,6 +368,49 @@ async fn perform(
         "read a doctor" => client.get(doctor().await),
         "create a doctor" => client.post(app.url("/api/v1/doctors")).json(&doctor_body()),
         "update a doctor" => client.put(doctor().await).json(&doctor_body()),
+        "list appointments" => {
+            client.get(app.url(&format!("/api/v1/appointments?patientId={target}")))
+        }
+        "read an appointment" => client.get(appointment().await),
+        "book an appointment" => {
+            let doctor = app.create_doctor().await;
+            client.post(app.url("/api/v1/appointments")).json(&json!({
+                "patientId": target, "doctorId": doctor, "startsAt": hours_ahead(10),
+                "durationMinutes": 30, "payment": "paid", "visit": "repeat",
+            }))
+        }
+        "start an appointment" => client.post(format!("{}/start", appointment().await)),
+        "list documents" => client.get(app.url(&format!("/api/v1/documents?patientId={target}"))),
+        "read a document" => {
+            let (_, id) = document().await;
+            client.get(app.url(&format!("/api/v1/documents/{id}")))
+        }
+        "create a draft document" => client.post(app.url("/api/v1/documents")).json(&json!({
+            "patientId": target, "authorId": subject_doctor, "type": "prescription",
+            "title": "Рецепт", "body": "…",
+        })),
+        "edit a draft document" => {
+            let (_, id) = document().await;
+            client
+                .patch(app.url(&format!("/api/v1/documents/{id}")))
+                .json(&json!({"title": "Рецепт №2"}))
+        }
+        "sign a document" => {
+            let (_, id) = document().await;
+            client
+                .post(app.url(&format!("/api/v1/documents/{id}/sign")))
+                .json(&json!({
+                    "signerId": subject_doctor, "signature": crate::helpers::TEST_SIGNATURE,
+                    "certificateThumbprint": "a".repeat(40),
+                }))
+        }
+        "record a registry outcome" => {
+            let (author, id) = document().await;
+            assert_eq!(app.sign(&id, &author).await.status(), 200);
+            client
+                .post(app.url(&format!("/api/v1/documents/{id}/registry")))
+                .json(&json!({"outcome": "sent"}))
+        }
         "list the audit log" => client.get(app.url("/api/v1/audit")),
         "verify the audit hash chain" => client.get(app.url("/api/v1/admin/audit/verify")),
         other => panic!("no request for {other}"),
@@ -355,8 +435,7 @@ async fn every_role_is_allowed_exactly_the_cells_of_the_table() {
             let own = app.create_patient(&patient_body(serial)).await;
             let own_id = Uuid::parse_str(own["id"].as_str().unwrap()).unwrap();
             let patient_id = (role == Role::Patient).then_some(own_id);
-            let token = app.token(&[role], patient_id);
-            let status = perform(&app, operation, &token, own_id, serial).await;
+            let status = perform(&app, operation, role, patient_id, own_id, serial).await;
             let allowed = matches!(cell, 'Y' | 'O');
             if allowed {
                 assert!(
@@ -371,7 +450,7 @@ async fn every_role_is_allowed_exactly_the_cells_of_the_table() {
                 serial += 1;
                 let other = app.create_patient(&patient_body(serial)).await;
                 let other_id = Uuid::parse_str(other["id"].as_str().unwrap()).unwrap();
-                let status = perform(&app, operation, &token, other_id, serial).await;
+                let status = perform(&app, operation, role, patient_id, other_id, serial).await;
                 assert_eq!(
                     status, 403,
                     "{role} may {operation} only on their own record"

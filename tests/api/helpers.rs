@@ -32,6 +32,19 @@ pub struct TestApp {
     pub db_url: String,
 }
 
+/// Counts the audit rows of writes (reads are audited too).
+pub const WRITE_AUDIT_ROWS: &str =
+    "SELECT count(*) FROM audit_log WHERE action NOT LIKE '%.read' AND action NOT LIKE '%.list'";
+
+/// A DER SEQUENCE wrapping a NULL, base64: well-formed for the default verifier.
+pub const TEST_SIGNATURE: &str = "MAIFAA==";
+
+/// An RFC 3339 time `hours` from now, whole minutes.
+pub fn hours_ahead(hours: i64) -> String {
+    let time = chrono::Utc::now() + chrono::Duration::hours(hours);
+    time.format("%Y-%m-%dT%H:%M:00Z").to_string()
+}
+
 static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Creates an empty database and returns its name and URL.
@@ -200,6 +213,76 @@ impl TestApp {
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 201, "create failed: {body}");
         body
+    }
+
+    /// POSTs `body` to `path` and returns the created object; panics unless 201.
+    pub async fn create(&self, path: &str, body: &Value) -> Value {
+        let response = self.post_json(path, body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "create at {path} failed: {body}");
+        body
+    }
+
+    /// Creates a doctor and returns their id.
+    pub async fn create_doctor(&self) -> String {
+        let doctor = self
+            .create(
+                "/api/v1/doctors",
+                &json!({"firstName": "Пётр", "lastName": "Сидоров", "specialty": "терапевт"}),
+            )
+            .await;
+        doctor["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Books `minutes` for `patient` with `doctor` starting `hours_ahead` hours from now.
+    pub async fn book(
+        &self,
+        patient: &str,
+        doctor: &str,
+        starts_at: &str,
+        minutes: i64,
+    ) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/appointments",
+            &json!({
+                "patientId": patient, "doctorId": doctor, "startsAt": starts_at,
+                "durationMinutes": minutes, "payment": "oms", "visit": "primary",
+            }),
+        )
+        .await
+    }
+
+    /// Creates a draft document for `patient` by `author` and returns it.
+    pub async fn create_document(&self, patient: &str, author: &str) -> Value {
+        self.create(
+            "/api/v1/documents",
+            &json!({
+                "patientId": patient, "authorId": author, "type": "consultation",
+                "title": "Осмотр терапевта", "body": "Жалоб нет. АД 120/80.",
+            }),
+        )
+        .await
+    }
+
+    /// A token for doctor `doctor` (subject = the doctor's id).
+    pub fn doctor_token(&self, doctor: &str) -> String {
+        mint(&self.auth, doctor, &[Role::Doctor], None)
+    }
+
+    /// Signs `document` as `doctor` with a well-formed test signature.
+    pub async fn sign(&self, document: &str, doctor: &str) -> reqwest::Response {
+        self.anonymous
+            .post(self.url(&format!("/api/v1/documents/{document}/sign")))
+            .bearer_auth(self.doctor_token(doctor))
+            .json(&json!({
+                "signerId": doctor,
+                "signature": TEST_SIGNATURE,
+                "certificateThumbprint": "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
+            }))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn shutdown(mut self) {

@@ -1,8 +1,11 @@
 //! End-to-end tests against the real application, PostgreSQL and broker (see `scripts/test`).
 
 mod actors;
+mod appointments;
+mod audit;
 mod auth;
 mod doctors;
+mod documents;
 mod helpers;
 mod openapi;
 mod operations;

@@ -54,7 +54,7 @@ async fn request_ids_are_echoed_or_assigned() {
     let db = app.db().await;
     let row = db
         .query_one(
-            "SELECT actor_id, request_id, client_addr FROM audit_log",
+            "SELECT actor_id, request_id, client_addr FROM audit_log WHERE action = 'patient.create'",
             &[],
         )
         .await

@@ -4,7 +4,9 @@
 use chrono::{Days, Utc};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect_problem, patient_body, problem_fields, spawn_app};
+use crate::helpers::{
+    TestApp, WRITE_AUDIT_ROWS, expect_problem, patient_body, problem_fields, spawn_app,
+};
 
 async fn assert_nothing_written(app: &TestApp) {
     for table in ["patients", "doctors", "audit_log", "outbox"] {
@@ -189,11 +191,7 @@ async fn patch_refuses_null_for_required_fields_and_invalid_values() {
         let problem = expect_problem(response, 400).await;
         assert_eq!(problem_fields(&problem), [field], "{body}");
     }
-    assert_eq!(
-        app.count("SELECT count(*) FROM audit_log").await,
-        1,
-        "only the create"
-    );
+    assert_eq!(app.count(WRITE_AUDIT_ROWS).await, 1, "only the create");
     app.shutdown().await;
 }
 

@@ -4,11 +4,21 @@
 //! Every parser reports a [`FieldError`] naming the offending field by its wire (camelCase) name;
 //! callers collect them into [`ValidationErrors`] so a client learns every problem at once.
 
+pub mod appointment;
 mod doctor;
+pub mod document;
 mod patient;
 mod values;
 
+pub use appointment::{
+    Appointment, AppointmentAction, AppointmentEvent, AppointmentFields, AppointmentStatus,
+    NewAppointment, Payment, Visit,
+};
 pub use doctor::{Doctor, DoctorData, DoctorFields};
+pub use document::{
+    Document, DocumentEvent, DocumentFields, DocumentStatus, DocumentType, DraftEdit, NewDocument,
+    RegistryOutcome, SignatureInput, SignatureRecord, SignatureVerifier, WellFormedSignature,
+};
 pub use patient::{
     Patient, PatientData, PatientEvent, PatientFields, PatientPatch, PatientPatchFields,
 };

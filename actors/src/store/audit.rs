@@ -219,7 +219,45 @@ fn chained_from_row(row: &Row) -> ChainedRow {
     }
 }
 
+/// One audit row to append outside a write transaction (reads of personal data).
+#[derive(Debug, Clone)]
+pub struct AuditAppend {
+    pub actor_id: String,
+    pub action: &'static str,
+    pub object_type: &'static str,
+    pub object_id: Option<Uuid>,
+    pub client_addr: Option<String>,
+    pub request_id: Option<String>,
+    pub details: Value,
+}
+
 impl PgStore {
+    /// Appends `rows` in one statement and one transaction, so a batch takes the hash
+    /// chain's lock once.
+    pub async fn append_audit(&self, rows: &[AuditAppend]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(include_str!("sql/audit_insert_batch.sql"))
+            .await?;
+        let actors: Vec<&str> = rows.iter().map(|r| r.actor_id.as_str()).collect();
+        let actions: Vec<&str> = rows.iter().map(|r| r.action).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.object_type).collect();
+        let ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.object_id).collect();
+        let addrs: Vec<Option<&str>> = rows.iter().map(|r| r.client_addr.as_deref()).collect();
+        let requests: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
+        let details: Vec<&Value> = rows.iter().map(|r| &r.details).collect();
+        client
+            .execute(
+                &statement,
+                &[&actors, &actions, &types, &ids, &addrs, &requests, &details],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Returns one page of audit rows matching `filter`, newest first.
     pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Page<AuditRecord>> {
         let client = self.pool.get().await?;

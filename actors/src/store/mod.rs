@@ -4,8 +4,10 @@
 //!
 //! SQL lives in `sql/*.sql` beside this file and is prepared once per connection.
 
+mod appointments;
 mod audit;
 mod doctors;
+mod documents;
 mod patients;
 
 use std::str::FromStr;
@@ -19,8 +21,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-pub use audit::{AuditFilter, AuditRecord, ChainReport, ChainVerifier, ChainedRow};
+pub use appointments::AppointmentFilter;
+pub use audit::{AuditAppend, AuditFilter, AuditRecord, ChainReport, ChainVerifier, ChainedRow};
 pub use doctors::DoctorFilter;
+pub use documents::{DocumentFilter, DocumentSummary, DocumentVersion};
 pub use patients::PatientFilter;
 
 use crate::context::RequestContext;
@@ -53,6 +57,15 @@ pub enum StoreError {
     /// A unique constraint refused the value of `field` (its wire name).
     #[error("duplicate value of {field}")]
     Duplicate { field: &'static str },
+    /// An exclusion constraint refused an overlapping booking.
+    #[error("overlapping appointment")]
+    Overlap,
+    /// A referenced row is missing or unusable (foreign keys, archived patients).
+    #[error("{field}: {message}")]
+    Unprocessable {
+        field: &'static str,
+        message: &'static str,
+    },
     /// PostgreSQL could not be reached or the connection broke; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +88,23 @@ impl From<tokio_postgres::Error> for StoreError {
                 _ => "id",
             };
             return Self::Duplicate { field };
+        }
+        if *code == SqlState::EXCLUSION_VIOLATION {
+            return Self::Overlap;
+        }
+        if *code == SqlState::FOREIGN_KEY_VIOLATION {
+            let field = match db_error.constraint() {
+                Some(name) if name.contains("patient_id") => "patientId",
+                Some(name) if name.contains("doctor_id") => "doctorId",
+                Some(name) if name.contains("author_id") => "authorId",
+                Some(name) if name.contains("appointment_id") => "appointmentId",
+                Some(name) if name.contains("signed_by") => "signerId",
+                _ => "id",
+            };
+            return Self::Unprocessable {
+                field,
+                message: "does not exist",
+            };
         }
         // Connection trouble (08), resources (53), operator intervention such as shutdown or
         // statement timeout (57), system errors (58) and a missing database are outages.
@@ -246,6 +276,50 @@ async fn insert_outbox(
     ];
     client.execute(&statement, &params).await?;
     Ok(())
+}
+
+/// A committed change: its business event (outbox) and its audit row.
+struct ChangeRecord<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: Uuid,
+    patient_id: Uuid,
+    event_type: &'a str,
+    audit_action: &'a str,
+    version: i64,
+    payload: Value,
+}
+
+/// Writes the outbox row, then — last before COMMIT, since it takes the hash chain's lock
+/// until the commit — the audit row.
+async fn record_change(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ctx: &RequestContext,
+    change: ChangeRecord<'_>,
+) -> StoreResult<()> {
+    insert_outbox(
+        tx,
+        ctx,
+        OutboxEvent {
+            aggregate_type: change.aggregate_type,
+            aggregate_id: change.aggregate_id,
+            patient_id: Some(change.patient_id),
+            event_type: change.event_type,
+            version: change.version,
+            payload: change.payload,
+        },
+    )
+    .await?;
+    insert_audit(
+        tx,
+        ctx,
+        AuditEntry {
+            action: change.audit_action,
+            object_type: change.aggregate_type,
+            object_id: Some(change.aggregate_id),
+            details: serde_json::json!({ "version": change.version }),
+        },
+    )
+    .await
 }
 
 /// Escapes `%`, `_` and `\` so a client's prefix matches literally in `LIKE`.

@@ -1,0 +1,137 @@
+//! `AppointmentActor`: owns one appointment and serialises its lifecycle actions.
+//!
+//! Spawned by the appointment [`EntityRegistry`](crate::registry::EntityRegistry) on first
+//! use; loads lazily; answers reads from memory; each action is one transaction (row with
+//! version check, outbox row, audit row). A booking is inserted by
+//! [`Appointments::create`](crate::Appointments::create) directly. Double-booking is refused
+//! by PostgreSQL, so it holds across actors and pods.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use uuid::Uuid;
+
+use crate::context::RequestContext;
+use crate::domain::{Appointment, AppointmentAction, AppointmentEvent};
+use crate::entity_state::{EntityState, check_version};
+use crate::error::{Error, Result};
+use crate::registry::EntityActor;
+use crate::store::PgStore;
+
+const KIND: &str = "appointment";
+
+#[derive(Debug)]
+pub enum AppointmentMessage {
+    Get {
+        reply: RpcReplyPort<Result<Arc<Appointment>>>,
+    },
+    Act {
+        action: AppointmentAction,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        reply: RpcReplyPort<Result<Arc<Appointment>>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AppointmentActor {
+    pub store: PgStore,
+}
+
+impl EntityActor for AppointmentActor {
+    const KIND: &'static str = KIND;
+}
+
+impl Actor for AppointmentActor {
+    type Msg = AppointmentMessage;
+    type State = EntityState<Appointment>;
+    type Arguments = Uuid;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        id: Uuid,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(EntityState::new(id))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: AppointmentMessage,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AppointmentMessage::Get { reply } => {
+                let answer =
+                    Box::pin(state.loaded(&myself, KIND, |id| self.store.load_appointment(id)))
+                        .await;
+                let _ = reply.send(answer);
+            }
+            AppointmentMessage::Act {
+                action,
+                if_match,
+                ctx,
+                reply,
+            } => {
+                let answer = Box::pin(self.act(&myself, state, action, if_match, ctx)).await;
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AppointmentActor {
+    async fn act(
+        &self,
+        myself: &ActorRef<AppointmentMessage>,
+        state: &mut EntityState<Appointment>,
+        action: AppointmentAction,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+    ) -> Result<Arc<Appointment>> {
+        let current = state
+            .loaded(myself, KIND, |id| self.store.load_appointment(id))
+            .await?;
+        check_version(if_match, current.version)?;
+        let Some(status) = action.next_status(current.status) else {
+            return Err(Error::InvalidTransition {
+                message: format!(
+                    "cannot {} an appointment that is {}",
+                    action.name(),
+                    current.status.as_str()
+                ),
+                current_status: current.status.as_str(),
+                current_version: current.version,
+            });
+        };
+        let mut next = (*current).clone();
+        next.status = status;
+        match &action {
+            AppointmentAction::Cancel { reason } => next.cancel_reason = Some(reason.clone()),
+            AppointmentAction::Reschedule {
+                starts_at,
+                duration_minutes,
+            } => {
+                next.starts_at = *starts_at;
+                next.duration_minutes = *duration_minutes;
+            }
+            AppointmentAction::Start | AppointmentAction::Complete => {}
+        }
+        let event = AppointmentEvent::StatusChanged {
+            previous: current.status,
+            action: match action {
+                AppointmentAction::Reschedule { .. } => "rescheduled",
+                AppointmentAction::Start => "started",
+                AppointmentAction::Complete => "completed",
+                AppointmentAction::Cancel { .. } => "cancelled",
+            },
+        };
+        let result = self
+            .store
+            .update_appointment(&current, &next, &event, &ctx)
+            .await;
+        state.settle(current.id, KIND, result)
+    }
+}

@@ -1,0 +1,65 @@
+//! `Appointments`: the typed API the transports use to reach appointment actors.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::appointment_actor::{AppointmentActor, AppointmentMessage};
+use crate::context::RequestContext;
+use crate::domain::{Appointment, AppointmentAction, NewAppointment};
+use crate::error::{Error, Result};
+use crate::registry::{EntityClient, Retry};
+use crate::store::PgStore;
+
+#[derive(Clone)]
+pub struct Appointments {
+    client: EntityClient<AppointmentActor>,
+    store: PgStore,
+}
+
+impl Appointments {
+    pub fn new(client: EntityClient<AppointmentActor>, store: PgStore) -> Self {
+        Self { client, store }
+    }
+
+    /// Books an appointment with a fresh id. Like a patient's creation, this needs no actor:
+    /// nobody knows the id yet, and PostgreSQL arbitrates overlapping bookings.
+    pub async fn create(
+        &self,
+        booking: &NewAppointment,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Appointment>> {
+        self.store
+            .insert_appointment(Uuid::now_v7(), booking, ctx)
+            .await
+            .map(Arc::new)
+            .map_err(|error| Error::from_store("appointment", error))
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Arc<Appointment>> {
+        self.client
+            .ask(id, Retry::Idempotent, |reply| AppointmentMessage::Get {
+                reply,
+            })
+            .await
+    }
+
+    pub async fn act(
+        &self,
+        id: Uuid,
+        action: AppointmentAction,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Appointment>> {
+        self.client
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                AppointmentMessage::Act {
+                    action: action.clone(),
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
+            .await
+    }
+}

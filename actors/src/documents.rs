@@ -1,0 +1,96 @@
+//! `Documents`: the typed API the transports use to reach document actors.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::context::RequestContext;
+use crate::document_actor::{DocumentActor, DocumentMessage};
+use crate::domain::{Document, DraftEdit, NewDocument, RegistryOutcome, SignatureInput};
+use crate::error::{Error, Result};
+use crate::registry::{EntityClient, Retry};
+use crate::store::PgStore;
+
+#[derive(Clone)]
+pub struct Documents {
+    client: EntityClient<DocumentActor>,
+    store: PgStore,
+}
+
+impl Documents {
+    pub fn new(client: EntityClient<DocumentActor>, store: PgStore) -> Self {
+        Self { client, store }
+    }
+
+    /// Creates a draft with a fresh id (no actor needed: nobody knows the id yet).
+    pub async fn create(&self, draft: &NewDocument, ctx: &RequestContext) -> Result<Arc<Document>> {
+        self.store
+            .insert_document(Uuid::now_v7(), draft, ctx)
+            .await
+            .map(Arc::new)
+            .map_err(|error| Error::from_store("document", error))
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Arc<Document>> {
+        self.client
+            .ask(id, Retry::Idempotent, |reply| DocumentMessage::Get {
+                reply,
+            })
+            .await
+    }
+
+    pub async fn edit(
+        &self,
+        id: Uuid,
+        edit: DraftEdit,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Document>> {
+        self.client
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                DocumentMessage::Edit {
+                    edit: edit.clone(),
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
+            .await
+    }
+
+    pub async fn sign(
+        &self,
+        id: Uuid,
+        signature: SignatureInput,
+        if_match: Option<i64>,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Document>> {
+        self.client
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                DocumentMessage::Sign {
+                    signature: signature.clone(),
+                    if_match,
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
+            .await
+    }
+
+    pub async fn record_registry_outcome(
+        &self,
+        id: Uuid,
+        outcome: RegistryOutcome,
+        ctx: &RequestContext,
+    ) -> Result<Arc<Document>> {
+        self.client
+            .ask(id, Retry::OnlyIfUndelivered, |reply| {
+                DocumentMessage::Registry {
+                    outcome: outcome.clone(),
+                    ctx: ctx.clone(),
+                    reply,
+                }
+            })
+            .await
+    }
+}

@@ -1,0 +1,1 @@
+SELECT * FROM appointments WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT 1 FROM doctors WHERE id = $1 FOR SHARE

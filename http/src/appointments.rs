@@ -1,0 +1,385 @@
+//! `/api/v1/appointments`: book, read, list, and the lifecycle actions (start, complete,
+//! cancel, reschedule).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use medflow_actors::Error;
+use medflow_actors::domain::{
+    Appointment, AppointmentAction, AppointmentFields, AppointmentStatus, NewAppointment,
+};
+use medflow_actors::store::AppointmentFilter;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use crate::access::{self, Caller};
+use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
+use crate::policy::{Action, Target};
+use crate::problem::Problem;
+use crate::{AppState, json_reply, not_modified, outcome};
+
+const MAX_PAGE: i64 = 100;
+const DEFAULT_PAGE: i64 = 20;
+
+/// An appointment as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentView {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    pub doctor_id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub duration_minutes: i32,
+    /// `oms` or `paid`.
+    pub payment: String,
+    /// `primary` or `repeat`.
+    pub visit: String,
+    /// `scheduled`, `in_progress`, `completed` or `cancelled`.
+    pub status: String,
+    pub cancel_reason: Option<String>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Appointment> for AppointmentView {
+    fn from(a: &Appointment) -> Self {
+        Self {
+            id: a.id,
+            patient_id: a.patient_id,
+            doctor_id: a.doctor_id,
+            starts_at: a.starts_at,
+            ends_at: a.ends_at(),
+            duration_minutes: a.duration_minutes,
+            payment: a.payment.as_str().to_owned(),
+            visit: a.visit.as_str().to_owned(),
+            status: a.status.as_str().to_owned(),
+            cancel_reason: a.cancel_reason.clone(),
+            version: a.version,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+/// A booking. The kind of visit is given by `payment` and `visit`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppointmentInput {
+    pub patient_id: Uuid,
+    pub doctor_id: Uuid,
+    /// RFC 3339 with an offset, not in the past.
+    pub starts_at: DateTime<Utc>,
+    /// 5–240.
+    #[schema(example = 30)]
+    pub duration_minutes: i64,
+    /// `oms` (compulsory insurance) or `paid`.
+    #[schema(example = "oms")]
+    pub payment: String,
+    /// `primary` or `repeat`.
+    #[schema(example = "primary")]
+    pub visit: String,
+}
+
+/// Why an appointment is cancelled.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelInput {
+    /// 1–500 characters.
+    pub reason: String,
+}
+
+/// A new time for a scheduled appointment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RescheduleInput {
+    pub starts_at: DateTime<Utc>,
+    /// 5–240; unchanged when absent.
+    #[serde(default)]
+    pub duration_minutes: Option<i64>,
+}
+
+/// One page of appointments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppointmentPage {
+    pub items: Vec<AppointmentView>,
+    pub offset: i64,
+    pub limit: i64,
+    pub total: i64,
+}
+
+/// Filters and pagination of the appointment list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct AppointmentListParams {
+    patient_id: Option<Uuid>,
+    doctor_id: Option<Uuid>,
+    /// `scheduled`, `in_progress`, `completed` or `cancelled`.
+    status: Option<String>,
+    /// Starting at or after this time (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Starting before this time (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    offset: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn appointment_reply(status: StatusCode, appointment: &Appointment) -> Response {
+    json_reply(
+        status,
+        &AppointmentView::from(appointment),
+        Some(appointment.version),
+    )
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let body = extract::body(state.limits.body_limit_bytes);
+    let caller = access::caller(&state);
+    let with_state = warp::any().map(move || state.clone());
+    let collection = warp::path!("api" / "v1" / "appointments");
+    let item = warp::path!("api" / "v1" / "appointments" / String);
+    let action = warp::path!("api" / "v1" / "appointments" / String / String);
+
+    let list = collection
+        .and(warp::get())
+        .and(caller.clone())
+        .and(crate::raw_query())
+        .and(with_state.clone())
+        .then(|caller, query: String, state: AppState| async move {
+            outcome(list_appointments(&state, caller, &query).await)
+        });
+    let create = collection
+        .and(warp::post())
+        .and(caller.clone())
+        .and(warp::header::headers_cloned())
+        .and(body.clone())
+        .and(with_state.clone())
+        .then(|caller, headers, body, state: AppState| async move {
+            outcome(create_appointment(&state, caller, &headers, body).await)
+        });
+    let get = item
+        .and(warp::get())
+        .and(caller.clone())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(|id: String, caller, headers, state: AppState| async move {
+            outcome(get_appointment(&state, &id, caller, &headers).await)
+        });
+    let act = action
+        .and(warp::post())
+        .and(caller)
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and(with_state)
+        .then(
+            |id: String, name: String, caller, headers, body, state: AppState| async move {
+                outcome(act_on_appointment(&state, &id, &name, caller, &headers, body).await)
+            },
+        );
+    list.or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(act)
+        .unify()
+        .boxed()
+}
+
+/// Lists appointments by start time. A `patient` token must filter by its own `patientId`.
+#[utoipa::path(get, path = "/api/v1/appointments", tag = "appointments", params(AppointmentListParams),
+    responses(
+        (status = 200, description = "A page of appointments", body = AppointmentPage),
+        (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_appointments(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    raw_query: &str,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    let query = Query::parse(
+        raw_query,
+        &[
+            "patientId",
+            "doctorId",
+            "status",
+            "from",
+            "to",
+            "offset",
+            "limit",
+        ],
+    )?;
+    let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
+    let uuid = |raw: &str| Uuid::parse_str(raw).ok();
+    let time = |raw: &str| DateTime::parse_from_rfc3339(raw).ok().map(|t| t.to_utc());
+    let patient_id = query.parsed("patientId", "must be a UUID", uuid)?;
+    let doctor_id = query.parsed("doctorId", "must be a UUID", uuid)?;
+    let status = query.parsed(
+        "status",
+        "must be scheduled, in_progress, completed or cancelled",
+        AppointmentStatus::parse,
+    )?;
+    let from = query.parsed("from", "must be an RFC 3339 time", time)?;
+    let to = query.parsed("to", "must be an RFC 3339 time", time)?;
+    let target = patient_id.map_or(Target::Any, Target::Patient);
+    caller.authorize(Action::AppointmentList, target)?;
+    let filter = AppointmentFilter {
+        patient_id,
+        doctor_id,
+        status,
+        from,
+        to,
+        offset,
+        limit,
+    };
+    let page = state
+        .store
+        .list_appointments(&filter)
+        .await
+        .map_err(|error| Error::from_store("appointment", error))?;
+    access::audit_read(
+        state,
+        &caller,
+        "appointment.list",
+        "appointment",
+        page.items.iter().map(|a| a.id),
+    )
+    .await?;
+    let body = AppointmentPage {
+        items: page.items.iter().map(AppointmentView::from).collect(),
+        offset,
+        limit,
+        total: page.total,
+    };
+    Ok(json_reply(StatusCode::OK, &body, None))
+}
+
+/// Books an appointment. The doctor's overlapping live appointments refuse it (409).
+#[utoipa::path(post, path = "/api/v1/appointments", tag = "appointments", request_body = AppointmentInput,
+    responses(
+        (status = 201, description = "Booked; `Location` and `ETag` are set", body = AppointmentView),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The doctor is booked at an overlapping time", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown or archived patient, unknown doctor (named in `errors`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_appointment(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    caller.authorize(Action::AppointmentCreate, Target::Any)?;
+    let body = body?;
+    let input: AppointmentInput = json_body(headers, &body)?;
+    let booking = NewAppointment::parse(
+        AppointmentFields {
+            patient_id: input.patient_id,
+            doctor_id: input.doctor_id,
+            starts_at: input.starts_at,
+            duration_minutes: input.duration_minutes,
+            payment: input.payment,
+            visit: input.visit,
+        },
+        Utc::now(),
+    )
+    .map_err(Problem::validation)?;
+    let appointment = state.appointments.create(&booking, &caller.ctx).await?;
+    let mut response = appointment_reply(StatusCode::CREATED, &appointment);
+    crate::set_location(
+        &mut response,
+        &format!("/api/v1/appointments/{}", appointment.id),
+    );
+    Ok(response)
+}
+
+/// Reads an appointment.
+#[utoipa::path(get, path = "/api/v1/appointments/{id}", tag = "appointments",
+    params(("id" = Uuid, Path, description = "Appointment id")),
+    responses(
+        (status = 200, description = "The appointment; `ETag` carries the version", body = AppointmentView),
+        (status = 304, description = "`If-None-Match` names the current version"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_appointment(
+    state: &AppState,
+    id: &str,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    let id = parse_id(id)?;
+    caller.authorize_some(Action::AppointmentRead)?;
+    let appointment = state.appointments.get(id).await?;
+    caller.authorize(
+        Action::AppointmentRead,
+        Target::Patient(appointment.patient_id),
+    )?;
+    access::audit_read(state, &caller, "appointment.read", "appointment", [id]).await?;
+    if if_none_match_hits(headers, appointment.version) {
+        return Ok(not_modified(&etag(appointment.version)));
+    }
+    Ok(appointment_reply(StatusCode::OK, &appointment))
+}
+
+/// Applies a lifecycle action: `start`, `complete`, `cancel` (body `{reason}`) or
+/// `reschedule` (body `{startsAt, durationMinutes?}`).
+#[utoipa::path(post, path = "/api/v1/appointments/{id}/{action}", tag = "appointments",
+    params(("id" = Uuid, Path, description = "Appointment id"),
+           ("action" = String, Path, description = "start, complete, cancel or reschedule"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    request_body(content = Option<RescheduleInput>, description = "`cancel`: `{\"reason\": …}` (CancelInput); `reschedule`: RescheduleInput; none for `start` and `complete`"),
+    responses(
+        (status = 200, description = "The appointment after the action", body = AppointmentView),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment or action", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the current status (`currentStatus`), or the new time overlaps", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn act_on_appointment(
+    state: &AppState,
+    id: &str,
+    name: &str,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    let id = parse_id(id)?;
+    caller.authorize(Action::AppointmentTransition, Target::Any)?;
+    let expected = if_match(headers)?;
+    let action = match name {
+        "start" => AppointmentAction::Start,
+        "complete" => AppointmentAction::Complete,
+        "cancel" => {
+            let input: CancelInput = json_body(headers, &body?)?;
+            AppointmentAction::cancel(&input.reason).map_err(Problem::validation)?
+        }
+        "reschedule" => {
+            let input: RescheduleInput = json_body(headers, &body?)?;
+            let current = state.appointments.get(id).await?;
+            AppointmentAction::reschedule(
+                input.starts_at,
+                input
+                    .duration_minutes
+                    .unwrap_or(i64::from(current.duration_minutes)),
+                Utc::now(),
+            )
+            .map_err(Problem::validation)?
+        }
+        _ => return Err(Problem::not_found("appointment action")),
+    };
+    let appointment = state
+        .appointments
+        .act(id, action, expected, &caller.ctx)
+        .await?;
+    Ok(appointment_reply(StatusCode::OK, &appointment))
+}
