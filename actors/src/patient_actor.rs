@@ -21,9 +21,10 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Patient, PatientData, PatientPatch};
+use crate::entity_state::{EntityState, check_version};
 use crate::error::{Error, Result};
 use crate::registry::EntityActor;
-use crate::store::{PgStore, StoreError};
+use crate::store::PgStore;
 
 const KIND: &str = "patient";
 
@@ -58,23 +59,9 @@ pub struct PatientActor {
     pub store: PgStore,
 }
 
-/// What the actor knows of its patient.
-#[derive(Debug)]
-pub enum PatientState {
-    /// Not read yet, or dropped after an uncertain outcome.
-    Unloaded {
-        id: Uuid,
-    },
-    Live(Arc<Patient>),
-    /// No such patient: the actor is draining its mailbox and stopping.
-    Missing {
-        id: Uuid,
-    },
-}
-
 impl Actor for PatientActor {
     type Msg = PatientMessage;
-    type State = PatientState;
+    type State = EntityState<Patient>;
     /// The id of the patient this actor owns.
     type Arguments = Uuid;
 
@@ -82,15 +69,15 @@ impl Actor for PatientActor {
         &self,
         _myself: ActorRef<Self::Msg>,
         id: Uuid,
-    ) -> Result<PatientState, ActorProcessingErr> {
-        Ok(PatientState::Unloaded { id })
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(EntityState::new(id))
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: PatientMessage,
-        state: &mut PatientState,
+        state: &mut EntityState<Patient>,
     ) -> Result<(), ActorProcessingErr> {
         // The store futures are boxed so this actor's task stays small while it idles.
         match message {
@@ -148,34 +135,17 @@ impl PatientActor {
     async fn loaded(
         &self,
         myself: &ActorRef<PatientMessage>,
-        state: &mut PatientState,
+        state: &mut EntityState<Patient>,
     ) -> Result<Arc<Patient>> {
-        let id = match state {
-            PatientState::Live(patient) => return Ok(patient.clone()),
-            PatientState::Missing { .. } => return Err(Error::NotFound { kind: KIND }),
-            PatientState::Unloaded { id } => *id,
-        };
-        match self.store.load_patient(id).await {
-            Ok(Some(patient)) => {
-                let patient = Arc::new(patient);
-                *state = PatientState::Live(patient.clone());
-                Ok(patient)
-            }
-            Ok(None) => {
-                // Nothing to own: answer what is queued, then stop, so probing random ids
-                // does not fill memory with empty actors.
-                *state = PatientState::Missing { id };
-                let _ = myself.get_cell().drain();
-                Err(Error::NotFound { kind: KIND })
-            }
-            Err(error) => Err(Error::from_store(KIND, error)),
-        }
+        state
+            .loaded(myself, KIND, |id| self.store.load_patient(id))
+            .await
     }
 
     async fn write(
         &self,
         myself: &ActorRef<PatientMessage>,
-        state: &mut PatientState,
+        state: &mut EntityState<Patient>,
         if_match: Option<i64>,
         ctx: RequestContext,
         change: Change,
@@ -187,14 +157,7 @@ impl PatientActor {
                 current_version: Some(current.version),
             });
         }
-        if let Some(expected) = if_match
-            && expected != current.version
-        {
-            return Err(Error::PreconditionFailed {
-                expected,
-                current: current.version,
-            });
-        }
+        check_version(if_match, current.version)?;
         let result = match change {
             Change::Replace(data) if data == current.data => return Ok(current),
             Change::Replace(data) => self.store.update_patient(&current, &data, &ctx).await,
@@ -207,19 +170,6 @@ impl PatientActor {
             }
             Change::Archive => self.store.archive_patient(&current, &ctx).await,
         };
-        match result {
-            Ok(patient) => {
-                let patient = Arc::new(patient);
-                *state = PatientState::Live(patient.clone());
-                Ok(patient)
-            }
-            // The transaction rolled back: the state is still the committed one.
-            Err(error @ StoreError::Duplicate { .. }) => Err(Error::from_store(KIND, error)),
-            Err(error) => {
-                // Another pod won the race, or the outcome is unknown: reload next time.
-                *state = PatientState::Unloaded { id: current.id };
-                Err(Error::from_store(KIND, error))
-            }
-        }
+        state.settle(current.id, KIND, result)
     }
 }
