@@ -20,7 +20,7 @@ use crate::access::{self, Caller};
 use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
-use crate::{AppState, json_reply, not_modified, outcome};
+use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
@@ -102,15 +102,6 @@ pub struct RescheduleInput {
     /// 5–240; unchanged when absent.
     #[serde(default)]
     pub duration_minutes: Option<i64>,
-}
-
-/// One page of appointments.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AppointmentPage {
-    pub items: Vec<AppointmentView>,
-    pub offset: i64,
-    pub limit: i64,
-    pub total: i64,
 }
 
 /// Filters and pagination of the appointment list.
@@ -195,7 +186,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 /// Lists appointments by start time. A `patient` token must filter by its own `patientId`.
 #[utoipa::path(get, path = "/api/v1/appointments", tag = "appointments", params(AppointmentListParams),
     responses(
-        (status = 200, description = "A page of appointments", body = AppointmentPage),
+        (status = 200, description = "A page of appointments", body = Page<AppointmentView>),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_appointments(
@@ -252,12 +243,12 @@ pub async fn list_appointments(
         page.items.iter().map(|a| a.id),
     )
     .await?;
-    let body = AppointmentPage {
-        items: page.items.iter().map(AppointmentView::from).collect(),
+    let body = Page::new(
+        page.items.iter().map(AppointmentView::from).collect(),
         offset,
         limit,
-        total: page.total,
-    };
+        page.total,
+    );
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 

@@ -15,7 +15,7 @@ use crate::access::{self, Caller};
 use crate::extract::Query;
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
-use crate::{AppState, json_reply, outcome};
+use crate::{AppState, Page, json_reply, outcome};
 
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
@@ -56,15 +56,6 @@ impl From<AuditRecord> for AuditEntryView {
             hash: record.hash,
         }
     }
-}
-
-/// One page of audit entries, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
-    pub items: Vec<AuditEntryView>,
-    pub offset: i64,
-    pub limit: i64,
-    pub total: i64,
 }
 
 /// Filters and pagination of the audit listing.
@@ -133,7 +124,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 /// Lists audit entries, newest first.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditListParams),
     responses(
-        (status = 200, description = "A page of audit entries", body = AuditPage),
+        (status = 200, description = "A page of audit entries", body = Page<AuditEntryView>),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_audit(
@@ -161,12 +152,12 @@ pub async fn list_audit(
         .list_audit(&filter)
         .await
         .map_err(|error| Error::from_store("audit entry", error))?;
-    let body = AuditPage {
-        items: page.items.into_iter().map(AuditEntryView::from).collect(),
+    let body = Page::new(
+        page.items.into_iter().map(AuditEntryView::from).collect(),
         offset,
         limit,
-        total: page.total,
-    };
+        page.total,
+    );
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 

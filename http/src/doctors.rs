@@ -18,7 +18,7 @@ use crate::access::{self, Caller};
 use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
-use crate::{AppState, json_reply, not_modified, outcome};
+use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
@@ -81,15 +81,6 @@ impl From<DoctorInput> for DoctorFields {
             specialty: input.specialty,
         }
     }
-}
-
-/// One page of doctors.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DoctorPage {
-    pub items: Vec<DoctorView>,
-    pub offset: i64,
-    pub limit: i64,
-    pub total: i64,
 }
 
 /// Filters and pagination of the doctor list.
@@ -166,7 +157,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 /// Lists doctors, ordered by last name, first name, id.
 #[utoipa::path(get, path = "/api/v1/doctors", tag = "doctors", params(DoctorListParams),
     responses(
-        (status = 200, description = "A page of doctors", body = DoctorPage),
+        (status = 200, description = "A page of doctors", body = Page<DoctorView>),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_doctors(
@@ -194,12 +185,12 @@ pub async fn list_doctors(
         .list_doctors(&filter)
         .await
         .map_err(|error| Error::from_store(KIND, error))?;
-    let body = DoctorPage {
-        items: page.items.iter().map(DoctorView::from).collect(),
+    let body = Page::new(
+        page.items.iter().map(DoctorView::from).collect(),
         offset,
         limit,
-        total: page.total,
-    };
+        page.total,
+    );
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 

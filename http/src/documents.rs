@@ -21,7 +21,7 @@ use crate::access::{self, Caller};
 use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
-use crate::{AppState, json_reply, not_modified, outcome};
+use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
@@ -132,15 +132,6 @@ impl From<&DocumentSummary> for DocumentSummaryView {
             updated_at: d.updated_at,
         }
     }
-}
-
-/// One page of documents, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DocumentPage {
-    pub items: Vec<DocumentSummaryView>,
-    pub offset: i64,
-    pub limit: i64,
-    pub total: i64,
 }
 
 /// One content version of a document.
@@ -373,7 +364,7 @@ async fn readable_document(
 /// `patientId`.
 #[utoipa::path(get, path = "/api/v1/documents", tag = "documents", params(DocumentListParams),
     responses(
-        (status = 200, description = "A page of documents", body = DocumentPage),
+        (status = 200, description = "A page of documents", body = Page<DocumentSummaryView>),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_documents(
@@ -434,12 +425,12 @@ pub async fn list_documents(
         page.items.iter().map(|d| d.id),
     )
     .await?;
-    let body = DocumentPage {
-        items: page.items.iter().map(DocumentSummaryView::from).collect(),
+    let body = Page::new(
+        page.items.iter().map(DocumentSummaryView::from).collect(),
         offset,
         limit,
-        total: page.total,
-    };
+        page.total,
+    );
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 

@@ -68,6 +68,27 @@ pub struct AppState {
     pub cors_allowed_origins: Arc<Vec<String>>,
 }
 
+/// One page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub offset: i64,
+    pub limit: i64,
+    /// Items matching the filter, over all pages.
+    pub total: i64,
+}
+
+impl<T> Page<T> {
+    pub fn new(items: Vec<T>, offset: i64, limit: i64, total: i64) -> Self {
+        Self {
+            items,
+            offset,
+            limit,
+            total,
+        }
+    }
+}
+
 /// Every route of the service, with warp's rejections mapped to problems.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let origins = state.cors_allowed_origins.clone();

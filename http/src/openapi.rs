@@ -154,3 +154,15 @@ fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Respo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn list_responses_name_their_item_schema() {
+        let json = serde_json::to_value(super::document()).unwrap();
+        let schema = &json["paths"]["/api/v1/patients"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        let text = schema.to_string();
+        assert!(text.contains("PatientView"), "{text}");
+    }
+}

@@ -21,7 +21,7 @@ use crate::extract::{
 };
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
-use crate::{AppState, json_reply, not_modified, outcome};
+use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
@@ -166,16 +166,6 @@ impl PatientPatchInput {
     }
 }
 
-/// One page of patients.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PatientPage {
-    pub items: Vec<PatientView>,
-    pub offset: i64,
-    pub limit: i64,
-    /// Patients matching the filter, over all pages.
-    pub total: i64,
-}
-
 /// Filters and pagination of the patient list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -280,7 +270,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 /// Lists patients, ordered by last name, first name, id.
 #[utoipa::path(get, path = "/api/v1/patients", tag = "patients", params(PatientListParams),
     responses(
-        (status = 200, description = "A page of patients", body = PatientPage),
+        (status = 200, description = "A page of patients", body = Page<PatientView>),
         (status = 400, description = "Invalid filter or pagination", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_patients(
@@ -333,12 +323,12 @@ pub async fn list_patients(
         page.items.iter().map(|patient| patient.id),
     )
     .await?;
-    let body = PatientPage {
-        items: page.items.iter().map(PatientView::from).collect(),
+    let body = Page::new(
+        page.items.iter().map(PatientView::from).collect(),
         offset,
         limit,
-        total: page.total,
-    };
+        page.total,
+    );
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{ChangeRecord, Page, PgStore, StoreError, StoreResult, record_change};
+use super::{
+    ChangeRecord, Page, PgStore, StoreError, StoreResult, ensure_active_patient, record_change,
+};
 use crate::context::RequestContext;
 use crate::domain::{
     Appointment, AppointmentEvent, AppointmentStatus, NewAppointment, Payment, Visit,
@@ -80,24 +82,12 @@ impl PgStore {
     ) -> StoreResult<Appointment> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let patient = tx
-            .prepare_cached(include_str!("sql/patient_bookable.sql"))
-            .await?;
-        match tx.query_opt(&patient, &[&booking.patient_id]).await? {
-            None => {
-                return Err(StoreError::Unprocessable {
-                    field: "patientId",
-                    message: "no such patient",
-                });
-            }
-            Some(row) if row.get::<_, Option<DateTime<Utc>>>(0).is_some() => {
-                return Err(StoreError::Unprocessable {
-                    field: "patientId",
-                    message: "the patient is archived and cannot be booked",
-                });
-            }
-            Some(_) => {}
-        }
+        ensure_active_patient(
+            &tx,
+            booking.patient_id,
+            "the patient is archived and cannot be booked",
+        )
+        .await?;
         let doctor = tx
             .prepare_cached(include_str!("sql/doctor_exists.sql"))
             .await?;

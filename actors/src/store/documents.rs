@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{ChangeRecord, Page, PgStore, StoreError, StoreResult, record_change};
+use super::{
+    ChangeRecord, Page, PgStore, StoreError, StoreResult, ensure_active_patient, record_change,
+};
 use crate::context::RequestContext;
 use crate::domain::{
     Document, DocumentEvent, DocumentStatus, DocumentType, NewDocument, RegistryOutcome,
@@ -187,24 +189,7 @@ impl PgStore {
     ) -> StoreResult<Document> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let patient = tx
-            .prepare_cached(include_str!("sql/patient_bookable.sql"))
-            .await?;
-        match tx.query_opt(&patient, &[&draft.patient_id]).await? {
-            None => {
-                return Err(StoreError::Unprocessable {
-                    field: "patientId",
-                    message: "no such patient",
-                });
-            }
-            Some(row) if row.get::<_, Option<DateTime<Utc>>>(0).is_some() => {
-                return Err(StoreError::Unprocessable {
-                    field: "patientId",
-                    message: "the patient is archived",
-                });
-            }
-            Some(_) => {}
-        }
+        ensure_active_patient(&tx, draft.patient_id, "the patient is archived").await?;
         if let Some(appointment_id) = draft.appointment_id {
             let statement = tx
                 .prepare_cached(include_str!("sql/appointment_patient.sql"))

@@ -278,6 +278,36 @@ async fn insert_outbox(
     Ok(())
 }
 
+/// Checks, inside `tx`, that the patient exists and is not archived, and locks its row
+/// against a concurrent archive until `tx` ends; `archived` says why an archived patient
+/// is refused.
+async fn ensure_active_patient(
+    tx: &deadpool_postgres::Transaction<'_>,
+    patient_id: Uuid,
+    archived: &'static str,
+) -> StoreResult<()> {
+    let statement = tx
+        .prepare_cached(include_str!("sql/patient_bookable.sql"))
+        .await?;
+    match tx.query_opt(&statement, &[&patient_id]).await? {
+        None => Err(StoreError::Unprocessable {
+            field: "patientId",
+            message: "no such patient",
+        }),
+        Some(row)
+            if row
+                .get::<_, Option<chrono::DateTime<chrono::Utc>>>(0)
+                .is_some() =>
+        {
+            Err(StoreError::Unprocessable {
+                field: "patientId",
+                message: archived,
+            })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// A committed change: its business event (outbox) and its audit row.
 struct ChangeRecord<'a> {
     aggregate_type: &'a str,
