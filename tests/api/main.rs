@@ -4,6 +4,7 @@ mod actors;
 mod appointments;
 mod audit;
 mod auth;
+mod bus;
 mod doctors;
 mod documents;
 mod helpers;
