@@ -10,6 +10,7 @@ pub mod appointment_actor;
 pub mod appointments;
 pub mod audit_writer;
 pub mod bus;
+pub mod cdc;
 pub mod context;
 pub mod document_actor;
 pub mod documents;
