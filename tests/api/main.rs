@@ -5,6 +5,7 @@ mod appointments;
 mod audit;
 mod auth;
 mod bus;
+mod cdc;
 mod doctors;
 mod documents;
 mod helpers;

@@ -1,0 +1,549 @@
+//! `CdcReader`: streams PostgreSQL's logical replication (`pgoutput`) from a slot and
+//! publishes every change through the [`KafkaProducer`](crate::bus::producer::KafkaProducer).
+//!
+//! Invariants:
+//! - an LSN is confirmed to PostgreSQL (`update_applied_lsn`, sent as standby status) only
+//!   after every record of every transaction up to it was acknowledged by Kafka; the slot
+//!   retains the WAL until then, so a crash or a broker outage loses nothing (duplicates
+//!   after a restart are possible: delivery is at-least-once);
+//! - records are published in commit order, one batch at a time, and a failed batch fails
+//!   the actor (its supervisor restarts it, and streaming resumes at the confirmed LSN);
+//! - on its first start with a new slot the reader publishes a consistent snapshot of the
+//!   existing rows (`op: "r"`) taken at the slot's creation point, then streams from there;
+//!   a crash mid-snapshot drops the slot and redoes it;
+//! - while nothing is pending, server keepalives advance the confirmed LSN, so an idle
+//!   database does not keep WAL for us.
+//!
+//! Each step is one `Poll` message the actor sends itself: collect events for up to
+//! `batch_wait` or `batch_max` records, publish the complete transactions, confirm, repeat.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use tokio_postgres::NoTls;
+
+use super::envelope::{
+    Op, SourceInfo, change_records, outbox_record, pg_time_to_unix_ms, row_json,
+};
+use super::pgoutput::{Column, Datum, PgOutput, Relation, decode};
+use crate::bus::KafkaSettings;
+use crate::bus::producer::{OutgoingRecord, ProducerMessage};
+
+/// The tables whose changes are published (the outbox is routed to business topics).
+pub const PUBLISHED_TABLES: [&str; 6] = [
+    "patients",
+    "doctors",
+    "appointments",
+    "documents",
+    "document_versions",
+    "outbox",
+];
+
+/// Every business event type, for topic creation.
+pub const EVENT_TYPES: [&str; 11] = [
+    "PatientCreated",
+    "PatientUpdated",
+    "PatientDeleted",
+    "AppointmentScheduled",
+    "AppointmentStatusChanged",
+    "DocumentCreated",
+    "DocumentUpdated",
+    "DocumentSigned",
+    "DocumentRegistryAccepted",
+    "DocumentRegistryRejected",
+    "ErrorOccurred",
+];
+
+/// How the reader connects and batches.
+#[derive(Debug, Clone)]
+pub struct CdcSettings {
+    /// The application's database URL (the role needs the REPLICATION attribute).
+    pub database_url: SecretString,
+    pub slot: String,
+    pub publication: String,
+    /// Debezium's logical server name (`source.name`), also the CDC topic prefix's root.
+    pub server_name: String,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub status_interval: Duration,
+}
+
+impl CdcSettings {
+    /// The CDC topic of `table`: `<prefix>medflow.public.<table>`.
+    pub fn change_topic(&self, kafka: &KafkaSettings, table: &str) -> String {
+        kafka.topic(&format!("{}.public.{table}", self.server_name))
+    }
+}
+
+#[derive(Debug)]
+pub enum CdcMessage {
+    /// Reads, publishes and confirms one batch, then sends itself the next `Poll`.
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct CdcReader {
+    pub settings: CdcSettings,
+    pub kafka: KafkaSettings,
+    pub producer: ActorRef<ProducerMessage>,
+}
+
+pub struct CdcReaderState {
+    client: ReplicationClient,
+    relations: HashMap<u32, Relation>,
+    db: String,
+    /// Records of transactions being read; `committed` of them end at a commit.
+    pending: Vec<OutgoingRecord>,
+    committed: usize,
+    /// The end LSN of the last commit whose records are in `pending[..committed]`.
+    commit_lsn: Option<Lsn>,
+    tx: Option<(u32, i64)>,
+    confirmed: Lsn,
+}
+
+struct ConnInfo {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    dbname: String,
+}
+
+fn conn_info(url: &SecretString) -> anyhow::Result<ConnInfo> {
+    let config: tokio_postgres::Config = url.expose_secret().parse()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => anyhow::bail!("the CDC reader needs a TCP host in database.url"),
+    };
+    Ok(ConnInfo {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        user: config.get_user().unwrap_or("postgres").to_owned(),
+        password: config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+        dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
+    })
+}
+
+impl Actor for CdcReader {
+    type Msg = CdcMessage;
+    type State = CdcReaderState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CdcMessage>,
+        _: (),
+    ) -> Result<CdcReaderState, ActorProcessingErr> {
+        let info = conn_info(&self.settings.database_url)?;
+        let (control, connection) =
+            tokio_postgres::connect(self.settings.database_url.expose_secret(), NoTls).await?;
+        let connection = tokio::spawn(connection);
+        ensure_publication(&control, &self.settings.publication).await?;
+        let slot_exists = control
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.settings.slot],
+            )
+            .await?
+            .is_some();
+        let snapshot_done = control
+            .query_opt(
+                "SELECT 1 FROM cdc_snapshots WHERE slot_name = $1",
+                &[&self.settings.slot],
+            )
+            .await?
+            .is_some();
+        if slot_exists && !snapshot_done {
+            tracing::warn!(slot = %self.settings.slot, "the initial snapshot did not complete; redoing it");
+            control
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&self.settings.slot],
+                )
+                .await?;
+        }
+        let config = ReplicationConfig::new(
+            info.host,
+            info.user,
+            info.password,
+            info.dbname.clone(),
+            self.settings.slot.clone(),
+            self.settings.publication.clone(),
+        )
+        .with_port(info.port)
+        .with_tls(TlsConfig::disabled())
+        .with_status_interval(self.settings.status_interval)
+        .with_options("-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601")
+        .with_application_name("medflow-cdc");
+        let mut client = ReplicationClient::connect_gated(config).await?;
+        if !(slot_exists && snapshot_done) {
+            let rows = client
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'export')",
+                    self.settings.slot.replace('"', "")
+                ))
+                .await?;
+            let snapshot_name = rows
+                .first()
+                .and_then(|row| row.get(2).cloned().flatten())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .ok_or("CREATE_REPLICATION_SLOT returned no snapshot")?;
+            self.snapshot(&control, &info.dbname, &snapshot_name)
+                .await?;
+            control
+                .execute(
+                    "INSERT INTO cdc_snapshots (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&self.settings.slot],
+                )
+                .await?;
+        }
+        client.start().await?;
+        drop(control);
+        connection.abort();
+        myself.send_message(CdcMessage::Poll)?;
+        Ok(CdcReaderState {
+            client,
+            relations: HashMap::new(),
+            db: info.dbname,
+            pending: Vec::new(),
+            committed: 0,
+            commit_lsn: None,
+            tx: None,
+            confirmed: Lsn::from_u64(0),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CdcMessage>,
+        state: &mut CdcReaderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.client.stop();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CdcMessage>,
+        message: CdcMessage,
+        state: &mut CdcReaderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CdcMessage::Poll => {
+                Box::pin(self.poll(state)).await?;
+                myself.send_message(CdcMessage::Poll)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn ensure_publication(
+    control: &tokio_postgres::Client,
+    publication: &str,
+) -> anyhow::Result<()> {
+    let exists = control
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        control
+            .batch_execute(&format!(
+                "CREATE PUBLICATION \"{}\" FOR TABLE {}",
+                publication.replace('"', ""),
+                PUBLISHED_TABLES.join(", ")
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+impl CdcReader {
+    /// Publishes every existing row of the published tables as seen by `snapshot_name`.
+    async fn snapshot(
+        &self,
+        control: &tokio_postgres::Client,
+        db: &str,
+        snapshot_name: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        control
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                snapshot_name.replace('\'', "")
+            ))
+            .await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for table in PUBLISHED_TABLES {
+            if table == "outbox" {
+                // Business events are published once, when they happen; a snapshot does not
+                // replay history.
+                continue;
+            }
+            let relation = describe(control, table).await?;
+            let select = format!(
+                "SELECT {} FROM {table}",
+                relation
+                    .columns
+                    .iter()
+                    .map(|c| format!("\"{}\"::text", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let rows = control.query(&select, &[]).await?;
+            let topic = self.settings.change_topic(&self.kafka, table);
+            let source = SourceInfo {
+                name: &self.settings.server_name,
+                db,
+                lsn: 0,
+                tx_id: 0,
+                ts_ms: now,
+                snapshot: "true",
+            };
+            let mut records = Vec::new();
+            for row in &rows {
+                let values: Vec<Datum> = (0..relation.columns.len())
+                    .map(|i| match row.get::<_, Option<String>>(i) {
+                        Some(text) => Datum::Text(text),
+                        None => Datum::Null,
+                    })
+                    .collect();
+                let after = row_json(&relation, &values);
+                records.extend(change_records(
+                    topic.clone(),
+                    &relation,
+                    Op::Read,
+                    None,
+                    Some(after),
+                    &source,
+                    now,
+                ));
+                if records.len() >= self.settings.batch_max {
+                    self.publish(std::mem::take(&mut records)).await?;
+                }
+            }
+            self.publish(records).await?;
+            metrics::counter!("medflow_cdc_snapshot_rows_total").increment(rows.len() as u64);
+            tracing::info!(table, rows = rows.len(), "snapshot of table published");
+        }
+        control.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    async fn publish(&self, records: Vec<OutgoingRecord>) -> Result<(), ActorProcessingErr> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .producer
+            .call(
+                |reply| ProducerMessage::Publish { records, reply },
+                Some(self.kafka.message_timeout + Duration::from_secs(5)),
+            )
+            .await?;
+        match outcome {
+            ractor::rpc::CallResult::Success(Ok(_)) => Ok(()),
+            ractor::rpc::CallResult::Success(Err(error)) => Err(error.into()),
+            other => Err(format!("the producer did not answer: {other:?}").into()),
+        }
+    }
+
+    async fn poll(&self, state: &mut CdcReaderState) -> Result<(), ActorProcessingErr> {
+        let deadline = Instant::now() + self.settings.batch_wait;
+        let mut idle_lsn = None;
+        while state.pending.len() < self.settings.batch_max {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let event = match tokio::time::timeout(deadline - now, state.client.recv()).await {
+                Err(_) => break,
+                Ok(Ok(Some(event))) => event,
+                Ok(Ok(None)) => return Err("the replication stream ended".into()),
+                Ok(Err(error)) => return Err(error.into()),
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    xid,
+                    commit_time_micros,
+                    ..
+                } => state.tx = Some((xid, commit_time_micros)),
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    state.tx = None;
+                    state.committed = state.pending.len();
+                    state.commit_lsn = Some(end_lsn);
+                }
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    self.apply(state, wal_start, data);
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if state.pending.is_empty() && state.tx.is_none() {
+                        idle_lsn = Some(wal_end);
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => {
+                    return Err("the replication stream stopped".into());
+                }
+            }
+        }
+        if state.committed > 0 {
+            let ready: Vec<OutgoingRecord> = state.pending.drain(..state.committed).collect();
+            state.committed = 0;
+            self.publish(ready).await?;
+        }
+        if state.pending.len() >= self.settings.batch_max {
+            // A transaction larger than a batch: publish what is read so far without
+            // confirming; after a crash it is read and published again from its start.
+            let partial = std::mem::take(&mut state.pending);
+            self.publish(partial).await?;
+        }
+        if let Some(lsn) = state.commit_lsn.take() {
+            state.client.update_applied_lsn(lsn);
+            state.confirmed = lsn;
+        } else if let Some(lsn) = idle_lsn
+            && state.pending.is_empty()
+            && lsn > state.confirmed
+        {
+            state.client.update_applied_lsn(lsn);
+            state.confirmed = lsn;
+        }
+        Ok(())
+    }
+
+    /// Decodes one pgoutput message and appends its records.
+    fn apply(&self, state: &mut CdcReaderState, lsn: Lsn, data: bytes::Bytes) {
+        let message = match decode(data) {
+            Ok(message) => message,
+            Err(error) => {
+                metrics::counter!("medflow_cdc_decode_errors_total").increment(1);
+                tracing::error!(lsn = %lsn, error = %error, "cannot decode a WAL message; skipped");
+                return;
+            }
+        };
+        let (relation_id, op, before, after) = match message {
+            PgOutput::Relation(relation) => {
+                state.relations.insert(relation.id, relation);
+                return;
+            }
+            PgOutput::Insert { relation, new } => (relation, Op::Create, None, Some(new)),
+            PgOutput::Update { relation, old, new } => (relation, Op::Update, old, Some(new)),
+            PgOutput::Delete { relation, old } => (relation, Op::Delete, Some(old), None),
+            _ => return,
+        };
+        let Some(relation) = state.relations.get(&relation_id) else {
+            tracing::error!(
+                relation = relation_id,
+                "a change names an unknown relation; skipped"
+            );
+            return;
+        };
+        let (xid, commit_time) = state.tx.unwrap_or((0, 0));
+        let before = before.map(|values| row_json(relation, &values));
+        let after = after.map(|values| row_json(relation, &values));
+        if relation.table == "outbox" {
+            if let (Op::Create, Some(row)) = (op, &after) {
+                match outbox_record(&self.kafka.topic_prefix, row) {
+                    Ok(record) => state.pending.push(record),
+                    Err(error) => {
+                        tracing::error!(lsn = %lsn, error = %error, "unusable outbox row");
+                        state
+                            .pending
+                            .push(error_occurred(&self.kafka, &error.0, row));
+                    }
+                }
+            }
+            return;
+        }
+        let source = SourceInfo {
+            name: &self.settings.server_name,
+            db: &state.db,
+            lsn: lsn.as_u64(),
+            tx_id: xid,
+            ts_ms: pg_time_to_unix_ms(commit_time),
+            snapshot: "false",
+        };
+        let topic = self.settings.change_topic(&self.kafka, &relation.table);
+        let records = change_records(
+            topic,
+            relation,
+            op,
+            before,
+            after,
+            &source,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        state.pending.extend(records);
+    }
+}
+
+/// The `ErrorOccurred` event for a change that could not be published as such.
+fn error_occurred(
+    kafka: &KafkaSettings,
+    message: &str,
+    row: &Map<String, Value>,
+) -> OutgoingRecord {
+    let related = row.get("id").cloned().unwrap_or(Value::Null);
+    let value = serde_json::json!({
+        "eventId": uuid::Uuid::now_v7(),
+        "eventType": "ErrorOccurred",
+        "eventTimestamp": chrono::Utc::now(),
+        "aggregateType": "outbox",
+        "aggregateId": related,
+        "patientId": row.get("patient_id").cloned().unwrap_or(Value::Null),
+        "version": Value::Null,
+        "payload": {
+            "errorCode": "CDC_UNPUBLISHABLE_EVENT",
+            "errorMessage": message,
+            "relatedEvent": related,
+        },
+    });
+    OutgoingRecord {
+        topic: kafka.topic("ErrorOccurred"),
+        key: None,
+        payload: serde_json::to_vec(&value).ok(),
+        headers: vec![("eventType".into(), b"ErrorOccurred".to_vec())],
+    }
+}
+
+/// Describes `table` as pgoutput would: columns in order, with the primary key marked.
+async fn describe(
+    control: &tokio_postgres::Client,
+    table: &str,
+) -> Result<Relation, ActorProcessingErr> {
+    let rows = control
+        .query(
+            "SELECT a.attname::text, a.atttypid::oid::int8,
+                    coalesce(a.attnum = ANY (i.indkey), false)
+               FROM pg_attribute a
+               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+              WHERE a.attrelid = ('public.' || $1)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(Relation {
+        id: 0,
+        schema: "public".into(),
+        table: table.into(),
+        columns: rows
+            .iter()
+            .map(|row| Column {
+                name: row.get(0),
+                type_oid: u32::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+                key: row.get(2),
+            })
+            .collect(),
+    })
+}

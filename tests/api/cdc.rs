@@ -1,0 +1,310 @@
+//! Change data capture against the real PostgreSQL and broker: snapshot, streaming of
+//! domain writes as Debezium envelopes and business events, confirmation after acks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use medflow_actors::bus::KafkaSettings;
+use medflow_actors::bus::producer::KafkaProducer;
+use medflow_actors::bus::topics::ensure_topics;
+use medflow_actors::cdc::reader::{CdcReader, CdcSettings, EVENT_TYPES, PUBLISHED_TABLES};
+use ractor::Actor;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, patient_body, spawn_app};
+
+/// One consumed message: topic, key, value (None for a tombstone), headers.
+#[derive(Debug, Clone)]
+struct Consumed {
+    topic: String,
+    key: Option<String>,
+    value: Option<Value>,
+    headers: HashMap<String, String>,
+}
+
+struct Pipeline {
+    kafka: KafkaSettings,
+    cdc: CdcSettings,
+    consumer: StreamConsumer,
+    seen: Vec<Consumed>,
+    reader: ractor::ActorRef<medflow_actors::cdc::reader::CdcMessage>,
+    producer: ractor::ActorRef<medflow_actors::bus::producer::ProducerMessage>,
+}
+
+impl Pipeline {
+    async fn start(app: &TestApp) -> Self {
+        let brokers = std::env::var("MEDFLOW_TEST_KAFKA_BROKERS").unwrap();
+        let kafka = KafkaSettings {
+            brokers: brokers.clone(),
+            topic_prefix: format!("t{}.", uuid::Uuid::new_v4().simple()),
+            partitions: 3,
+            replication_factor: 1,
+            linger: Duration::from_millis(5),
+            message_timeout: Duration::from_secs(10),
+            max_in_flight: 5,
+        };
+        let cdc = CdcSettings {
+            database_url: app.db_url.clone().into(),
+            slot: format!("slot_{}", app.db_name),
+            publication: "medflow_cdc".into(),
+            server_name: "medflow".into(),
+            batch_max: 500,
+            batch_wait: Duration::from_millis(50),
+            status_interval: Duration::from_millis(200),
+        };
+        let mut topics: Vec<String> = PUBLISHED_TABLES
+            .iter()
+            .map(|table| cdc.change_topic(&kafka, table))
+            .collect();
+        topics.extend(EVENT_TYPES.iter().map(|name| kafka.topic(name)));
+        ensure_topics(&kafka, &topics).await.unwrap();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).unwrap();
+        let (producer, _) = Actor::spawn(
+            None,
+            KafkaProducer {
+                settings: kafka.clone(),
+            },
+            (),
+        )
+        .await
+        .unwrap();
+        let (reader, _) = Actor::spawn(
+            None,
+            CdcReader {
+                settings: cdc.clone(),
+                kafka: kafka.clone(),
+                producer: producer.clone(),
+            },
+            (),
+        )
+        .await
+        .expect("the CDC reader starts");
+        Self {
+            kafka,
+            cdc,
+            consumer,
+            seen: Vec::new(),
+            reader,
+            producer,
+        }
+    }
+
+    fn topic(&self, table: &str) -> String {
+        self.cdc.change_topic(&self.kafka, table)
+    }
+
+    /// Consumes until `done` holds for what was seen, or panics at the deadline.
+    async fn until(&mut self, what: &str, done: impl Fn(&[Consumed]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = tokio::time::timeout(left, self.consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; seen {:#?}", self.seen))
+                .unwrap();
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.seen.push(Consumed {
+                topic: message.topic().to_owned(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: message
+                    .payload()
+                    .map(|p| serde_json::from_slice(p).unwrap()),
+                headers,
+            });
+        }
+    }
+
+    async fn stop(self, app: &TestApp) {
+        self.reader.stop(None);
+        self.producer.stop(None);
+        // A slot keeps WAL for ever: drop it once its reader is gone.
+        let db = app.db().await;
+        let slot = self.cdc.slot.clone();
+        crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
+            let db = &db;
+            let slot = slot.clone();
+            async move {
+                db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+}
+
+fn ops<'a>(seen: &'a [Consumed], topic: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|m| m.topic == topic)
+        .filter_map(|m| m.value.as_ref())
+        .collect()
+}
+
+#[tokio::test]
+async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events() {
+    let app = spawn_app().await;
+    let before_one = app.create_patient(&patient_body(1)).await;
+    app.create_patient(&patient_body(2)).await;
+    let mut pipeline = Pipeline::start(&app).await;
+    let patients = pipeline.topic("patients");
+
+    // The snapshot: one `r` per existing row, keyed by id.
+    pipeline
+        .until("the snapshot", |seen| ops(seen, &patients).len() >= 2)
+        .await;
+    let snapshot = ops(&pipeline.seen, &patients);
+    assert!(snapshot.iter().all(|v| v["op"] == "r"), "{snapshot:?}");
+    let keyed = pipeline
+        .seen
+        .iter()
+        .find(|m| {
+            m.value
+                .as_ref()
+                .is_some_and(|v| v["after"]["id"] == before_one["id"])
+        })
+        .unwrap();
+    assert_eq!(
+        keyed.key.as_deref(),
+        Some(json!({"id": before_one["id"]}).to_string().as_str())
+    );
+    // History is not replayed as business events.
+    assert!(
+        pipeline
+            .seen
+            .iter()
+            .all(|m| !m.topic.ends_with("PatientCreated"))
+    );
+
+    // A create and an update stream as `c` and `u` (with the before image) and as events.
+    let created = app.create_patient(&patient_body(3)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/patients/{id}")))
+        .header("Content-Type", "application/merge-patch+json")
+        .body(json!({"firstName": "Ольга"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let updated_topic = pipeline.kafka.topic("PatientUpdated");
+    let created_topic = pipeline.kafka.topic("PatientCreated");
+    pipeline
+        .until(
+            "the envelopes and events of the create and the update",
+            |seen| {
+                let mine: Vec<&Value> = ops(seen, &patients)
+                    .into_iter()
+                    .filter(|v| v["after"]["id"] == id.as_str())
+                    .collect();
+                mine.iter().any(|v| v["op"] == "c")
+                    && mine.iter().any(|v| v["op"] == "u")
+                    && seen.iter().any(|m| m.topic == updated_topic)
+                    && seen.iter().any(|m| m.topic == created_topic)
+            },
+        )
+        .await;
+    let changes: Vec<&Value> = ops(&pipeline.seen, &patients)
+        .into_iter()
+        .filter(|v| v["after"]["id"] == id.as_str())
+        .collect();
+    let summary: Vec<(String, Option<String>, Option<Value>)> = pipeline
+        .seen
+        .iter()
+        .map(|m| {
+            (
+                m.topic.clone(),
+                m.key.clone(),
+                m.value.as_ref().map(|v| v["op"].clone()),
+            )
+        })
+        .collect();
+    assert_eq!(changes.len(), 2, "{summary:#?}");
+    assert_eq!(changes[0]["op"], "c");
+    assert_eq!(changes[0]["before"], Value::Null);
+    assert_eq!(changes[1]["op"], "u");
+    assert_eq!(changes[1]["before"]["first_name"], created["firstName"]);
+    assert_eq!(changes[1]["after"]["first_name"], "Ольга");
+    let source = &changes[1]["source"];
+    assert_eq!(source["connector"], "postgresql");
+    assert_eq!(source["table"], "patients");
+    assert_eq!(source["snapshot"], "false");
+    assert!(source["lsn"].as_u64().unwrap() > 0);
+    let source = source.clone();
+    // Dates as days since the epoch, like Debezium.
+    assert!(changes[0]["after"]["birth_date"].is_i64());
+
+    let event = pipeline
+        .seen
+        .iter()
+        .find(|m| m.topic == created_topic && m.key.as_deref() == Some(id.as_str()))
+        .expect("PatientCreated keyed by the patient id");
+    let value = event.value.as_ref().unwrap();
+    assert_eq!(value["eventType"], "PatientCreated");
+    assert_eq!(value["aggregateId"], id.as_str());
+    assert_eq!(value["patientId"], id.as_str());
+    assert_eq!(value["version"], 1);
+    assert_eq!(value["payload"]["firstName"], created["firstName"]);
+    assert!(value["eventTimestamp"].is_string());
+    assert_eq!(event.headers["eventType"], "PatientCreated");
+    assert_eq!(event.headers["eventId"], value["eventId"].as_str().unwrap());
+    let update = pipeline
+        .seen
+        .iter()
+        .find(|m| m.topic == updated_topic)
+        .unwrap();
+    assert_eq!(
+        update.value.as_ref().unwrap()["payload"]["updatedFields"]["firstName"],
+        "Ольга"
+    );
+
+    // The slot's confirmed position moves past the writes once they were acknowledged.
+    let db = app.db().await;
+    let lsn = source["lsn"].as_u64().unwrap();
+    let written = format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff);
+    let slot = pipeline.cdc.slot.clone();
+    crate::helpers::eventually(Duration::from_secs(10), "the slot to confirm", || {
+        let db = &db;
+        let slot = slot.clone();
+        let written = written.clone();
+        async move {
+            db.query_one(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &written],
+            )
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, bool>(0).then_some(()))
+        }
+    })
+    .await;
+    pipeline.stop(&app).await;
+    app.shutdown().await;
+}
