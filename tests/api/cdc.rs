@@ -252,6 +252,19 @@ async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events
     assert_eq!(changes[1]["op"], "u");
     assert_eq!(changes[1]["before"]["first_name"], created["firstName"]);
     assert_eq!(changes[1]["after"]["first_name"], "Ольга");
+    // Keyed by the primary key only, so every change of a row lands in one partition.
+    let keys: Vec<Option<String>> = pipeline
+        .seen
+        .iter()
+        .filter(|m| m.topic == patients)
+        .filter(|m| {
+            m.value
+                .as_ref()
+                .is_some_and(|v| v["after"]["id"] == id.as_str())
+        })
+        .map(|m| m.key.clone())
+        .collect();
+    assert_eq!(keys, vec![Some(json!({"id": id}).to_string()); 2]);
     let source = &changes[1]["source"];
     assert_eq!(source["connector"], "postgresql");
     assert_eq!(source["table"], "patients");

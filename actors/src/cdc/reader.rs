@@ -95,6 +95,9 @@ pub struct CdcReader {
 pub struct CdcReaderState {
     client: ReplicationClient,
     relations: HashMap<u32, Relation>,
+    /// Primary-key columns by table: the record key. pgoutput marks replica-identity
+    /// columns, which under `REPLICA IDENTITY FULL` are all of them.
+    primary_keys: HashMap<String, Vec<String>>,
     db: String,
     /// Records of transactions being read; `committed` of them end at a commit.
     pending: Vec<OutgoingRecord>,
@@ -204,6 +207,17 @@ impl Actor for CdcReader {
                 )
                 .await?;
         }
+        let mut primary_keys = HashMap::new();
+        for table in PUBLISHED_TABLES {
+            let relation = describe(&control, table).await?;
+            let key = relation
+                .columns
+                .into_iter()
+                .filter(|column| column.key)
+                .map(|column| column.name)
+                .collect();
+            primary_keys.insert(table.to_owned(), key);
+        }
         client.start().await?;
         drop(control);
         connection.abort();
@@ -211,6 +225,7 @@ impl Actor for CdcReader {
         Ok(CdcReaderState {
             client,
             relations: HashMap::new(),
+            primary_keys,
             db: info.dbname,
             pending: Vec::new(),
             committed: 0,
@@ -433,7 +448,12 @@ impl CdcReader {
             }
         };
         let (relation_id, op, before, after) = match message {
-            PgOutput::Relation(relation) => {
+            PgOutput::Relation(mut relation) => {
+                if let Some(key) = state.primary_keys.get(&relation.table) {
+                    for column in &mut relation.columns {
+                        column.key = key.contains(&column.name);
+                    }
+                }
                 state.relations.insert(relation.id, relation);
                 return;
             }
