@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use medflow_actors::bus::KafkaSettings;
+use medflow_actors::cdc::reader::CdcSettings;
 use medflow_actors::registry::RegistrySettings;
 use medflow_actors::store::StoreSettings;
 use medflow_http::auth::{AuthSettings, JwksSource};
-use medflow_supervisors::{RestartPolicy, TreeSettings};
+use medflow_supervisors::{IntegrationSettings, RestartPolicy, TreeSettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -26,7 +28,35 @@ pub struct Settings {
     pub actors: ActorSettings,
     pub supervision: SupervisionSettings,
     pub auth: AuthConfig,
+    pub kafka: KafkaConfig,
+    pub cdc: CdcConfig,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub linger_ms: u64,
+    pub message_timeout_ms: u64,
+    pub max_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcConfig {
+    pub enabled: bool,
+    pub slot: String,
+    pub publication: String,
+    pub server_name: String,
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub status_interval_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +190,72 @@ impl Settings {
         Ok(settings)
     }
 
+    fn validate_bus(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "must name at least one host:port");
+        }
+        if self.kafka.partitions < 1 {
+            return invalid("kafka.partitions", "must be at least 1");
+        }
+        if self.kafka.replication_factor < 1 {
+            return invalid("kafka.replication_factor", "must be at least 1");
+        }
+        if !(1..=5).contains(&self.kafka.max_in_flight) {
+            return invalid(
+                "kafka.max_in_flight",
+                "must be from 1 to 5 (idempotent ordering)",
+            );
+        }
+        if self.kafka.message_timeout_ms < 1000 {
+            return invalid("kafka.message_timeout_ms", "must be at least 1000");
+        }
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !name_ok(&self.cdc.slot) {
+            return invalid(
+                "cdc.slot",
+                "must be 1–63 characters of a-z, 0-9 and _ (a replication slot name)",
+            );
+        }
+        if !name_ok(&self.cdc.publication) {
+            return invalid(
+                "cdc.publication",
+                "must be 1–63 characters of a-z, 0-9 and _",
+            );
+        }
+        if self.cdc.server_name.trim().is_empty() {
+            return invalid("cdc.server_name", "must not be empty");
+        }
+        if !(1..=100_000).contains(&self.cdc.batch_max) {
+            return invalid("cdc.batch_max", "must be from 1 to 100000");
+        }
+        if self.cdc.batch_wait_ms == 0 || self.cdc.status_interval_ms == 0 {
+            return invalid(
+                "cdc.batch_wait_ms",
+                "cdc.batch_wait_ms and cdc.status_interval_ms must be greater than 0",
+            );
+        }
+        if self.cdc.backoff_initial_ms == 0 || self.cdc.backoff_max_ms < self.cdc.backoff_initial_ms
+        {
+            return invalid(
+                "cdc.backoff_max_ms",
+                "backoffs must be > 0 and backoff_max_ms ≥ backoff_initial_ms",
+            );
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         let invalid = |key: &'static str, message: &str| {
@@ -282,6 +378,7 @@ impl Settings {
             }
         }
         self.validate_auth()?;
+        self.validate_bus()?;
         if !(1..=1000).contains(&self.database.pool_size) {
             return invalid("database.pool_size", "must be from 1 to 1000");
         }
@@ -332,6 +429,36 @@ impl Settings {
             acquire_timeout: ms(self.database.acquire_timeout_ms),
             statement_timeout: ms(self.database.statement_timeout_ms),
         }
+    }
+
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka.brokers.clone(),
+            topic_prefix: self.kafka.topic_prefix.clone(),
+            partitions: self.kafka.partitions,
+            replication_factor: self.kafka.replication_factor,
+            linger: ms(self.kafka.linger_ms),
+            message_timeout: ms(self.kafka.message_timeout_ms),
+            max_in_flight: self.kafka.max_in_flight,
+        }
+    }
+
+    /// The CDC pipeline's configuration, `None` when `cdc.enabled` is false.
+    pub fn integration(&self) -> Option<IntegrationSettings> {
+        self.cdc.enabled.then(|| IntegrationSettings {
+            cdc: CdcSettings {
+                database_url: self.database.url.clone(),
+                slot: self.cdc.slot.clone(),
+                publication: self.cdc.publication.clone(),
+                server_name: self.cdc.server_name.clone(),
+                batch_max: self.cdc.batch_max,
+                batch_wait: ms(self.cdc.batch_wait_ms),
+                status_interval: ms(self.cdc.status_interval_ms),
+            },
+            kafka: self.kafka(),
+            backoff_initial: ms(self.cdc.backoff_initial_ms),
+            backoff_max: ms(self.cdc.backoff_max_ms),
+        })
     }
 
     pub fn tree(&self) -> TreeSettings {

@@ -14,6 +14,7 @@ use medflow_actors::domain::WellFormedSignature;
 use medflow_actors::{Patients, PgStore};
 use medflow_http::access::{RateLimitSettings, RateLimits};
 use medflow_http::auth::Authenticator;
+use medflow_http::health::CdcCheck;
 use medflow_http::health::DatabaseCheck;
 use medflow_http::policy::Policy;
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
@@ -69,6 +70,7 @@ impl Application {
             store.clone(),
             settings.tree(),
             Arc::new(WellFormedSignature),
+            settings.integration(),
         )
         .await?;
 
@@ -77,12 +79,17 @@ impl Application {
         let address = listener.local_addr()?;
         let shutting_down = Arc::new(AtomicBool::new(false));
         let metrics = telemetry::metrics_handle();
-        let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(store.clone()))];
+        let mut readiness: Vec<Arc<dyn ReadinessCheck>> =
+            vec![Arc::new(DatabaseCheck(store.clone()))];
+        if let Some(cdc) = &supervision.cdc {
+            readiness.push(Arc::new(CdcCheck(cdc.clone())));
+        }
         let state = AppState {
             patients: supervision.patients.clone(),
             appointments: supervision.appointments.clone(),
             documents: supervision.documents.clone(),
             audit: supervision.audit.clone(),
+            cdc: supervision.cdc.clone(),
             store: store.clone(),
             limits: HttpLimits {
                 body_limit_bytes: settings.http.body_limit_bytes,

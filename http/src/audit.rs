@@ -104,7 +104,10 @@ impl From<ChainReport> for ChainReportView {
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let caller = access::caller(&state);
-    let with_state = warp::any().map(move || state.clone());
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
     let list = warp::path!("api" / "v1" / "audit")
         .and(warp::get())
         .and(caller.clone())
@@ -118,7 +121,84 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(caller)
         .and(with_state)
         .then(|caller, state: AppState| async move { outcome(verify_audit(&state, caller).await) });
-    list.or(verify).unify().boxed()
+    let cdc = warp::path!("api" / "v1" / "admin" / "cdc")
+        .and(warp::get())
+        .and(access::caller(&state))
+        .and(warp::any().map(move || state.clone()))
+        .then(|caller, state: AppState| async move { outcome(cdc_status(&state, caller).await) });
+    list.or(verify).unify().or(cdc).unify().boxed()
+}
+
+/// The CDC pipeline's state and its slot's position.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CdcStatusView {
+    /// Whether this process runs the pipeline (`cdc.enabled`).
+    pub enabled: bool,
+    /// stopped, starting, snapshotting, streaming, standby or restarting.
+    pub state: String,
+    pub slot: Option<String>,
+    /// Whether some process streams from the slot now.
+    pub slot_active: Option<bool>,
+    /// Confirmed to PostgreSQL: everything before it is in Kafka.
+    pub confirmed_lsn: Option<String>,
+    /// WAL bytes written since the confirmed LSN.
+    pub lag_bytes: Option<i64>,
+    /// Commit-to-acknowledgement delay of the last published transaction.
+    pub lag_ms: Option<i64>,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+/// Reports the CDC pipeline's state, its slot and its lag.
+#[utoipa::path(get, path = "/api/v1/admin/cdc", tag = "audit",
+    responses((status = 200, description = "The pipeline's state", body = CdcStatusView)))]
+pub async fn cdc_status(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+) -> Result<Response, Problem> {
+    caller?.authorize(Action::CdcStatus, Target::Any)?;
+    let Some(cdc) = &state.cdc else {
+        let view = CdcStatusView {
+            enabled: false,
+            state: "stopped".into(),
+            slot: None,
+            slot_active: None,
+            confirmed_lsn: None,
+            lag_bytes: None,
+            lag_ms: None,
+            restarts: 0,
+            last_error: None,
+        };
+        return Ok(json_reply(StatusCode::OK, &view, None));
+    };
+    let status = cdc.get();
+    let slot = state
+        .store
+        .slot_lag(&status.slot)
+        .await
+        .map_err(|error| Error::from_store("replication slot", error))?;
+    if let Some(lag) = slot.as_ref().and_then(|slot| slot.lag_bytes) {
+        metrics::gauge!("medflow_cdc_lag_bytes").set(lag as f64);
+    }
+    let view = CdcStatusView {
+        enabled: true,
+        state: serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        slot: Some(status.slot.clone()),
+        slot_active: slot.as_ref().map(|slot| slot.active),
+        confirmed_lsn: slot
+            .as_ref()
+            .and_then(|slot| slot.confirmed_lsn.clone())
+            .or(status.confirmed_lsn),
+        lag_bytes: slot.and_then(|slot| slot.lag_bytes),
+        lag_ms: status.lag_ms,
+        restarts: status.restarts,
+        last_error: status.last_error,
+    };
+    Ok(json_reply(StatusCode::OK, &view, None))
 }
 
 /// Lists audit entries, newest first.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
 use medflow_actors::PgStore;
+use medflow_actors::cdc::{CdcState, CdcStatusCell};
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -33,6 +34,32 @@ impl ReadinessCheck for DatabaseCheck {
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.0.ping().await.map_err(|error| error.to_string()) })
+    }
+}
+
+/// The CDC pipeline streams (or stands by for another pod): events reach Kafka.
+pub struct CdcCheck(pub CdcStatusCell);
+
+impl ReadinessCheck for CdcCheck {
+    fn name(&self) -> &'static str {
+        "cdc"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        let status = self.0.get();
+        Box::pin(async move {
+            match status.state {
+                CdcState::Starting
+                | CdcState::Snapshotting
+                | CdcState::Streaming
+                | CdcState::Standby => Ok(()),
+                CdcState::Stopped | CdcState::Restarting => Err(format!(
+                    "cdc is {:?}: {}",
+                    status.state,
+                    status.last_error.as_deref().unwrap_or("not running")
+                )),
+            }
+        })
     }
 }
 

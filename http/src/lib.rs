@@ -56,6 +56,8 @@ pub struct AppState {
     pub documents: Documents,
     /// Records reads of personal and clinical data.
     pub audit: AuditTrail,
+    /// The CDC pipeline's state, when it runs.
+    pub cdc: Option<medflow_actors::cdc::CdcStatusCell>,
     pub store: PgStore,
     pub limits: HttpLimits,
     pub readiness: Arc<Vec<Arc<dyn ReadinessCheck>>>,

@@ -89,10 +89,11 @@ pub enum Action {
     DocumentRegistryOutcome,
     AuditList,
     AuditVerify,
+    CdcStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 22] = [
         Action::PatientList,
         Action::PatientRead,
         Action::PatientCreate,
@@ -114,6 +115,7 @@ impl Action {
         Action::DocumentRegistryOutcome,
         Action::AuditList,
         Action::AuditVerify,
+        Action::CdcStatus,
     ];
 
     /// How the README names the operation.
@@ -140,6 +142,7 @@ impl Action {
             Action::DocumentRegistryOutcome => "record a registry outcome",
             Action::AuditList => "list the audit log",
             Action::AuditVerify => "verify the audit hash chain",
+            Action::CdcStatus => "read the CDC pipeline's status",
         }
     }
 }
@@ -190,6 +193,7 @@ fn grants(action: Action) -> [Grant; 7] {
         Action::DocumentRegistryOutcome => [N, N, Y, N, N, N, N],
         Action::AuditList => [N, N, Y, N, N, N, N],
         Action::AuditVerify => [N, N, Y, N, N, N, N],
+        Action::CdcStatus => [N, N, Y, N, N, N, N],
     }
 }
 

@@ -10,9 +10,13 @@
 //!    ├─ EntityRegistry<DocumentActor>
 //!    │  └─ DocumentActor(id) …
 //!    └─ AuditWriter                        batches the audit rows of reads
+//! └─ IntegrationSupervisor                 restarts the CDC pipeline, never escalates
+//!    ├─ KafkaProducer
+//!    └─ CdcReader                          WAL → Kafka, confirms after acks
 //! ```
 
 pub mod domain;
+pub mod integration;
 pub mod policy;
 pub mod root;
 
@@ -30,7 +34,18 @@ use tokio::sync::watch;
 pub use policy::RestartPolicy;
 
 use crate::domain::{DomainSlots, DomainSupervisor};
+use crate::integration::IntegrationSupervisor;
 use crate::root::{RootMessage, RootSupervisor};
+use medflow_actors::cdc::CdcStatusCell;
+
+/// The change-data-capture pipeline's configuration.
+#[derive(Debug, Clone)]
+pub struct IntegrationSettings {
+    pub cdc: medflow_actors::cdc::reader::CdcSettings,
+    pub kafka: medflow_actors::bus::KafkaSettings,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
 
 /// Everything the tree needs to start.
 #[derive(Debug, Clone)]
@@ -49,6 +64,8 @@ pub struct Supervision {
     pub appointments: Appointments,
     pub documents: Documents,
     pub audit: AuditTrail,
+    /// The CDC pipeline's state, when it runs.
+    pub cdc: Option<CdcStatusCell>,
     /// Becomes `Some(reason)` when a child escalated past the root's tolerance.
     pub fatal: watch::Receiver<Option<String>>,
 }
@@ -59,8 +76,22 @@ impl Supervision {
         store: PgStore,
         settings: TreeSettings,
         verifier: Arc<dyn SignatureVerifier>,
+        integration: Option<IntegrationSettings>,
     ) -> anyhow::Result<Self> {
         let slots = DomainSlots::default();
+        let cdc = integration
+            .as_ref()
+            .map(|settings| CdcStatusCell::new(&settings.cdc.slot));
+        let integration =
+            integration
+                .zip(cdc.clone())
+                .map(|(settings, status)| IntegrationSupervisor {
+                    cdc: settings.cdc,
+                    kafka: settings.kafka,
+                    status,
+                    backoff_initial: settings.backoff_initial,
+                    backoff_max: settings.backoff_max,
+                });
         let (fatal_tx, fatal) = watch::channel(None);
         let root = RootSupervisor {
             domain: DomainSupervisor {
@@ -70,6 +101,7 @@ impl Supervision {
                 verifier,
                 slots: slots.clone(),
             },
+            integration,
             fatal: fatal_tx,
         };
         let (root, root_task) = Actor::spawn(None, root, ())
@@ -86,6 +118,7 @@ impl Supervision {
             ),
             documents: Documents::new(EntityClient::new(slots.documents, timeout), store),
             audit: AuditTrail::new(slots.audit, timeout),
+            cdc,
             fatal,
         })
     }

@@ -4,14 +4,15 @@
 //!
 //! ```text
 //! RootSupervisor
-//! └─ DomainSupervisor
-//!    └─ EntityRegistry<PatientActor> ── PatientActor(id) …
+//! ├─ DomainSupervisor        registries of patients, appointments, documents; audit writer
+//! └─ IntegrationSupervisor   the CDC pipeline (when enabled)
 //! ```
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use crate::domain::DomainSupervisor;
+use crate::integration::IntegrationSupervisor;
 
 #[derive(Debug)]
 pub enum RootMessage {}
@@ -21,11 +22,14 @@ pub enum RootMessage {}
 #[derive(Debug, Clone)]
 pub struct RootSupervisor {
     pub domain: DomainSupervisor,
+    /// The CDC pipeline, when enabled.
+    pub integration: Option<IntegrationSupervisor>,
     pub fatal: watch::Sender<Option<String>>,
 }
 
 pub struct RootState {
     domain: ActorCell,
+    integration: Option<ActorCell>,
 }
 
 impl Actor for RootSupervisor {
@@ -40,8 +44,18 @@ impl Actor for RootSupervisor {
     ) -> Result<RootState, ActorProcessingErr> {
         let (domain, _) =
             Actor::spawn_linked(None, self.domain.clone(), (), myself.get_cell()).await?;
+        let integration = match &self.integration {
+            Some(integration) => Some(
+                Actor::spawn_linked(None, integration.clone(), (), myself.get_cell())
+                    .await?
+                    .0
+                    .get_cell(),
+            ),
+            None => None,
+        };
         Ok(RootState {
             domain: domain.get_cell(),
+            integration,
         })
     }
 
@@ -51,23 +65,26 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let reason = match event {
-            SupervisionEvent::ActorFailed(cell, error)
-                if cell.get_id() == state.domain.get_id() =>
-            {
-                error.to_string()
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason)
-                if cell.get_id() == state.domain.get_id() =>
-            {
-                reason.unwrap_or_else(|| "stopped".into())
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
             _ => return Ok(()),
         };
-        tracing::error!(child = "domain_supervisor", reason = %reason, "a top-level child is gone; the application stops");
-        let _ = self
-            .fatal
-            .send(Some(format!("domain supervisor: {reason}")));
+        let child = if cell.get_id() == state.domain.get_id() {
+            "domain supervisor"
+        } else if state
+            .integration
+            .as_ref()
+            .is_some_and(|integration| integration.get_id() == cell.get_id())
+        {
+            "integration supervisor"
+        } else {
+            return Ok(());
+        };
+        tracing::error!(child, reason = %reason, "a top-level child is gone; the application stops");
+        let _ = self.fatal.send(Some(format!("{child}: {reason}")));
         myself.stop(Some(reason));
         Ok(())
     }

@@ -60,6 +60,7 @@ impl Pipeline {
             .map(|table| cdc.change_topic(&kafka, table))
             .collect();
         topics.extend(EVENT_TYPES.iter().map(|name| kafka.topic(name)));
+        // The reader creates its topics too; creating them first lets the consumer subscribe.
         ensure_topics(&kafka, &topics).await.unwrap();
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
@@ -85,6 +86,7 @@ impl Pipeline {
                 settings: cdc.clone(),
                 kafka: kafka.clone(),
                 producer: producer.clone(),
+                status: medflow_actors::cdc::CdcStatusCell::new(&cdc.slot),
             },
             (),
         )
@@ -320,4 +322,61 @@ async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events
     .await;
     pipeline.stop(&app).await;
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
+    let app = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
+    let status = crate::helpers::eventually(Duration::from_secs(20), "cdc to stream", || async {
+        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+        (status["state"] == "streaming").then_some(status)
+    })
+    .await;
+    assert_eq!(status["enabled"], true);
+    assert_eq!(status["slotActive"], true);
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert!(ready.to_string().contains("cdc"), "{ready}");
+
+    let created = app.create_patient(&patient_body(9)).await;
+    // The confirmed position catches up with the write once Kafka acknowledged it.
+    let lsn: String = app
+        .db()
+        .await
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    crate::helpers::eventually(Duration::from_secs(20), "the write to be confirmed", || {
+        let app = &app;
+        let lsn = lsn.clone();
+        async move {
+            let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+            let confirmed = status["confirmedLsn"].as_str()?.to_owned();
+            let db = app.db().await;
+            db.query_one(
+                "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
+                &[&confirmed, &lsn],
+            )
+            .await
+            .ok()?
+            .get::<_, bool>(0)
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(created["id"].is_string());
+    let slot = format!("slot_{}", app.db_name);
+    let db = app.db().await;
+    app.shutdown().await;
+    crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
+        let db = &db;
+        let slot = slot.clone();
+        async move {
+            db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
 }

@@ -70,6 +70,10 @@ pub async fn fresh_database() -> (String, String) {
     (name.clone(), format!("{base}/{name}"))
 }
 
+fn db_name_of(url: &str) -> String {
+    url.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
 /// Settings for a test application: defaults, port 0, the given database.
 pub fn test_settings(db_url: &str) -> Settings {
     let mut settings = Settings::load_without_env(None).expect("default settings are valid");
@@ -79,6 +83,19 @@ pub fn test_settings(db_url: &str) -> Settings {
     // Tests fire requests far faster than a person; the rate-limit test sets its own.
     settings.http.rate_limit_per_second = 1_000_000;
     settings.http.rate_limit_burst = 1_000_000;
+    // The CDC pipeline holds a replication slot per database: only the tests about it run it.
+    settings.cdc.enabled = false;
+    settings.cdc.slot = format!("slot_{}", db_name_of(db_url));
+    settings.cdc.batch_wait_ms = 10;
+    settings.cdc.status_interval_ms = 100;
+    settings.cdc.backoff_initial_ms = 100;
+    settings.cdc.backoff_max_ms = 1_000;
+    if let Ok(brokers) = std::env::var("MEDFLOW_TEST_KAFKA_BROKERS") {
+        settings.kafka.brokers = brokers;
+    }
+    settings.kafka.topic_prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    settings.kafka.partitions = 3;
+    settings.kafka.message_timeout_ms = 10_000;
     settings.http.shutdown_grace_ms = 2000;
     settings.log = LogSettings {
         format: LogFormat::Pretty,

@@ -30,8 +30,10 @@ use super::envelope::{
     Op, SourceInfo, change_records, outbox_record, pg_time_to_unix_ms, row_json,
 };
 use super::pgoutput::{Column, Datum, PgOutput, Relation, decode};
+use super::{CdcState, CdcStatusCell};
 use crate::bus::KafkaSettings;
 use crate::bus::producer::{OutgoingRecord, ProducerMessage};
+use crate::bus::topics::ensure_topics;
 
 /// The tables whose changes are published (the outbox is routed to business topics).
 pub const PUBLISHED_TABLES: [&str; 6] = [
@@ -90,6 +92,7 @@ pub struct CdcReader {
     pub settings: CdcSettings,
     pub kafka: KafkaSettings,
     pub producer: ActorRef<ProducerMessage>,
+    pub status: CdcStatusCell,
 }
 
 pub struct CdcReaderState {
@@ -105,6 +108,7 @@ pub struct CdcReaderState {
     /// The end LSN of the last commit whose records are in `pending[..committed]`.
     commit_lsn: Option<Lsn>,
     tx: Option<(u32, i64)>,
+    last_commit_time: i64,
     confirmed: Lsn,
 }
 
@@ -144,7 +148,15 @@ impl Actor for CdcReader {
         myself: ActorRef<CdcMessage>,
         _: (),
     ) -> Result<CdcReaderState, ActorProcessingErr> {
+        self.status
+            .update(|status| status.state = CdcState::Starting);
         let info = conn_info(&self.settings.database_url)?;
+        let mut topics: Vec<String> = PUBLISHED_TABLES
+            .iter()
+            .map(|table| self.settings.change_topic(&self.kafka, table))
+            .collect();
+        topics.extend(EVENT_TYPES.iter().map(|name| self.kafka.topic(name)));
+        ensure_topics(&self.kafka, &topics).await?;
         let (control, connection) =
             tokio_postgres::connect(self.settings.database_url.expose_secret(), NoTls).await?;
         let connection = tokio::spawn(connection);
@@ -219,6 +231,11 @@ impl Actor for CdcReader {
             primary_keys.insert(table.to_owned(), key);
         }
         client.start().await?;
+        client.wait_started().await?;
+        self.status.update(|status| {
+            status.state = CdcState::Streaming;
+            status.last_error = None;
+        });
         drop(control);
         connection.abort();
         myself.send_message(CdcMessage::Poll)?;
@@ -231,6 +248,7 @@ impl Actor for CdcReader {
             committed: 0,
             commit_lsn: None,
             tx: None,
+            last_commit_time: 0,
             confirmed: Lsn::from_u64(0),
         })
     }
@@ -392,8 +410,13 @@ impl CdcReader {
                     commit_time_micros,
                     ..
                 } => state.tx = Some((xid, commit_time_micros)),
-                ReplicationEvent::Commit { end_lsn, .. } => {
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     state.tx = None;
+                    state.last_commit_time = commit_time_micros;
                     state.committed = state.pending.len();
                     state.commit_lsn = Some(end_lsn);
                 }
@@ -424,15 +447,21 @@ impl CdcReader {
             let partial = std::mem::take(&mut state.pending);
             self.publish(partial).await?;
         }
-        if let Some(lsn) = state.commit_lsn.take() {
+        let confirm = match state.commit_lsn.take() {
+            Some(lsn) => {
+                let lag = chrono::Utc::now().timestamp_millis()
+                    - pg_time_to_unix_ms(state.last_commit_time);
+                metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
+                self.status.update(|status| status.lag_ms = Some(lag));
+                Some(lsn)
+            }
+            None => idle_lsn.filter(|lsn| state.pending.is_empty() && *lsn > state.confirmed),
+        };
+        if let Some(lsn) = confirm {
             state.client.update_applied_lsn(lsn);
             state.confirmed = lsn;
-        } else if let Some(lsn) = idle_lsn
-            && state.pending.is_empty()
-            && lsn > state.confirmed
-        {
-            state.client.update_applied_lsn(lsn);
-            state.confirmed = lsn;
+            self.status
+                .update(|status| status.confirmed_lsn = Some(lsn.to_string()));
         }
         Ok(())
     }

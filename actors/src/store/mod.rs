@@ -124,6 +124,15 @@ impl From<PoolError> for StoreError {
     }
 }
 
+/// A replication slot as PostgreSQL reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotLag {
+    pub active: bool,
+    pub confirmed_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+}
+
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
@@ -201,6 +210,24 @@ impl PgStore {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// The replication slot's view: active, confirmed LSN, and bytes of WAL behind.
+    pub async fn slot_lag(&self, slot: &str) -> StoreResult<Option<SlotLag>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT active, confirmed_flush_lsn::text,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(row.map(|row| SlotLag {
+            active: row.get(0),
+            confirmed_lsn: row.get(1),
+            lag_bytes: row.get(2),
+        }))
     }
 
     pub fn pool(&self) -> &Pool {

@@ -1,0 +1,171 @@
+//! `IntegrationSupervisor`: runs the change-data-capture pipeline and restarts it.
+//!
+//! ```text
+//! IntegrationSupervisor          spawns downstream first; on any child's failure stops the
+//! ├─ KafkaProducer               whole pipeline and respawns it after a backoff (doubling,
+//! └─ CdcReader ─▶ KafkaProducer  capped), counting generations; never escalates: a broker
+//!                                or database outage delays events, it does not stop medflow
+//! ```
+//!
+//! The reader resumes at the slot's confirmed LSN, so a restart re-publishes at most what was
+//! not yet acknowledged (at-least-once). When another process streams from the slot, this
+//! one reports `standby` and keeps trying to take over.
+
+use std::time::Duration;
+
+use medflow_actors::bus::KafkaSettings;
+use medflow_actors::bus::producer::KafkaProducer;
+use medflow_actors::cdc::reader::{CdcReader, CdcSettings};
+use medflow_actors::cdc::{CdcState, CdcStatusCell};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+#[derive(Debug)]
+pub enum IntegrationMessage {
+    /// Spawns the pipeline (at start and after a backoff).
+    Spawn,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntegrationSupervisor {
+    pub cdc: CdcSettings,
+    pub kafka: KafkaSettings,
+    pub status: CdcStatusCell,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+pub struct IntegrationState {
+    producer: Option<ActorCell>,
+    reader: Option<ActorCell>,
+    consecutive_failures: u32,
+    generation: u64,
+}
+
+impl Actor for IntegrationSupervisor {
+    type Msg = IntegrationMessage;
+    type State = IntegrationState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IntegrationMessage>,
+        _: (),
+    ) -> Result<IntegrationState, ActorProcessingErr> {
+        myself.send_message(IntegrationMessage::Spawn)?;
+        Ok(IntegrationState {
+            producer: None,
+            reader: None,
+            consecutive_failures: 0,
+            generation: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<IntegrationMessage>,
+        message: IntegrationMessage,
+        state: &mut IntegrationState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            IntegrationMessage::Spawn => {
+                if let Err(error) = self.spawn_pipeline(&myself, state).await {
+                    self.restart_later(&myself, state, error.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<IntegrationMessage>,
+        event: SupervisionEvent,
+        state: &mut IntegrationState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let ours = [&state.producer, &state.reader]
+            .iter()
+            .any(|child| child.as_ref().is_some_and(|c| c.get_id() == cell.get_id()));
+        if !ours {
+            return Ok(());
+        }
+        self.restart_later(&myself, state, reason);
+        Ok(())
+    }
+}
+
+impl IntegrationSupervisor {
+    async fn spawn_pipeline(
+        &self,
+        myself: &ActorRef<IntegrationMessage>,
+        state: &mut IntegrationState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.generation += 1;
+        let (producer, _) = Actor::spawn_linked(
+            None,
+            KafkaProducer {
+                settings: self.kafka.clone(),
+            },
+            (),
+            myself.get_cell(),
+        )
+        .await?;
+        state.producer = Some(producer.get_cell());
+        let reader = CdcReader {
+            settings: self.cdc.clone(),
+            kafka: self.kafka.clone(),
+            producer,
+            status: self.status.clone(),
+        };
+        let (reader, _) = Actor::spawn_linked(None, reader, (), myself.get_cell()).await?;
+        state.reader = Some(reader.get_cell());
+        state.consecutive_failures = 0;
+        tracing::info!(generation = state.generation, slot = %self.cdc.slot, "cdc pipeline started");
+        Ok(())
+    }
+
+    /// Stops what is left of the pipeline and schedules a respawn after the backoff.
+    fn restart_later(
+        &self,
+        myself: &ActorRef<IntegrationMessage>,
+        state: &mut IntegrationState,
+        reason: String,
+    ) {
+        for child in [state.reader.take(), state.producer.take()]
+            .into_iter()
+            .flatten()
+        {
+            child.stop(Some("pipeline restart".into()));
+        }
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        let exponent = state.consecutive_failures.saturating_sub(1).min(16);
+        let delay = self
+            .backoff_initial
+            .saturating_mul(1 << exponent)
+            .min(self.backoff_max);
+        // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
+        let standby = reason.contains("is active for PID");
+        metrics::counter!("medflow_cdc_restarts_total").increment(1);
+        self.status.update(|status| {
+            status.state = if standby {
+                CdcState::Standby
+            } else {
+                CdcState::Restarting
+            };
+            status.restarts += 1;
+            status.last_error = Some(reason.clone());
+        });
+        if standby {
+            tracing::info!(slot = %self.cdc.slot, "another process streams from the slot; standing by");
+        } else {
+            tracing::warn!(reason = %reason, delay_ms = delay.as_millis() as u64, "cdc pipeline failed; restarting");
+        }
+        myself.send_after(delay, || IntegrationMessage::Spawn);
+    }
+}
