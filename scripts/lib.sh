@@ -155,6 +155,9 @@ start_private_stack() {
   export MEDFLOW_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
   export MEDFLOW_TEST_PG_BIN="$PG_BIN"
   export MEDFLOW_TEST_PG_DATA="$WORK/pg"
+  # Tests that stop and restart a broker run their own tansu from this binary, under $WORK.
+  export MEDFLOW_TEST_TANSU="$TANSU"
+  export MEDFLOW_TEST_WORK="$WORK"
 }
 
 teardown_private_stack() {

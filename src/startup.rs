@@ -150,6 +150,11 @@ impl Application {
         &self.supervision.patients
     }
 
+    /// The settings the application runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn store(&self) -> &PgStore {
         &self.store
     }

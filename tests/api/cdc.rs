@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use medflow_actors::bus::KafkaSettings;
 use medflow_actors::bus::producer::KafkaProducer;
 use medflow_actors::bus::topics::ensure_topics;
@@ -379,4 +380,173 @@ async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
         }
     })
     .await;
+}
+
+/// A tansu broker of the test's own, which it may stop and start again on the same port and
+/// storage.
+struct OwnBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let work = std::env::var("MEDFLOW_TEST_WORK").expect("run through scripts/test");
+        let dir = std::path::Path::new(&work).join(format!("broker-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            dir,
+            port,
+            child: None,
+        };
+        broker.resume();
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn resume(&mut self) {
+        let tansu = std::env::var("MEDFLOW_TEST_TANSU").expect("run through scripts/test");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        let child = std::process::Command::new(tansu)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none() {
+    let mut broker = OwnBroker::start();
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.cdc.enabled = true;
+        settings.kafka.brokers = broker.address();
+        settings.kafka.message_timeout_ms = 2_000;
+    })
+    .await;
+    crate::helpers::eventually(Duration::from_secs(30), "cdc to stream", || async {
+        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+        (status["state"] == "streaming").then_some(())
+    })
+    .await;
+
+    broker.stop();
+    let writes = futures::stream::iter(0..1000u32)
+        .map(|n| {
+            let app = &app;
+            async move {
+                let created = app.create_patient(&patient_body(10_000 + n)).await;
+                created["id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(8);
+    let ids: std::collections::HashSet<String> = writes.collect().await;
+    assert_eq!(ids.len(), 1000);
+    // The outage shows: the pipeline restarts and readiness turns red, REST keeps working.
+    crate::helpers::eventually(
+        Duration::from_secs(30),
+        "readiness to report cdc",
+        || async {
+            let response = app.get("/readyz").await;
+            (response.status() == 503).then_some(())
+        },
+    )
+    .await;
+
+    broker.resume();
+    crate::helpers::eventually(Duration::from_secs(60), "cdc to recover", || async {
+        let response = app.get("/readyz").await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = format!("{}PatientCreated", app_topic_prefix(&app).await);
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut received = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !ids.is_subset(&seen) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of 1000 events missing after the outage",
+                    ids.difference(&seen).count()
+                )
+            })
+            .unwrap();
+        received += 1;
+        if let Some(key) = message.key() {
+            seen.insert(String::from_utf8_lossy(key).into_owned());
+        }
+    }
+    // At-least-once: duplicates are allowed and reported, losses are not.
+    println!(
+        "events received: {received} for 1000 writes ({} duplicates)",
+        received - seen.len().min(received)
+    );
+    let slot = format!("slot_{}", app.db_name);
+    let db = app.db().await;
+    app.shutdown().await;
+    crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
+        let db = &db;
+        let slot = slot.clone();
+        async move {
+            db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+/// The topic prefix the application was configured with.
+async fn app_topic_prefix(app: &TestApp) -> String {
+    app.app().settings().kafka.topic_prefix.clone()
 }
