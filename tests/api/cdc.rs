@@ -339,46 +339,86 @@ async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
     assert!(ready.to_string().contains("cdc"), "{ready}");
 
     let created = app.create_patient(&patient_body(9)).await;
-    // The confirmed position catches up with the write once Kafka acknowledged it.
+    assert!(created["id"].is_string());
+    wait_confirmed(&app).await;
+    // Published outbox rows are pruned: the outbox does not accumulate.
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the outbox to be pruned",
+        || async { (app.count("SELECT count(*) FROM outbox").await == 0).then_some(()) },
+    )
+    .await;
+
+    // The database drops the replication connection: the pipeline reconnects and resumes.
+    let slot = format!("slot_{}", app.db_name);
+    app.db()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    app.create_patient(&patient_body(10)).await;
+    wait_confirmed(&app).await;
+    let status: Value = app.get("/api/v1/admin/cdc").await.json().await.unwrap();
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["state"], "streaming");
+
+    let db = app.db().await;
+    app.shutdown().await;
+    drop_slot(&db, &slot).await;
+}
+
+/// Waits until the slot's confirmed position passes everything written so far.
+async fn wait_confirmed(app: &TestApp) {
+    // A transactional logical message in this database commits after every write so far; its
+    // LSN is a mark the slot passes once everything before it was acknowledged.
     let lsn: String = app
         .db()
         .await
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    crate::helpers::eventually(Duration::from_secs(20), "the write to be confirmed", || {
-        let app = &app;
-        let lsn = lsn.clone();
-        async move {
-            let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
-            let confirmed = status["confirmedLsn"].as_str()?.to_owned();
-            let db = app.db().await;
-            db.query_one(
-                "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
-                &[&confirmed, &lsn],
-            )
-            .await
-            .ok()?
-            .get::<_, bool>(0)
-            .then_some(())
-        }
-    })
+    crate::helpers::eventually(
+        Duration::from_secs(20),
+        "the writes to be confirmed",
+        || {
+            let lsn = lsn.clone();
+            async move {
+                let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+                let confirmed = status["confirmedLsn"].as_str()?.to_owned();
+                let db = app.db().await;
+                db.query_one(
+                    "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
+                    &[&confirmed, &lsn],
+                )
+                .await
+                .ok()?
+                .get::<_, bool>(0)
+                .then_some(())
+            }
+        },
+    )
     .await;
-    assert!(created["id"].is_string());
-    let slot = format!("slot_{}", app.db_name);
-    let db = app.db().await;
-    app.shutdown().await;
-    crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
-        let db = &db;
-        let slot = slot.clone();
-        async move {
+}
+
+/// Drops a slot once its reader has let go of it (a slot keeps WAL for ever).
+async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the slot to be released",
+        || async {
             db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .ok()
                 .map(|_| ())
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -469,6 +509,16 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
     .await;
 
     broker.stop();
+    let db = app.db().await;
+    let slot = format!("slot_{}", app.db_name);
+    let mark: String = db
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let writes = futures::stream::iter(0..1000u32)
         .map(|n| {
             let app = &app;
@@ -490,6 +540,20 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         },
     )
     .await;
+
+    // Nothing unacknowledged was confirmed: the slot still holds the WAL of the outage.
+    let held: bool = db
+        .query_one(
+            "SELECT confirmed_flush_lsn < $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot, &mark],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        held,
+        "the slot confirmed past writes Kafka never acknowledged"
+    );
 
     broker.resume();
     crate::helpers::eventually(Duration::from_secs(60), "cdc to recover", || async {
@@ -530,20 +594,8 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         "events received: {received} for 1000 writes ({} duplicates)",
         received - seen.len().min(received)
     );
-    let slot = format!("slot_{}", app.db_name);
-    let db = app.db().await;
     app.shutdown().await;
-    crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
-        let db = &db;
-        let slot = slot.clone();
-        async move {
-            db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .ok()
-                .map(|_| ())
-        }
-    })
-    .await;
+    drop_slot(&db, &slot).await;
 }
 
 /// The topic prefix the application was configured with.

@@ -97,6 +97,9 @@ pub struct CdcReader {
 
 pub struct CdcReaderState {
     client: ReplicationClient,
+    /// A plain connection, for pruning published outbox rows.
+    control: tokio_postgres::Client,
+    control_connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     relations: HashMap<u32, Relation>,
     /// Primary-key columns by table: the record key. pgoutput marks replica-identity
     /// columns, which under `REPLICA IDENTITY FULL` are all of them.
@@ -236,11 +239,11 @@ impl Actor for CdcReader {
             status.state = CdcState::Streaming;
             status.last_error = None;
         });
-        drop(control);
-        connection.abort();
         myself.send_message(CdcMessage::Poll)?;
         Ok(CdcReaderState {
             client,
+            control,
+            control_connection: connection,
             relations: HashMap::new(),
             primary_keys,
             db: info.dbname,
@@ -259,6 +262,7 @@ impl Actor for CdcReader {
         state: &mut CdcReaderState,
     ) -> Result<(), ActorProcessingErr> {
         state.client.stop();
+        state.control_connection.abort();
         Ok(())
     }
 
@@ -439,7 +443,9 @@ impl CdcReader {
         if state.committed > 0 {
             let ready: Vec<OutgoingRecord> = state.pending.drain(..state.committed).collect();
             state.committed = 0;
+            let published_events = outbox_event_ids(&ready);
             self.publish(ready).await?;
+            prune_outbox(&state.control, &published_events).await;
         }
         if state.pending.len() >= self.settings.batch_max {
             // A transaction larger than a batch: publish what is read so far without
@@ -534,6 +540,36 @@ impl CdcReader {
             chrono::Utc::now().timestamp_millis(),
         );
         state.pending.extend(records);
+    }
+}
+
+/// The ids of the outbox rows whose events are among `records`.
+fn outbox_event_ids(records: &[OutgoingRecord]) -> Vec<uuid::Uuid> {
+    records
+        .iter()
+        .filter(|record| record.headers.iter().any(|(name, _)| name == "eventType"))
+        .filter_map(|record| {
+            record
+                .headers
+                .iter()
+                .find(|(name, _)| name == "eventId")
+                .and_then(|(_, value)| std::str::from_utf8(value).ok())
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        })
+        .collect()
+}
+
+/// Deletes outbox rows whose events Kafka acknowledged, so the outbox does not accumulate.
+/// A failure only leaves rows behind (they are never re-published: the LSN moved on).
+async fn prune_outbox(control: &tokio_postgres::Client, ids: &[uuid::Uuid]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(error) = control
+        .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+        .await
+    {
+        tracing::warn!(rows = ids.len(), error = %error, "cannot prune published outbox rows");
     }
 }
 
