@@ -55,6 +55,7 @@ pub struct CdcConfig {
     pub batch_max: usize,
     pub batch_wait_ms: u64,
     pub status_interval_ms: u64,
+    pub heartbeat_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
 }
@@ -240,10 +241,13 @@ impl Settings {
         if !(1..=100_000).contains(&self.cdc.batch_max) {
             return invalid("cdc.batch_max", "must be from 1 to 100000");
         }
-        if self.cdc.batch_wait_ms == 0 || self.cdc.status_interval_ms == 0 {
+        if self.cdc.batch_wait_ms == 0
+            || self.cdc.status_interval_ms == 0
+            || self.cdc.heartbeat_ms == 0
+        {
             return invalid(
                 "cdc.batch_wait_ms",
-                "cdc.batch_wait_ms and cdc.status_interval_ms must be greater than 0",
+                "cdc.batch_wait_ms, cdc.status_interval_ms and cdc.heartbeat_ms must be greater than 0",
             );
         }
         if self.cdc.backoff_initial_ms == 0 || self.cdc.backoff_max_ms < self.cdc.backoff_initial_ms
@@ -454,6 +458,7 @@ impl Settings {
                 batch_max: self.cdc.batch_max,
                 batch_wait: ms(self.cdc.batch_wait_ms),
                 status_interval: ms(self.cdc.status_interval_ms),
+                heartbeat: ms(self.cdc.heartbeat_ms),
             },
             kafka: self.kafka(),
             backoff_initial: ms(self.cdc.backoff_initial_ms),

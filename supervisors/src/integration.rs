@@ -60,6 +60,26 @@ impl Actor for IntegrationSupervisor {
         })
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<IntegrationMessage>,
+        state: &mut IntegrationState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Upstream first and gracefully: the reader ends its stream (its post_stop runs), then
+        // the producer flushes. Children still running afterwards are killed by ractor.
+        for child in [state.reader.take(), state.producer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+                .await;
+        }
+        self.status
+            .update(|status| status.state = CdcState::Stopped);
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<IntegrationMessage>,

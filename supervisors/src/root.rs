@@ -59,6 +59,25 @@ impl Actor for RootSupervisor {
         })
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RootMessage>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop children gracefully, the event pipeline first (it stops reading and lets the
+        // producer flush), so their post_stop hooks run; ractor kills whatever is left.
+        let children = [state.integration.take(), Some(state.domain.clone())];
+        for child in children.into_iter().flatten() {
+            let _ = child
+                .stop_and_wait(
+                    Some("shutdown".into()),
+                    Some(std::time::Duration::from_secs(10)),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<RootMessage>,

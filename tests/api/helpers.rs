@@ -88,6 +88,7 @@ pub fn test_settings(db_url: &str) -> Settings {
     settings.cdc.slot = format!("slot_{}", db_name_of(db_url));
     settings.cdc.batch_wait_ms = 10;
     settings.cdc.status_interval_ms = 100;
+    settings.cdc.heartbeat_ms = 500;
     settings.cdc.backoff_initial_ms = 100;
     settings.cdc.backoff_max_ms = 1_000;
     if let Ok(brokers) = std::env::var("MEDFLOW_TEST_KAFKA_BROKERS") {

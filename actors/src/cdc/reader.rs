@@ -11,8 +11,9 @@
 //! - on its first start with a new slot the reader publishes a consistent snapshot of the
 //!   existing rows (`op: "r"`) taken at the slot's creation point, then streams from there;
 //!   a crash mid-snapshot drops the slot and redoes it;
-//! - while nothing is pending, server keepalives advance the confirmed LSN, so an idle
-//!   database does not keep WAL for us.
+//! - only commit positions are confirmed; on an idle database a heartbeat (a transactional
+//!   logical message, as Debezium's heartbeat query) makes one, so the slot keeps advancing
+//!   and does not hold the WAL other databases write.
 //!
 //! Each step is one `Poll` message the actor sends itself: collect events for up to
 //! `batch_wait` or `batch_max` records, publish the complete transactions, confirm, repeat.
@@ -72,6 +73,8 @@ pub struct CdcSettings {
     pub batch_max: usize,
     pub batch_wait: Duration,
     pub status_interval: Duration,
+    /// On an idle database, a heartbeat commit after this long keeps the slot advancing.
+    pub heartbeat: Duration,
 }
 
 impl CdcSettings {
@@ -113,6 +116,7 @@ pub struct CdcReaderState {
     tx: Option<(u32, i64)>,
     last_commit_time: i64,
     confirmed: Lsn,
+    last_confirm: Instant,
 }
 
 struct ConnInfo {
@@ -253,6 +257,7 @@ impl Actor for CdcReader {
             tx: None,
             last_commit_time: 0,
             confirmed: Lsn::from_u64(0),
+            last_confirm: Instant::now(),
         })
     }
 
@@ -261,6 +266,11 @@ impl Actor for CdcReader {
         _myself: ActorRef<CdcMessage>,
         state: &mut CdcReaderState,
     ) -> Result<(), ActorProcessingErr> {
+        tracing::info!(
+            confirmed = %state.confirmed,
+            pending = state.pending.len(),
+            "cdc reader stopped"
+        );
         state.client.stop();
         state.control_connection.abort();
         Ok(())
@@ -320,15 +330,16 @@ impl CdcReader {
             ))
             .await?;
         let now = chrono::Utc::now().timestamp_millis();
+        let mut delivered = Vec::new();
         for table in PUBLISHED_TABLES {
-            if table == "outbox" {
-                // Business events are published once, when they happen; a snapshot does not
-                // replay history.
-                continue;
-            }
             let relation = describe(control, table).await?;
+            let order = if table == "outbox" {
+                " ORDER BY created_at, id"
+            } else {
+                ""
+            };
             let select = format!(
-                "SELECT {} FROM {table}",
+                "SELECT {} FROM {table}{order}",
                 relation
                     .columns
                     .iter()
@@ -337,6 +348,35 @@ impl CdcReader {
                     .join(", ")
             );
             let rows = control.query(&select, &[]).await?;
+            if table == "outbox" {
+                // Rows still in the outbox are events not yet delivered (delivered ones are
+                // pruned): written before this slot existed, they are published now.
+                let mut records = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let values: Vec<Datum> = (0..relation.columns.len())
+                        .map(|i| match row.get::<_, Option<String>>(i) {
+                            Some(text) => Datum::Text(text),
+                            None => Datum::Null,
+                        })
+                        .collect();
+                    let outbox_row = row_json(&relation, &values);
+                    match outbox_record(&self.kafka.topic_prefix, &outbox_row) {
+                        Ok(record) => records.push(record),
+                        Err(error) => {
+                            records.push(error_occurred(&self.kafka, &error.0, &outbox_row))
+                        }
+                    }
+                }
+                delivered = outbox_event_ids(&records);
+                for chunk in records.chunks(self.settings.batch_max) {
+                    self.publish(chunk.to_vec()).await?;
+                }
+                tracing::info!(
+                    events = delivered.len(),
+                    "undelivered outbox events published"
+                );
+                continue;
+            }
             let topic = self.settings.change_topic(&self.kafka, table);
             let source = SourceInfo {
                 name: &self.settings.server_name,
@@ -373,6 +413,7 @@ impl CdcReader {
             tracing::info!(table, rows = rows.len(), "snapshot of table published");
         }
         control.batch_execute("COMMIT").await?;
+        prune_outbox(control, &delivered).await;
         Ok(())
     }
 
@@ -396,7 +437,6 @@ impl CdcReader {
 
     async fn poll(&self, state: &mut CdcReaderState) -> Result<(), ActorProcessingErr> {
         let deadline = Instant::now() + self.settings.batch_wait;
-        let mut idle_lsn = None;
         while state.pending.len() < self.settings.batch_max {
             let now = Instant::now();
             if now >= deadline {
@@ -429,11 +469,9 @@ impl CdcReader {
                 } => {
                     self.apply(state, wal_start, data);
                 }
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    if state.pending.is_empty() && state.tx.is_none() {
-                        idle_lsn = Some(wal_end);
-                    }
-                }
+                // A keepalive's position may run ahead of events still on their way to us;
+                // only commits are confirmed (heartbeats make commits on an idle database).
+                ReplicationEvent::KeepAlive { .. } => {}
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => {
                     return Err("the replication stream stopped".into());
@@ -453,21 +491,34 @@ impl CdcReader {
             let partial = std::mem::take(&mut state.pending);
             self.publish(partial).await?;
         }
-        let confirm = match state.commit_lsn.take() {
-            Some(lsn) => {
-                let lag = chrono::Utc::now().timestamp_millis()
-                    - pg_time_to_unix_ms(state.last_commit_time);
-                metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
-                self.status.update(|status| status.lag_ms = Some(lag));
-                Some(lsn)
-            }
-            None => idle_lsn.filter(|lsn| state.pending.is_empty() && *lsn > state.confirmed),
-        };
-        if let Some(lsn) = confirm {
+        if let Some(lsn) = state.commit_lsn.take() {
+            let lag =
+                chrono::Utc::now().timestamp_millis() - pg_time_to_unix_ms(state.last_commit_time);
+            metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
             state.client.update_applied_lsn(lsn);
             state.confirmed = lsn;
-            self.status
-                .update(|status| status.confirmed_lsn = Some(lsn.to_string()));
+            state.last_confirm = Instant::now();
+            self.status.update(|status| {
+                status.lag_ms = Some(lag);
+                status.confirmed_lsn = Some(lsn.to_string());
+            });
+        } else if state.pending.is_empty()
+            && state.tx.is_none()
+            && state.last_confirm.elapsed() >= self.settings.heartbeat
+        {
+            // An idle database: a transactional logical message in it is a commit to
+            // confirm, so the slot advances past other databases' WAL instead of keeping it.
+            state.last_confirm = Instant::now();
+            if let Err(error) = state
+                .control
+                .execute(
+                    "SELECT pg_logical_emit_message(true, 'medflow.heartbeat', '')",
+                    &[],
+                )
+                .await
+            {
+                tracing::warn!(error = %error, "cannot write the cdc heartbeat");
+            }
         }
         Ok(())
     }
