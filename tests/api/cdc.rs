@@ -517,6 +517,9 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
     broker.stop();
     let db = app.db().await;
     let slot = format!("slot_{}", app.db_name);
+    // A write during the outage, then a mark after it: the slot cannot confirm the mark
+    // without Kafka acknowledging that write.
+    let during = app.create_patient(&patient_body(9_999)).await;
     let mark: String = db
         .query_one(
             "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
@@ -534,8 +537,9 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
             }
         })
         .buffer_unordered(8);
-    let ids: std::collections::HashSet<String> = writes.collect().await;
+    let mut ids: std::collections::HashSet<String> = writes.collect().await;
     assert_eq!(ids.len(), 1000);
+    ids.insert(during["id"].as_str().unwrap().to_owned());
     // The outage shows: the pipeline restarts and readiness turns red, REST keeps working.
     crate::helpers::eventually(
         Duration::from_secs(30),
@@ -597,7 +601,7 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
     }
     // At-least-once: duplicates are allowed and reported, losses are not.
     println!(
-        "events received: {received} for 1000 writes ({} duplicates)",
+        "events received: {received} for 1001 writes ({} duplicates)",
         received - seen.len().min(received)
     );
     app.shutdown().await;
@@ -616,6 +620,27 @@ async fn consume_until(
     what: &str,
     done: impl Fn(&[(String, Value)]) -> bool,
 ) -> Vec<(String, Value)> {
+    consume_topics_until(brokers, &[topic], what, |seen| {
+        let pairs: Vec<(String, Value)> = seen
+            .iter()
+            .map(|(_, key, value)| (key.clone(), value.clone()))
+            .collect();
+        done(&pairs)
+    })
+    .await
+    .into_iter()
+    .map(|(_, key, value)| (key, value))
+    .collect()
+}
+
+/// Consumes `topics` from the beginning until `done` holds for the (topic, key, value)
+/// triples seen.
+async fn consume_topics_until(
+    brokers: &str,
+    topics: &[&str],
+    what: &str,
+    done: impl Fn(&[(String, String, Value)]) -> bool,
+) -> Vec<(String, String, Value)> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
@@ -623,7 +648,7 @@ async fn consume_until(
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    consumer.subscribe(topics).unwrap();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done(&seen) {
@@ -632,9 +657,13 @@ async fn consume_until(
             .await
             .unwrap_or_else(|_| {
                 let keys: std::collections::HashSet<&String> =
-                    seen.iter().map(|(k, _)| k).collect();
+                    seen.iter().map(|(_, k, _)| k).collect();
+                let summary: Vec<(&String, &Value, &Value)> = seen
+                    .iter()
+                    .map(|(t, _, v)| (t, &v["op"], &v["eventType"]))
+                    .collect();
                 panic!(
-                    "timed out waiting for {what}: {} seen, {} distinct keys",
+                    "timed out waiting for {what}: {} seen, {} distinct keys: {summary:?}",
                     seen.len(),
                     keys.len()
                 )
@@ -648,9 +677,123 @@ async fn consume_until(
             .payload()
             .map(|p| serde_json::from_slice(p).unwrap())
             .unwrap_or(Value::Null);
-        seen.push((key, value));
+        seen.push((message.topic().to_owned(), key, value));
     }
     seen
+}
+
+#[tokio::test]
+async fn appointment_and_document_writes_publish_their_changes_and_events() {
+    let app = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
+    let brokers = app.app().settings().kafka.brokers.clone();
+    let prefix = app_topic_prefix(&app).await;
+    // Writes made while the pipeline snapshots would arrive as `r` records: wait for it.
+    crate::helpers::eventually(Duration::from_secs(20), "cdc to stream", || async {
+        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+        (status["state"] == "streaming").then_some(())
+    })
+    .await;
+    let patient = app.create_patient(&patient_body(1)).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let doctor = app.create_doctor().await;
+    let booked = app
+        .book(&patient, &doctor, &crate::helpers::hours_ahead(2), 30)
+        .await;
+    let appointment = booked.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let document = app.create_document(&patient, &doctor).await;
+    let document = document["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.sign(&document, &doctor).await.status(), 200);
+
+    let topic = |name: &str| format!("{prefix}{name}");
+    let expected = [
+        (
+            topic("medflow.public.appointments"),
+            appointment.clone(),
+            "c",
+        ),
+        (topic("medflow.public.documents"), document.clone(), "c"),
+        (topic("medflow.public.documents"), document.clone(), "u"),
+        (
+            topic("medflow.public.document_versions"),
+            String::new(),
+            "c",
+        ),
+    ];
+    let events = [
+        (topic("AppointmentScheduled"), appointment.clone()),
+        (topic("DocumentCreated"), document.clone()),
+        (topic("DocumentSigned"), document.clone()),
+    ];
+    let names: std::collections::BTreeSet<String> = expected
+        .iter()
+        .map(|(t, _, _)| t.clone())
+        .chain(events.iter().map(|(t, _)| t.clone()))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let seen = consume_topics_until(
+        &brokers,
+        &names,
+        "appointment and document messages",
+        |seen| {
+            let changes_ok = expected.iter().all(|(t, id, op)| {
+                seen.iter().any(|(topic, _, value)| {
+                    topic == t
+                        && value["op"] == *op
+                        && (id.is_empty() || value["after"]["id"] == id.as_str())
+                })
+            });
+            let events_ok = events.iter().all(|(t, id)| {
+                seen.iter()
+                    .any(|(topic, _, value)| topic == t && value["aggregateId"] == id.as_str())
+            });
+            changes_ok && events_ok
+        },
+    )
+    .await;
+    // Business events are keyed by the patient; change records by the row's primary key.
+    for (topic, key, value) in &seen {
+        if value.get("eventType").is_some() {
+            assert_eq!(key, &patient, "{topic}");
+            assert_eq!(value["patientId"], patient.as_str());
+        } else if topic.ends_with("document_versions") {
+            let key: Value = serde_json::from_str(key).unwrap();
+            assert_eq!(key["document_id"], document.as_str());
+            assert!(key["content_version"].is_i64());
+        } else {
+            assert_eq!(
+                key,
+                &json!({"id": value["after"]["id"]}).to_string(),
+                "{topic}"
+            );
+        }
+    }
+    let signed = seen
+        .iter()
+        .find(|(topic, _, v)| {
+            topic.ends_with("DocumentSigned") && v["aggregateId"] == document.as_str()
+        })
+        .unwrap();
+    assert_eq!(signed.2["payload"]["signerId"], doctor.as_str());
+    assert!(signed.2["payload"]["checksum"].is_string());
+    // Clinical text never travels in business events.
+    assert!(!signed.2.to_string().contains("Жалоб нет"));
+    let created = seen
+        .iter()
+        .find(|(topic, _, v)| {
+            topic.ends_with("DocumentCreated") && v["aggregateId"] == document.as_str()
+        })
+        .unwrap();
+    assert_eq!(
+        created.2["payload"]["contentUri"],
+        format!("/api/v1/documents/{document}")
+    );
+    let slot = format!("slot_{}", app.db_name);
+    let db = app.db().await;
+    app.shutdown().await;
+    drop_slot(&db, &slot).await;
 }
 
 #[tokio::test]

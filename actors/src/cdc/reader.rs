@@ -530,6 +530,11 @@ impl CdcReader {
             Err(error) => {
                 metrics::counter!("medflow_cdc_decode_errors_total").increment(1);
                 tracing::error!(lsn = %lsn, error = %error, "cannot decode a WAL message; skipped");
+                let mut context = Map::new();
+                context.insert("lsn".into(), Value::from(lsn.to_string()));
+                state
+                    .pending
+                    .push(error_occurred(&self.kafka, &error.to_string(), &context));
                 return;
             }
         };
@@ -630,7 +635,11 @@ fn error_occurred(
     message: &str,
     row: &Map<String, Value>,
 ) -> OutgoingRecord {
-    let related = row.get("id").cloned().unwrap_or(Value::Null);
+    let related = row
+        .get("id")
+        .or_else(|| row.get("lsn"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let value = serde_json::json!({
         "eventId": uuid::Uuid::now_v7(),
         "eventType": "ErrorOccurred",
@@ -682,4 +691,35 @@ async fn describe(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka() -> KafkaSettings {
+        KafkaSettings {
+            brokers: "unused:9092".into(),
+            topic_prefix: "p.".into(),
+            partitions: 1,
+            replication_factor: 1,
+            linger: Duration::from_millis(5),
+            message_timeout: Duration::from_secs(1),
+            max_in_flight: 5,
+        }
+    }
+
+    #[test]
+    fn an_unpublishable_change_becomes_an_error_occurred_event() {
+        let mut row = Map::new();
+        row.insert("id".into(), Value::from("e-1"));
+        let record = error_occurred(&kafka(), "payload is not JSON", &row);
+        assert_eq!(record.topic, "p.ErrorOccurred");
+        let value: Value = serde_json::from_slice(record.payload.as_ref().unwrap()).unwrap();
+        assert_eq!(value["eventType"], "ErrorOccurred");
+        assert_eq!(value["payload"]["errorMessage"], "payload is not JSON");
+        assert_eq!(value["payload"]["relatedEvent"], "e-1");
+        // Its outbox row is kept for inspection: only delivered events are pruned.
+        assert!(outbox_event_ids(&[record]).is_empty());
+    }
 }
