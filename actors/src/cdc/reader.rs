@@ -36,6 +36,9 @@ use crate::bus::KafkaSettings;
 use crate::bus::producer::{OutgoingRecord, ProducerMessage};
 use crate::bus::topics::ensure_topics;
 
+/// How often the slot's lag in bytes is measured for the `medflow_cdc_lag_bytes` gauge.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The tables whose changes are published (the outbox is routed to business topics).
 pub const PUBLISHED_TABLES: [&str; 6] = [
     "patients",
@@ -117,6 +120,7 @@ pub struct CdcReaderState {
     last_commit_time: i64,
     confirmed: Lsn,
     last_confirm: Instant,
+    last_lag_check: Instant,
 }
 
 struct ConnInfo {
@@ -258,6 +262,7 @@ impl Actor for CdcReader {
             last_commit_time: 0,
             confirmed: Lsn::from_u64(0),
             last_confirm: Instant::now(),
+            last_lag_check: Instant::now(),
         })
     }
 
@@ -518,6 +523,22 @@ impl CdcReader {
                 .await
             {
                 tracing::warn!(error = %error, "cannot write the cdc heartbeat");
+            }
+        }
+        if state.last_lag_check.elapsed() >= LAG_CHECK_INTERVAL {
+            state.last_lag_check = Instant::now();
+            let lag = state
+                .control
+                .query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.settings.slot],
+                )
+                .await;
+            if let Ok(Some(row)) = lag
+                && let Some(bytes) = row.get::<_, Option<i64>>(0)
+            {
+                metrics::gauge!("medflow_cdc_lag_bytes").set(bytes as f64);
             }
         }
         Ok(())
