@@ -5,7 +5,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
-    ChangeRecord, Page, PgStore, StoreError, StoreResult, ensure_active_patient, record_change,
+    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, ensure_active_patient,
+    record_change,
 };
 use crate::context::RequestContext;
 use crate::domain::{
@@ -179,47 +180,24 @@ impl PgStore {
         &self,
         filter: &AppointmentFilter,
     ) -> StoreResult<Page<Appointment>> {
-        let client = self.pool.get().await?;
-        let list = client
-            .prepare_cached(include_str!("sql/appointment_list.sql"))
-            .await?;
-        let count = client
-            .prepare_cached(include_str!("sql/appointment_count.sql"))
-            .await?;
         let status = filter.status.map(AppointmentStatus::as_str);
-        let rows = client
-            .query(
-                &list,
-                &[
-                    &filter.patient_id,
-                    &filter.doctor_id,
-                    &status,
-                    &filter.from,
-                    &filter.to,
-                    &filter.offset,
-                    &filter.limit,
-                ],
-            )
-            .await?;
-        let total: i64 = client
-            .query_one(
-                &count,
-                &[
-                    &filter.patient_id,
-                    &filter.doctor_id,
-                    &status,
-                    &filter.from,
-                    &filter.to,
-                ],
-            )
-            .await?
-            .get(0);
-        Ok(Page {
-            items: rows
-                .iter()
-                .map(appointment_from_row)
-                .collect::<StoreResult<_>>()?,
-            total,
-        })
+        let listing = Listing {
+            page_sql: include_str!("sql/appointment_list.sql"),
+            count_sql: include_str!("sql/appointment_count.sql"),
+        };
+        self.query_page(
+            listing,
+            &[
+                &filter.patient_id,
+                &filter.doctor_id,
+                &status,
+                &filter.from,
+                &filter.to,
+            ],
+            filter.offset,
+            filter.limit,
+            appointment_from_row,
+        )
+        .await
     }
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Page, PgStore, StoreResult};
+use super::{Listing, Page, PgStore, StoreResult};
 
 /// Rows fetched per round trip while verifying.
 const VERIFY_BATCH: i64 = 5_000;
@@ -260,32 +260,18 @@ impl PgStore {
 
     /// Returns one page of audit rows matching `filter`, newest first.
     pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Page<AuditRecord>> {
-        let client = self.pool.get().await?;
-        let list = client
-            .prepare_cached(include_str!("sql/audit_list.sql"))
-            .await?;
-        let count = client
-            .prepare_cached(include_str!("sql/audit_count.sql"))
-            .await?;
-        let rows = client
-            .query(
-                &list,
-                &[
-                    &filter.object_id,
-                    &filter.actor_id,
-                    &filter.offset,
-                    &filter.limit,
-                ],
-            )
-            .await?;
-        let total: i64 = client
-            .query_one(&count, &[&filter.object_id, &filter.actor_id])
-            .await?
-            .get(0);
-        Ok(Page {
-            items: rows.iter().map(record_from_row).collect(),
-            total,
-        })
+        let listing = Listing {
+            page_sql: include_str!("sql/audit_list.sql"),
+            count_sql: include_str!("sql/audit_count.sql"),
+        };
+        self.query_page(
+            listing,
+            &[&filter.object_id, &filter.actor_id],
+            filter.offset,
+            filter.limit,
+            |row| Ok(record_from_row(row)),
+        )
+        .await
     }
 
     /// Walks the whole hash chain in batches and reports the first broken row, if any.

@@ -5,7 +5,9 @@ use serde_json::json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{AuditEntry, Page, PgStore, StoreError, StoreResult, insert_audit, like_prefix};
+use super::{
+    AuditEntry, Listing, Page, PgStore, StoreError, StoreResult, insert_audit, like_prefix,
+};
 use crate::context::RequestContext;
 use crate::domain::{Doctor, DoctorData, PersonName, Specialty};
 
@@ -49,28 +51,19 @@ impl PgStore {
     }
 
     pub async fn list_doctors(&self, filter: &DoctorFilter) -> StoreResult<Page<Doctor>> {
-        let client = self.pool.get().await?;
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
-        let list = client
-            .prepare_cached(include_str!("sql/doctor_list.sql"))
-            .await?;
-        let count = client
-            .prepare_cached(include_str!("sql/doctor_count.sql"))
-            .await?;
-        let rows = client
-            .query(
-                &list,
-                &[&prefix, &filter.specialty, &filter.offset, &filter.limit],
-            )
-            .await?;
-        let total: i64 = client
-            .query_one(&count, &[&prefix, &filter.specialty])
-            .await?
-            .get(0);
-        Ok(Page {
-            items: rows.iter().map(doctor_from_row).collect(),
-            total,
-        })
+        let listing = Listing {
+            page_sql: include_str!("sql/doctor_list.sql"),
+            count_sql: include_str!("sql/doctor_count.sql"),
+        };
+        self.query_page(
+            listing,
+            &[&prefix, &filter.specialty],
+            filter.offset,
+            filter.limit,
+            |row| Ok(doctor_from_row(row)),
+        )
+        .await
     }
 
     /// Inserts a doctor with its audit row.

@@ -7,7 +7,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
-    ChangeRecord, Page, PgStore, StoreError, StoreResult, ensure_active_patient, record_change,
+    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, ensure_active_patient,
+    record_change,
 };
 use crate::context::RequestContext;
 use crate::domain::{
@@ -363,51 +364,27 @@ impl PgStore {
         &self,
         filter: &DocumentFilter,
     ) -> StoreResult<Page<DocumentSummary>> {
-        let client = self.pool.get().await?;
-        let list = client
-            .prepare_cached(include_str!("sql/document_list.sql"))
-            .await?;
-        let count = client
-            .prepare_cached(include_str!("sql/document_count.sql"))
-            .await?;
         let doc_type = filter.doc_type.map(DocumentType::as_str);
         let status = filter.status.map(DocumentStatus::as_str);
-        let rows = client
-            .query(
-                &list,
-                &[
-                    &filter.patient_id,
-                    &filter.author_id,
-                    &doc_type,
-                    &status,
-                    &filter.from,
-                    &filter.to,
-                    &filter.offset,
-                    &filter.limit,
-                ],
-            )
-            .await?;
-        let total: i64 = client
-            .query_one(
-                &count,
-                &[
-                    &filter.patient_id,
-                    &filter.author_id,
-                    &doc_type,
-                    &status,
-                    &filter.from,
-                    &filter.to,
-                ],
-            )
-            .await?
-            .get(0);
-        Ok(Page {
-            items: rows
-                .iter()
-                .map(summary_from_row)
-                .collect::<StoreResult<_>>()?,
-            total,
-        })
+        let listing = Listing {
+            page_sql: include_str!("sql/document_list.sql"),
+            count_sql: include_str!("sql/document_count.sql"),
+        };
+        self.query_page(
+            listing,
+            &[
+                &filter.patient_id,
+                &filter.author_id,
+                &doc_type,
+                &status,
+                &filter.from,
+                &filter.to,
+            ],
+            filter.offset,
+            filter.limit,
+            summary_from_row,
+        )
+        .await
     }
 
     /// Returns every content version of a document, oldest first, without bodies.

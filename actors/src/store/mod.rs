@@ -124,6 +124,38 @@ impl From<PoolError> for StoreError {
     }
 }
 
+/// The SQL of one listing: the page query takes the filter parameters then offset and
+/// limit; the count query takes the filter parameters only.
+struct Listing {
+    page_sql: &'static str,
+    count_sql: &'static str,
+}
+
+impl PgStore {
+    /// Runs a listing: one page of rows mapped by `map`, and the total matching `filters`.
+    async fn query_page<T>(
+        &self,
+        listing: Listing,
+        filters: &[&(dyn ToSql + Sync)],
+        offset: i64,
+        limit: i64,
+        map: impl Fn(&tokio_postgres::Row) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let client = self.pool.get().await?;
+        let page = client.prepare_cached(listing.page_sql).await?;
+        let count = client.prepare_cached(listing.count_sql).await?;
+        let mut page_params = filters.to_vec();
+        page_params.push(&offset);
+        page_params.push(&limit);
+        let rows = client.query(&page, &page_params).await?;
+        let total: i64 = client.query_one(&count, filters).await?.get(0);
+        Ok(Page {
+            items: rows.iter().map(map).collect::<StoreResult<_>>()?,
+            total,
+        })
+    }
+}
+
 /// A replication slot as PostgreSQL reports it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

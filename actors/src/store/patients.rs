@@ -2,14 +2,12 @@
 //! transaction with its audit and outbox rows.
 
 use chrono::NaiveDate;
-use serde_json::json;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, OutboxEvent, Page, PgStore, StoreError, StoreResult, insert_audit, insert_outbox,
-    like_prefix,
+    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, like_prefix, record_change,
 };
 use crate::context::RequestContext;
 use crate::domain::{
@@ -78,37 +76,19 @@ impl PgStore {
 
     /// Returns one page of patients matching `filter`, ordered by name.
     pub async fn list_patients(&self, filter: &PatientFilter) -> StoreResult<Page<Patient>> {
-        let client = self.pool.get().await?;
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
-        let list = client
-            .prepare_cached(include_str!("sql/patient_list.sql"))
-            .await?;
-        let count = client
-            .prepare_cached(include_str!("sql/patient_count.sql"))
-            .await?;
-        let rows = client
-            .query(
-                &list,
-                &[
-                    &prefix,
-                    &filter.birth_date,
-                    &filter.include_archived,
-                    &filter.offset,
-                    &filter.limit,
-                ],
-            )
-            .await?;
-        let total: i64 = client
-            .query_one(
-                &count,
-                &[&prefix, &filter.birth_date, &filter.include_archived],
-            )
-            .await?
-            .get(0);
-        Ok(Page {
-            items: rows.iter().map(patient_from_row).collect(),
-            total,
-        })
+        let listing = Listing {
+            page_sql: include_str!("sql/patient_list.sql"),
+            count_sql: include_str!("sql/patient_count.sql"),
+        };
+        self.query_page(
+            listing,
+            &[&prefix, &filter.birth_date, &filter.include_archived],
+            filter.offset,
+            filter.limit,
+            |row| Ok(patient_from_row(row)),
+        )
+        .await
     }
 
     /// Inserts a new patient with its audit and `PatientCreated` outbox rows.
@@ -197,21 +177,18 @@ async fn record_patient_event(
     patient: &Patient,
     event: &PatientEvent,
 ) -> StoreResult<()> {
-    let outbox = OutboxEvent {
-        aggregate_type: "patient",
-        aggregate_id: patient.id,
-        patient_id: Some(patient.id),
-        event_type: event.event_type(),
-        version: patient.version,
-        payload: event.payload(patient),
-    };
-    insert_outbox(tx, ctx, outbox).await?;
-    // Last before COMMIT: the audit insert takes the hash chain's lock until the commit.
-    let audit = AuditEntry {
-        action: event.audit_action(),
-        object_type: "patient",
-        object_id: Some(patient.id),
-        details: json!({ "version": patient.version }),
-    };
-    insert_audit(tx, ctx, audit).await
+    record_change(
+        tx,
+        ctx,
+        ChangeRecord {
+            aggregate_type: "patient",
+            aggregate_id: patient.id,
+            patient_id: patient.id,
+            event_type: event.event_type(),
+            audit_action: event.audit_action(),
+            version: patient.version,
+            payload: event.payload(patient),
+        },
+    )
+    .await
 }
