@@ -208,6 +208,10 @@ impl Actor for CdcReader {
         .with_status_interval(self.settings.status_interval)
         .with_options("-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601")
         .with_application_name("medflow-cdc");
+        let mut tables = Vec::with_capacity(PUBLISHED_TABLES.len());
+        for table in PUBLISHED_TABLES {
+            tables.push(describe(&control, table).await?);
+        }
         let mut client = ReplicationClient::connect_gated(config).await?;
         if !(slot_exists && snapshot_done) {
             let rows = client
@@ -221,7 +225,7 @@ impl Actor for CdcReader {
                 .and_then(|row| row.get(2).cloned().flatten())
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .ok_or("CREATE_REPLICATION_SLOT returned no snapshot")?;
-            self.snapshot(&control, &info.dbname, &snapshot_name)
+            self.snapshot(&control, &tables, &info.dbname, &snapshot_name)
                 .await?;
             control
                 .execute(
@@ -230,17 +234,18 @@ impl Actor for CdcReader {
                 )
                 .await?;
         }
-        let mut primary_keys = HashMap::new();
-        for table in PUBLISHED_TABLES {
-            let relation = describe(&control, table).await?;
-            let key = relation
-                .columns
-                .into_iter()
-                .filter(|column| column.key)
-                .map(|column| column.name)
-                .collect();
-            primary_keys.insert(table.to_owned(), key);
-        }
+        let primary_keys = tables
+            .into_iter()
+            .map(|relation| {
+                let key = relation
+                    .columns
+                    .into_iter()
+                    .filter(|column| column.key)
+                    .map(|column| column.name)
+                    .collect();
+                (relation.table, key)
+            })
+            .collect();
         client.start().await?;
         client.wait_started().await?;
         self.status.update(|status| {
@@ -325,6 +330,7 @@ impl CdcReader {
     async fn snapshot(
         &self,
         control: &tokio_postgres::Client,
+        tables: &[Relation],
         db: &str,
         snapshot_name: &str,
     ) -> Result<(), ActorProcessingErr> {
@@ -336,8 +342,8 @@ impl CdcReader {
             .await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut delivered = Vec::new();
-        for table in PUBLISHED_TABLES {
-            let relation = describe(control, table).await?;
+        for relation in tables {
+            let table = relation.table.as_str();
             let order = if table == "outbox" {
                 " ORDER BY created_at, id"
             } else {
@@ -358,19 +364,8 @@ impl CdcReader {
                 // pruned): written before this slot existed, they are published now.
                 let mut records = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let values: Vec<Datum> = (0..relation.columns.len())
-                        .map(|i| match row.get::<_, Option<String>>(i) {
-                            Some(text) => Datum::Text(text),
-                            None => Datum::Null,
-                        })
-                        .collect();
-                    let outbox_row = row_json(&relation, &values);
-                    match outbox_record(&self.kafka.topic_prefix, &outbox_row) {
-                        Ok(record) => records.push(record),
-                        Err(error) => {
-                            records.push(error_occurred(&self.kafka, &error.0, &outbox_row))
-                        }
-                    }
+                    let outbox_row = row_json(relation, &text_values(row, relation));
+                    records.push(self.business_record(&outbox_row));
                 }
                 delivered = outbox_event_ids(&records);
                 for chunk in records.chunks(self.settings.batch_max) {
@@ -393,16 +388,10 @@ impl CdcReader {
             };
             let mut records = Vec::new();
             for row in &rows {
-                let values: Vec<Datum> = (0..relation.columns.len())
-                    .map(|i| match row.get::<_, Option<String>>(i) {
-                        Some(text) => Datum::Text(text),
-                        None => Datum::Null,
-                    })
-                    .collect();
-                let after = row_json(&relation, &values);
+                let after = row_json(relation, &text_values(row, relation));
                 records.extend(change_records(
                     topic.clone(),
-                    &relation,
+                    relation,
                     Op::Read,
                     None,
                     Some(after),
@@ -420,6 +409,14 @@ impl CdcReader {
         control.batch_execute("COMMIT").await?;
         prune_outbox(control, &delivered).await;
         Ok(())
+    }
+
+    /// The business event of an outbox row, or `ErrorOccurred` when the row is unusable.
+    fn business_record(&self, row: &Map<String, Value>) -> OutgoingRecord {
+        outbox_record(&self.kafka.topic_prefix, row).unwrap_or_else(|error| {
+            tracing::error!(event_id = ?row.get("id"), error = %error, "unusable outbox row");
+            error_occurred(&self.kafka, &error.0, row)
+        })
     }
 
     async fn publish(&self, records: Vec<OutgoingRecord>) -> Result<(), ActorProcessingErr> {
@@ -586,15 +583,8 @@ impl CdcReader {
         let after = after.map(|values| row_json(relation, &values));
         if relation.table == "outbox" {
             if let (Op::Create, Some(row)) = (op, &after) {
-                match outbox_record(&self.kafka.topic_prefix, row) {
-                    Ok(record) => state.pending.push(record),
-                    Err(error) => {
-                        tracing::error!(lsn = %lsn, error = %error, "unusable outbox row");
-                        state
-                            .pending
-                            .push(error_occurred(&self.kafka, &error.0, row));
-                    }
-                }
+                let record = self.business_record(row);
+                state.pending.push(record);
             }
             return;
         }
@@ -681,6 +671,16 @@ fn error_occurred(
         payload: serde_json::to_vec(&value).ok(),
         headers: vec![("eventType".into(), b"ErrorOccurred".to_vec())],
     }
+}
+
+/// A snapshot row's columns (selected as text, in `relation`'s order) as datums.
+fn text_values(row: &tokio_postgres::Row, relation: &Relation) -> Vec<Datum> {
+    (0..relation.columns.len())
+        .map(|i| match row.get::<_, Option<String>>(i) {
+            Some(text) => Datum::Text(text),
+            None => Datum::Null,
+        })
+        .collect()
 }
 
 /// Describes `table` as pgoutput would: columns in order, with the primary key marked.
