@@ -208,17 +208,15 @@ pub async fn list_appointments(
         ],
     )?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
-    let uuid = |raw: &str| Uuid::parse_str(raw).ok();
-    let time = |raw: &str| DateTime::parse_from_rfc3339(raw).ok().map(|t| t.to_utc());
-    let patient_id = query.parsed("patientId", "must be a UUID", uuid)?;
-    let doctor_id = query.parsed("doctorId", "must be a UUID", uuid)?;
+    let patient_id = query.uuid("patientId")?;
+    let doctor_id = query.uuid("doctorId")?;
     let status = query.parsed(
         "status",
         "must be scheduled, in_progress, completed or cancelled",
         AppointmentStatus::parse,
     )?;
-    let from = query.parsed("from", "must be an RFC 3339 time", time)?;
-    let to = query.parsed("to", "must be an RFC 3339 time", time)?;
+    let from = query.time("from")?;
+    let to = query.time("to")?;
     let target = patient_id.map_or(Target::Any, Target::Patient);
     caller.authorize(Action::AppointmentList, target)?;
     let filter = AppointmentFilter {

@@ -215,9 +215,7 @@ pub async fn list_audit(
     caller?.authorize(Action::AuditList, Target::Any)?;
     let query = Query::parse(raw_query, &["objectId", "actorId", "offset", "limit"])?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
-    let object_id = query.parsed("objectId", "must be a UUID", |raw| {
-        Uuid::parse_str(raw).ok()
-    })?;
+    let object_id = query.uuid("objectId")?;
     let actor_id = query.parsed("actorId", "must be 1–128 characters", |raw| {
         (!raw.is_empty() && raw.len() <= 128).then(|| raw.to_owned())
     })?;

@@ -80,6 +80,14 @@ struct Key {
     key: DecodingKey,
 }
 
+impl Key {
+    /// Whether this key verifies `algorithm` tokens naming `kid` (any key of the algorithm
+    /// when the token names none).
+    fn matches(&self, algorithm: Algorithm, kid: Option<&str>) -> bool {
+        self.algorithm == algorithm && (kid.is_none() || self.kid.as_deref() == kid)
+    }
+}
+
 /// Verifies bearer tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -267,9 +275,7 @@ impl Authenticator {
                 let keys = self.keys_for(header.alg, kid).await;
                 let key = keys
                     .iter()
-                    .find(|key| {
-                        key.algorithm == header.alg && (kid.is_none() || key.kid.as_deref() == kid)
-                    })
+                    .find(|key| key.matches(header.alg, kid))
                     .ok_or("no key for this algorithm and key id")?;
                 self.decode(token, header.alg, &key.key)?
             }
@@ -285,9 +291,7 @@ impl Authenticator {
     /// The current keys; when none matches `kid`, reloads once (rate limited) first.
     async fn keys_for(&self, algorithm: Algorithm, kid: Option<&str>) -> Arc<Vec<Key>> {
         let current = self.current_keys();
-        let known = current
-            .iter()
-            .any(|key| key.algorithm == algorithm && (kid.is_none() || key.kid.as_deref() == kid));
+        let known = current.iter().any(|key| key.matches(algorithm, kid));
         if known || self.inner.settings.jwks.is_none() {
             return current;
         }

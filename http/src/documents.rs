@@ -387,12 +387,10 @@ pub async fn list_documents(
         ],
     )?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
-    let uuid = |raw: &str| Uuid::parse_str(raw).ok();
-    let time = |raw: &str| DateTime::parse_from_rfc3339(raw).ok().map(|t| t.to_utc());
     let types = DocumentType::names().join(", ");
     let filter = DocumentFilter {
-        patient_id: query.parsed("patientId", "must be a UUID", uuid)?,
-        author_id: query.parsed("authorId", "must be a UUID", uuid)?,
+        patient_id: query.uuid("patientId")?,
+        author_id: query.uuid("authorId")?,
         doc_type: query.parsed(
             "type",
             &format!("must be one of {types}"),
@@ -403,8 +401,8 @@ pub async fn list_documents(
             "must be draft, signed, sent, accepted or rejected",
             DocumentStatus::parse,
         )?,
-        from: query.parsed("from", "must be an RFC 3339 time", time)?,
-        to: query.parsed("to", "must be an RFC 3339 time", time)?,
+        from: query.time("from")?,
+        to: query.time("to")?,
         offset,
         limit,
     };

@@ -276,6 +276,20 @@ impl Query {
             .transpose()
     }
 
+    /// An optional UUID parameter, or 400 naming it.
+    pub fn uuid(&self, key: &str) -> Result<Option<Uuid>, Problem> {
+        self.parsed(key, "must be a UUID", |raw| Uuid::parse_str(raw).ok())
+    }
+
+    /// An optional RFC 3339 time parameter, or 400 naming it.
+    pub fn time(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+        self.parsed(key, "must be an RFC 3339 time", |raw| {
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .ok()
+                .map(|time| time.to_utc())
+        })
+    }
+
     /// `offset` (≥ 0, default 0) and `limit` (1–`max`, default `default`).
     pub fn pagination(&self, default: i64, max: i64) -> Result<(i64, i64), Problem> {
         let offset = self.parsed("offset", "must be an integer ≥ 0", |raw| {
