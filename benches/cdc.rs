@@ -50,16 +50,6 @@ async fn confirmed_at_least(db: &tokio_postgres::Client, slot: &str, mark: &str)
     .unwrap_or(false)
 }
 
-async fn mark(db: &tokio_postgres::Client) -> String {
-    db.query_one(
-        "SELECT pg_logical_emit_message(true, 'medflow.bench', '')::text",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 async fn run() {
     // The schema, from the application's migrations; the pipeline runs on its own below.
     let app = helpers::spawn_app_with(|settings| settings.cdc.enabled = false).await;
@@ -122,8 +112,13 @@ async fn run() {
         inserted += BULK_CHUNK;
     }
     let committed = started.elapsed();
-    let last = mark(&db).await;
+    let last = helpers::emit_mark(&db).await;
+    let confirm_deadline = Instant::now() + Duration::from_secs(300);
     while !confirmed_at_least(&db, &slot, &last).await {
+        assert!(
+            Instant::now() < confirm_deadline,
+            "the pipeline did not confirm the bulk load within 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed();

@@ -49,7 +49,7 @@ impl Pipeline {
         };
         let cdc = CdcSettings {
             database_url: app.db_url.clone().into(),
-            slot: format!("slot_{}", app.db_name),
+            slot: app_slot(app),
             publication: "medflow_cdc".into(),
             server_name: "medflow".into(),
             batch_max: 500,
@@ -147,20 +147,7 @@ impl Pipeline {
     async fn stop(self, app: &TestApp) {
         self.reader.stop(None);
         self.producer.stop(None);
-        // A slot keeps WAL for ever: drop it once its reader is gone.
-        let db = app.db().await;
-        let slot = self.cdc.slot.clone();
-        crate::helpers::eventually(Duration::from_secs(10), "the slot to be released", || {
-            let db = &db;
-            let slot = slot.clone();
-            async move {
-                db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await;
+        drop_slot(&app.db().await, &self.cdc.slot).await;
     }
 }
 
@@ -334,11 +321,7 @@ async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events
 #[tokio::test]
 async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
     let app = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
-    let status = crate::helpers::eventually(Duration::from_secs(20), "cdc to stream", || async {
-        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
-        (status["state"] == "streaming").then_some(status)
-    })
-    .await;
+    let status = wait_streaming(&app, Duration::from_secs(20)).await;
     assert_eq!(status["enabled"], true);
     assert_eq!(status["slotActive"], true);
     let ready: Value = app.get("/readyz").await.json().await.unwrap();
@@ -356,7 +339,7 @@ async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
     .await;
 
     // The database drops the replication connection: the pipeline reconnects and resumes.
-    let slot = format!("slot_{}", app.db_name);
+    let slot = app_slot(&app);
     app.db()
         .await
         .execute(
@@ -371,25 +354,12 @@ async fn the_application_runs_the_pipeline_reports_it_and_stays_ready() {
     assert!(status["restarts"].as_u64().unwrap() >= 1, "{status}");
     assert_eq!(status["state"], "streaming");
 
-    let db = app.db().await;
-    app.shutdown().await;
-    drop_slot(&db, &slot).await;
+    shutdown_dropping_slot(app).await;
 }
 
 /// Waits until the slot's confirmed position passes everything written so far.
 async fn wait_confirmed(app: &TestApp) {
-    // A transactional logical message in this database commits after every write so far; its
-    // LSN is a mark the slot passes once everything before it was acknowledged.
-    let lsn: String = app
-        .db()
-        .await
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let lsn = crate::helpers::emit_mark(&app.db().await).await;
     crate::helpers::eventually(
         Duration::from_secs(20),
         "the writes to be confirmed",
@@ -411,6 +381,28 @@ async fn wait_confirmed(app: &TestApp) {
         },
     )
     .await;
+}
+
+/// Waits until the application's pipeline streams and returns its status.
+async fn wait_streaming(app: &TestApp, deadline: Duration) -> Value {
+    crate::helpers::eventually(deadline, "cdc to stream", || async {
+        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
+        (status["state"] == "streaming").then_some(status)
+    })
+    .await
+}
+
+/// The replication slot the application's pipeline uses.
+fn app_slot(app: &TestApp) -> String {
+    app.app().settings().cdc.slot.clone()
+}
+
+/// Shuts `app` down, then drops its slot, which would otherwise keep WAL for ever.
+async fn shutdown_dropping_slot(app: TestApp) {
+    let slot = app_slot(&app);
+    let db = app.db().await;
+    app.shutdown().await;
+    drop_slot(&db, &slot).await;
 }
 
 /// Drops a slot once its reader has let go of it (a slot keeps WAL for ever).
@@ -508,26 +500,15 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         settings.kafka.message_timeout_ms = 2_000;
     })
     .await;
-    crate::helpers::eventually(Duration::from_secs(30), "cdc to stream", || async {
-        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
-        (status["state"] == "streaming").then_some(())
-    })
-    .await;
+    wait_streaming(&app, Duration::from_secs(30)).await;
 
     broker.stop();
     let db = app.db().await;
-    let slot = format!("slot_{}", app.db_name);
+    let slot = app_slot(&app);
     // A write during the outage, then a mark after it: the slot cannot confirm the mark
     // without Kafka acknowledging that write.
     let during = app.create_patient(&patient_body(9_999)).await;
-    let mark: String = db
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let mark = crate::helpers::emit_mark(&db).await;
     let writes = futures::stream::iter(0..1000u32)
         .map(|n| {
             let app = &app;
@@ -578,7 +559,7 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let topic = format!("{}PatientCreated", app_topic_prefix(&app).await);
+    let topic = format!("{}PatientCreated", app_topic_prefix(&app));
     consumer.subscribe(&[topic.as_str()]).unwrap();
     let mut seen = std::collections::HashSet::new();
     let mut received = 0usize;
@@ -604,12 +585,11 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         "events received: {received} for 1001 writes ({} duplicates)",
         received - seen.len().min(received)
     );
-    app.shutdown().await;
-    drop_slot(&db, &slot).await;
+    shutdown_dropping_slot(app).await;
 }
 
 /// The topic prefix the application was configured with.
-async fn app_topic_prefix(app: &TestApp) -> String {
+fn app_topic_prefix(app: &TestApp) -> String {
     app.app().settings().kafka.topic_prefix.clone()
 }
 
@@ -686,13 +666,9 @@ async fn consume_topics_until(
 async fn appointment_and_document_writes_publish_their_changes_and_events() {
     let app = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
     let brokers = app.app().settings().kafka.brokers.clone();
-    let prefix = app_topic_prefix(&app).await;
+    let prefix = app_topic_prefix(&app);
     // Writes made while the pipeline snapshots would arrive as `r` records: wait for it.
-    crate::helpers::eventually(Duration::from_secs(20), "cdc to stream", || async {
-        let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
-        (status["state"] == "streaming").then_some(())
-    })
-    .await;
+    wait_streaming(&app, Duration::from_secs(20)).await;
     let patient = app.create_patient(&patient_body(1)).await;
     let patient = patient["id"].as_str().unwrap().to_owned();
     let doctor = app.create_doctor().await;
@@ -790,17 +766,14 @@ async fn appointment_and_document_writes_publish_their_changes_and_events() {
         created.2["payload"]["contentUri"],
         format!("/api/v1/documents/{document}")
     );
-    let slot = format!("slot_{}", app.db_name);
-    let db = app.db().await;
-    app.shutdown().await;
-    drop_slot(&db, &slot).await;
+    shutdown_dropping_slot(app).await;
 }
 
 #[tokio::test]
 async fn events_of_each_patient_arrive_in_commit_order_under_concurrent_writes() {
     let app = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
     let brokers = app.app().settings().kafka.brokers.clone();
-    let prefix = app_topic_prefix(&app).await;
+    let prefix = app_topic_prefix(&app);
     let mut ids = Vec::new();
     for n in 0..20 {
         let created = app.create_patient(&patient_body(n)).await;
@@ -834,19 +807,16 @@ async fn events_of_each_patient_arrive_in_commit_order_under_concurrent_writes()
             .collect();
         assert_eq!(versions, (2..=11).collect::<Vec<_>>(), "patient {id}");
     }
-    let slot = format!("slot_{}", app.db_name);
-    let db = app.db().await;
-    app.shutdown().await;
-    drop_slot(&db, &slot).await;
+    shutdown_dropping_slot(app).await;
 }
 
 #[tokio::test]
 async fn medflow_stopped_mid_stream_and_started_again_loses_no_event() {
     let first = crate::helpers::spawn_app_with(|settings| settings.cdc.enabled = true).await;
     let brokers = first.app().settings().kafka.brokers.clone();
-    let prefix = app_topic_prefix(&first).await;
+    let prefix = app_topic_prefix(&first);
     let db_url = first.db_url.clone();
-    let slot = format!("slot_{}", first.db_name);
+    let slot = app_slot(&first);
     let writes = futures::stream::iter(0..300u32)
         .map(|n| {
             let app = &first;
@@ -879,7 +849,5 @@ async fn medflow_stopped_mid_stream_and_started_again_loses_no_event() {
         seen.len(),
         seen.len() - 300
     );
-    let db = second.db().await;
-    second.shutdown().await;
-    drop_slot(&db, &slot).await;
+    shutdown_dropping_slot(second).await;
 }

@@ -408,3 +408,15 @@ pub fn problem_fields(problem: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Writes a transactional logical message and returns its LSN: a commit after every write
+/// made so far, which the slot passes only once those were acknowledged.
+pub async fn emit_mark(db: &tokio_postgres::Client) -> String {
+    db.query_one(
+        "SELECT pg_logical_emit_message(true, 'medflow.test', '')::text",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
