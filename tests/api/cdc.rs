@@ -384,7 +384,7 @@ async fn wait_confirmed(app: &TestApp) {
 }
 
 /// Waits until the application's pipeline streams and returns its status.
-async fn wait_streaming(app: &TestApp, deadline: Duration) -> Value {
+pub(crate) async fn wait_streaming(app: &TestApp, deadline: Duration) -> Value {
     crate::helpers::eventually(deadline, "cdc to stream", || async {
         let status: Value = app.get("/api/v1/admin/cdc").await.json().await.ok()?;
         (status["state"] == "streaming").then_some(status)
@@ -393,7 +393,7 @@ async fn wait_streaming(app: &TestApp, deadline: Duration) -> Value {
 }
 
 /// The replication slot the application's pipeline uses.
-fn app_slot(app: &TestApp) -> String {
+pub(crate) fn app_slot(app: &TestApp) -> String {
     app.app().settings().cdc.slot.clone()
 }
 
@@ -406,7 +406,7 @@ async fn shutdown_dropping_slot(app: TestApp) {
 }
 
 /// Drops a slot once its reader has let go of it (a slot keeps WAL for ever).
-async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
+pub(crate) async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
     crate::helpers::eventually(
         Duration::from_secs(10),
         "the slot to be released",
@@ -589,12 +589,12 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
 }
 
 /// The topic prefix the application was configured with.
-fn app_topic_prefix(app: &TestApp) -> String {
+pub(crate) fn app_topic_prefix(app: &TestApp) -> String {
     app.app().settings().kafka.topic_prefix.clone()
 }
 
 /// Consumes `topic` from the beginning until `done` holds for the (key, value) pairs seen.
-async fn consume_until(
+pub(crate) async fn consume_until(
     brokers: &str,
     topic: &str,
     what: &str,

@@ -112,6 +112,15 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns the application with settings adjusted by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (db_name, db_url) = fresh_database().await;
+    spawn_app_on(db_name, db_url, configure).await
+}
+
+/// Spawns the application on the database `db_url` (named `db_name`).
+pub async fn spawn_app_on(
+    db_name: String,
+    db_url: String,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings(&db_url);
     configure(&mut settings);
     settings.validate().expect("test settings are valid");

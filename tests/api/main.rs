@@ -12,4 +12,5 @@ mod helpers;
 mod openapi;
 mod operations;
 mod patients;
+mod resilience;
 mod validation;

@@ -6,8 +6,10 @@
 //!   after every record of every transaction up to it was acknowledged by Kafka; the slot
 //!   retains the WAL until then, so a crash or a broker outage loses nothing (duplicates
 //!   after a restart are possible: delivery is at-least-once);
-//! - records are published in commit order, one batch at a time, and a failed batch fails
-//!   the actor (its supervisor restarts it, and streaming resumes at the confirmed LSN);
+//! - records are published in commit order; up to [`MAX_IN_FLIGHT_BATCHES`] batches are
+//!   in flight at once (the producer keeps their order per partition), acknowledgements are
+//!   taken strictly in order, and a failed batch fails the actor (its supervisor restarts
+//!   it, and streaming resumes at the confirmed LSN, re-publishing what followed it);
 //! - on its first start with a new slot the reader publishes a consistent snapshot of the
 //!   existing rows (`op: "r"`) taken at the slot's creation point, then streams from there;
 //!   a crash mid-snapshot drops the slot and redoes it;
@@ -16,7 +18,8 @@
 //!   and does not hold the WAL other databases write.
 //!
 //! Each step is one `Poll` message the actor sends itself: collect events for up to
-//! `batch_wait` or `batch_max` records, publish the complete transactions, confirm, repeat.
+//! `batch_wait` or `batch_max` records while confirming batches as Kafka acknowledges them,
+//! hand the complete transactions to the producer without waiting, repeat.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,11 +36,32 @@ use super::envelope::{
 use super::pgoutput::{Column, Datum, PgOutput, Relation, decode};
 use super::{CdcState, CdcStatusCell};
 use crate::bus::KafkaSettings;
-use crate::bus::producer::{OutgoingRecord, ProducerMessage};
+use crate::bus::producer::{OutgoingRecord, ProduceError, ProducerMessage};
 use crate::bus::topics::ensure_topics;
 
 /// How often the slot's lag in bytes is measured for the `medflow_cdc_lag_bytes` gauge.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Batches handed to the producer and not yet acknowledged, at most; reading waits beyond.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 16;
+
+type Ack = tokio::sync::oneshot::Receiver<Result<usize, ProduceError>>;
+
+/// What the reader's wait ended with.
+enum Step {
+    Acknowledged(Result<Result<usize, ProduceError>, tokio::sync::oneshot::error::RecvError>),
+    Event(Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>),
+    Elapsed,
+}
+
+/// A batch handed to the producer, waiting for Kafka's acknowledgement.
+struct InFlight {
+    ack: Ack,
+    /// The commit it ends at (`None`: part of a transaction larger than a batch).
+    commit: Option<(Lsn, i64)>,
+    /// Outbox rows whose events it carries, pruned once acknowledged.
+    outbox_ids: Vec<uuid::Uuid>,
+}
 
 /// The tables whose changes are published (the outbox is routed to business topics).
 pub const PUBLISHED_TABLES: [&str; 6] = [
@@ -103,8 +127,8 @@ pub struct CdcReader {
 
 pub struct CdcReaderState {
     client: ReplicationClient,
-    /// A plain connection, for pruning published outbox rows.
-    control: tokio_postgres::Client,
+    /// A plain connection, for pruning published outbox rows (shared with pruning tasks).
+    control: std::sync::Arc<tokio_postgres::Client>,
     control_connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     relations: HashMap<u32, Relation>,
     /// Primary-key columns by table: the record key. pgoutput marks replica-identity
@@ -114,10 +138,11 @@ pub struct CdcReaderState {
     /// Records of transactions being read; `committed` of them end at a commit.
     pending: Vec<OutgoingRecord>,
     committed: usize,
-    /// The end LSN of the last commit whose records are in `pending[..committed]`.
-    commit_lsn: Option<Lsn>,
+    /// The end LSN and time of the last commit whose records are in `pending[..committed]`.
+    commit: Option<(Lsn, i64)>,
     tx: Option<(u32, i64)>,
-    last_commit_time: i64,
+    /// Batches handed to the producer, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
     confirmed: Lsn,
     last_confirm: Instant,
     last_lag_check: Instant,
@@ -255,16 +280,16 @@ impl Actor for CdcReader {
         myself.send_message(CdcMessage::Poll)?;
         Ok(CdcReaderState {
             client,
-            control,
+            control: std::sync::Arc::new(control),
             control_connection: connection,
             relations: HashMap::new(),
             primary_keys,
             db: info.dbname,
             pending: Vec::new(),
             committed: 0,
-            commit_lsn: None,
+            commit: None,
             tx: None,
-            last_commit_time: 0,
+            in_flight: std::collections::VecDeque::new(),
             confirmed: Lsn::from_u64(0),
             last_confirm: Instant::now(),
             last_lag_check: Instant::now(),
@@ -279,6 +304,7 @@ impl Actor for CdcReader {
         tracing::info!(
             confirmed = %state.confirmed,
             pending = state.pending.len(),
+            unacknowledged_batches = state.in_flight.len(),
             "cdc reader stopped"
         );
         state.client.stop();
@@ -419,36 +445,131 @@ impl CdcReader {
         })
     }
 
+    /// Hands `records` to the producer; the answer says when all are acknowledged.
+    fn send(&self, records: Vec<OutgoingRecord>) -> Result<Ack, ActorProcessingErr> {
+        let (reply, ack) = tokio::sync::oneshot::channel();
+        self.producer.cast(ProducerMessage::Publish {
+            records,
+            reply: reply.into(),
+        })?;
+        Ok(ack)
+    }
+
+    /// Publishes `records` and waits until all are acknowledged (the snapshot's path).
     async fn publish(&self, records: Vec<OutgoingRecord>) -> Result<(), ActorProcessingErr> {
         if records.is_empty() {
             return Ok(());
         }
-        let outcome = self
-            .producer
-            .call(
-                |reply| ProducerMessage::Publish { records, reply },
-                Some(self.kafka.message_timeout + Duration::from_secs(5)),
-            )
-            .await?;
-        match outcome {
-            ractor::rpc::CallResult::Success(Ok(_)) => Ok(()),
-            ractor::rpc::CallResult::Success(Err(error)) => Err(error.into()),
-            other => Err(format!("the producer did not answer: {other:?}").into()),
+        let ack = self.send(records)?;
+        self.acknowledged(ack).await
+    }
+
+    /// Waits for a batch's acknowledgement, bounded by the producer's own delivery timeout.
+    async fn acknowledged(&self, ack: Ack) -> Result<(), ActorProcessingErr> {
+        let limit = self.kafka.message_timeout + Duration::from_secs(5);
+        match tokio::time::timeout(limit, ack).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(error.into()),
+            Ok(Err(_)) => Err("the producer went away before acknowledging a batch".into()),
+            Err(_) => Err(format!("no acknowledgement from the producer within {limit:?}").into()),
         }
     }
 
+    /// Hands `records` to the producer as the next in-flight batch.
+    fn dispatch(
+        &self,
+        state: &mut CdcReaderState,
+        records: Vec<OutgoingRecord>,
+        commit: Option<(Lsn, i64)>,
+    ) -> Result<(), ActorProcessingErr> {
+        let outbox_ids = outbox_event_ids(&records);
+        let ack = if records.is_empty() {
+            // Nothing to publish (a heartbeat's commit): acknowledged as soon as the
+            // batches before it are.
+            let (reply, ack) = tokio::sync::oneshot::channel();
+            let _ = reply.send(Ok(0));
+            ack
+        } else {
+            self.send(records)?
+        };
+        state.in_flight.push_back(InFlight {
+            ack,
+            commit,
+            outbox_ids,
+        });
+        Ok(())
+    }
+
+    /// The oldest batch was acknowledged (`outcome`): confirm its commit, prune its outbox
+    /// rows. A failure fails the actor, and streaming resumes at the confirmed LSN.
+    fn settle(
+        &self,
+        state: &mut CdcReaderState,
+        outcome: Result<Result<usize, ProduceError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), ActorProcessingErr> {
+        let batch = state
+            .in_flight
+            .pop_front()
+            .ok_or("an acknowledgement with no batch in flight")?;
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => return Err("the producer went away before acknowledging a batch".into()),
+        }
+        if !batch.outbox_ids.is_empty() {
+            let control = state.control.clone();
+            tokio::spawn(async move { prune_outbox(&control, &batch.outbox_ids).await });
+        }
+        if let Some((lsn, commit_time)) = batch.commit {
+            let lag = chrono::Utc::now().timestamp_millis() - pg_time_to_unix_ms(commit_time);
+            metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
+            state.client.update_applied_lsn(lsn);
+            state.confirmed = lsn;
+            state.last_confirm = Instant::now();
+            self.status.update(|status| {
+                status.lag_ms = Some(lag);
+                status.confirmed_lsn = Some(lsn.to_string());
+            });
+        }
+        Ok(())
+    }
+
     async fn poll(&self, state: &mut CdcReaderState) -> Result<(), ActorProcessingErr> {
-        let deadline = Instant::now() + self.settings.batch_wait;
+        let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
+        let ack_limit = self.kafka.message_timeout + Duration::from_secs(5);
         while state.pending.len() < self.settings.batch_max {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
+            if state.in_flight.len() >= MAX_IN_FLIGHT_BATCHES {
+                // Backpressure: read on only once the oldest batch is acknowledged.
+                let front = state.in_flight.front_mut().expect("in flight");
+                let outcome = tokio::time::timeout(ack_limit, &mut front.ack)
+                    .await
+                    .map_err(|_| format!("no acknowledgement from the producer within {ack_limit:?}"))?;
+                self.settle(state, outcome)?;
+                continue;
             }
-            let event = match tokio::time::timeout(deadline - now, state.client.recv()).await {
-                Err(_) => break,
-                Ok(Ok(Some(event))) => event,
-                Ok(Ok(None)) => return Err("the replication stream ended".into()),
-                Ok(Err(error)) => return Err(error.into()),
+            let step = {
+                let CdcReaderState {
+                    in_flight, client, ..
+                } = &mut *state;
+                let oldest = in_flight.front_mut().map(|batch| &mut batch.ack);
+                tokio::select! {
+                    biased;
+                    outcome = async { oldest.expect("guarded").await }, if oldest.is_some() => {
+                        Step::Acknowledged(outcome)
+                    }
+                    event = client.recv() => Step::Event(event),
+                    () = tokio::time::sleep_until(deadline) => Step::Elapsed,
+                }
+            };
+            let event = match step {
+                Step::Acknowledged(outcome) => {
+                    self.settle(state, outcome)?;
+                    continue;
+                }
+                Step::Event(Ok(Some(event))) => event,
+                Step::Event(Ok(None)) => return Err("the replication stream ended".into()),
+                Step::Event(Err(error)) => return Err(error.into()),
+                Step::Elapsed => break,
             };
             match event {
                 ReplicationEvent::Begin {
@@ -462,9 +583,8 @@ impl CdcReader {
                     ..
                 } => {
                     state.tx = None;
-                    state.last_commit_time = commit_time_micros;
                     state.committed = state.pending.len();
-                    state.commit_lsn = Some(end_lsn);
+                    state.commit = Some((end_lsn, commit_time_micros));
                 }
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
@@ -480,32 +600,20 @@ impl CdcReader {
                 }
             }
         }
-        if state.committed > 0 {
+        if let Some(commit) = state.commit.take() {
             let ready: Vec<OutgoingRecord> = state.pending.drain(..state.committed).collect();
             state.committed = 0;
-            let published_events = outbox_event_ids(&ready);
-            self.publish(ready).await?;
-            prune_outbox(&state.control, &published_events).await;
+            self.dispatch(state, ready, Some(commit))?;
         }
         if state.pending.len() >= self.settings.batch_max {
             // A transaction larger than a batch: publish what is read so far without
             // confirming; after a crash it is read and published again from its start.
             let partial = std::mem::take(&mut state.pending);
-            self.publish(partial).await?;
+            self.dispatch(state, partial, None)?;
         }
-        if let Some(lsn) = state.commit_lsn.take() {
-            let lag =
-                chrono::Utc::now().timestamp_millis() - pg_time_to_unix_ms(state.last_commit_time);
-            metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
-            state.client.update_applied_lsn(lsn);
-            state.confirmed = lsn;
-            state.last_confirm = Instant::now();
-            self.status.update(|status| {
-                status.lag_ms = Some(lag);
-                status.confirmed_lsn = Some(lsn.to_string());
-            });
-        } else if state.pending.is_empty()
+        if state.pending.is_empty()
             && state.tx.is_none()
+            && state.in_flight.is_empty()
             && state.last_confirm.elapsed() >= self.settings.heartbeat
         {
             // An idle database: a transactional logical message in it is a commit to

@@ -1,0 +1,337 @@
+//! The event bus under abrupt failures: the medflow process killed with SIGKILL mid-stream,
+//! and the PostgreSQL server restarted mid-stream. In both, every committed write's event
+//! reaches Kafka (duplicates are allowed: delivery is at-least-once).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::cdc::{app_slot, app_topic_prefix, consume_until, drop_slot, wait_streaming};
+use crate::helpers::{TestApp, eventually, patient_body, spawn_app_on, spawn_app_with};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn test_work_dir(name: &str) -> PathBuf {
+    let work = std::env::var("MEDFLOW_TEST_WORK").expect("run through scripts/test");
+    let dir = Path::new(&work).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The medflow binary running only the CDC pipeline for `app`'s database, slot and topics,
+/// as a separate process that can be killed without warning.
+struct MedflowProcess {
+    child: Child,
+    address: String,
+}
+
+impl MedflowProcess {
+    async fn start(app: &TestApp, log: &Path) -> Self {
+        let port = free_port();
+        let settings = app.app().settings();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_medflow"))
+            .arg("serve")
+            .env("MEDFLOW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("MEDFLOW__DATABASE__URL", &app.db_url)
+            .env("MEDFLOW__DATABASE__POOL_SIZE", "4")
+            .env("MEDFLOW__KAFKA__BROKERS", &settings.kafka.brokers)
+            .env("MEDFLOW__KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
+            .env("MEDFLOW__KAFKA__PARTITIONS", "3")
+            .env("MEDFLOW__CDC__ENABLED", "true")
+            .env("MEDFLOW__CDC__SLOT", &settings.cdc.slot)
+            .env("MEDFLOW__CDC__BATCH_WAIT_MS", "10")
+            .env("MEDFLOW__CDC__STATUS_INTERVAL_MS", "100")
+            .env("MEDFLOW__CDC__BACKOFF_INITIAL_MS", "100")
+            .env("MEDFLOW__CDC__BACKOFF_MAX_MS", "1000")
+            .env("MEDFLOW__LOG__LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the medflow binary");
+        let process = Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        // The in-process app's staff token is valid here too: both use the default dev key.
+        eventually(Duration::from_secs(60), "the process to stream", || async {
+            let response = app
+                .client
+                .get(format!("{}/api/v1/admin/cdc", process.address))
+                .send()
+                .await
+                .ok()?;
+            let status: Value = response.json().await.ok()?;
+            (status["state"] == "streaming").then_some(())
+        })
+        .await;
+        process
+    }
+
+    /// SIGKILL: no shutdown hook runs, nothing queued is flushed.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for MedflowProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates `count` patients through `app`, 8 at a time, counting completed writes in `done`.
+async fn write_patients(app: &TestApp, from: u32, count: u32, done: &AtomicUsize) -> Vec<String> {
+    futures::stream::iter(from..from + count)
+        .map(|n| async move {
+            let created = app.create_patient(&patient_body(n)).await;
+            done.fetch_add(1, Ordering::Relaxed);
+            created["id"].as_str().unwrap().to_owned()
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+/// Consumes `PatientCreated` until every id in `ids` was seen; returns how many arrived.
+async fn every_create_arrives(app: &TestApp, ids: &HashSet<String>) -> usize {
+    let brokers = app.app().settings().kafka.brokers.clone();
+    let topic = format!("{}PatientCreated", app_topic_prefix(app));
+    let seen = consume_until(&brokers, &topic, "every create", |seen| {
+        let keys: HashSet<&str> = seen.iter().map(|(key, _)| key.as_str()).collect();
+        ids.iter().all(|id| keys.contains(id.as_str()))
+    })
+    .await;
+    seen.len()
+}
+
+#[tokio::test]
+async fn medflow_killed_abruptly_mid_stream_and_restarted_loses_no_event() {
+    // The in-process app only writes; the pipeline runs in a separate medflow process.
+    let app = spawn_app_with(|_| {}).await;
+    let log = test_work_dir("killed").join(format!("{}.log", app.db_name));
+    let first = MedflowProcess::start(&app, &log).await;
+
+    const WRITES: u32 = 600;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = write_patients(&app, 30_000, WRITES, &done);
+    let crash = async {
+        // Kill it while writes are streaming through it.
+        eventually(Duration::from_secs(60), "writes under way", || async {
+            (done.load(Ordering::Relaxed) >= 150).then_some(())
+        })
+        .await;
+        first.kill();
+        let written_at_kill = done.load(Ordering::Relaxed);
+        let second = MedflowProcess::start(&app, &log).await;
+        (written_at_kill, second)
+    };
+    let (ids, (written_at_kill, second)) = tokio::join!(writer, crash);
+    let ids: HashSet<String> = ids.into_iter().collect();
+    assert!(
+        written_at_kill < WRITES as usize,
+        "the kill came after every write ({written_at_kill})"
+    );
+
+    let arrived = every_create_arrives(&app, &ids).await;
+    println!(
+        "killed after {written_at_kill} of {WRITES} writes: {arrived} events arrived ({} duplicates)",
+        arrived - ids.len()
+    );
+    drop(second);
+    let db = app.db().await;
+    let slot = app_slot(&app);
+    app.shutdown().await;
+    drop_slot(&db, &slot).await;
+}
+
+/// A PostgreSQL cluster of the test's own, which it may restart.
+struct OwnPostgres {
+    data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    fn start() -> Self {
+        let bin = PathBuf::from(std::env::var("MEDFLOW_TEST_PG_BIN").expect("run through scripts/test"));
+        let port = free_port();
+        let data = test_work_dir(&format!("pg-own-{port}")).join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let cluster = Self { data, port, bin };
+        cluster.chown();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                cluster.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+        );
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             wal_level = logical\nmax_replication_slots = 8\nmax_wal_senders = 8\n\
+             fsync = off\nsynchronous_commit = off\n",
+            cluster.port,
+            cluster.data.display()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn as_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+            .unwrap_or(false)
+    }
+
+    /// PostgreSQL refuses to run as root: the cluster belongs to the `postgres` user then.
+    fn chown(&self) {
+        if Self::as_root() {
+            let parent = self.data.parent().unwrap();
+            let status = Command::new("chown")
+                .args(["-R", "postgres:", parent.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let output = if Self::as_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&program).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let log = self.data.parent().unwrap().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                action,
+            ],
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let args = ["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"];
+        let _ = if Self::as_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_ctl)
+                .args(args)
+                .output()
+        } else {
+            Command::new(pg_ctl).args(args).output()
+        };
+    }
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
+    let cluster = Arc::new(tokio::task::spawn_blocking(OwnPostgres::start).await.unwrap());
+    let app = spawn_app_on("postgres".into(), cluster.url(), |settings| {
+        settings.cdc.enabled = true;
+    })
+    .await;
+    wait_streaming(&app, Duration::from_secs(30)).await;
+    let done = AtomicUsize::new(0);
+    let mut ids: HashSet<String> = write_patients(&app, 40_000, 100, &done)
+        .await
+        .into_iter()
+        .collect();
+
+    // A fast restart: every connection, the replication one included, is cut.
+    let restarting = cluster.clone();
+    tokio::task::spawn_blocking(move || restarting.pg_ctl("restart"))
+        .await
+        .unwrap();
+
+    // Writes answer again once the pool has reconnected (503 meanwhile, nothing written).
+    for n in 0..100u32 {
+        let body = patient_body(41_000 + n);
+        let id = eventually(Duration::from_secs(30), "a write after the restart", || async {
+            let response = app.post_json("/api/v1/patients", &body).await;
+            match response.status().as_u16() {
+                201 => response.json::<Value>().await.ok()?["id"]
+                    .as_str()
+                    .map(str::to_owned),
+                503 => None,
+                other => panic!("a write after the restart answered {other}"),
+            }
+        })
+        .await;
+        ids.insert(id);
+    }
+    let status = wait_streaming(&app, Duration::from_secs(30)).await;
+    assert!(status["confirmedLsn"].is_string(), "{status}");
+
+    let arrived = every_create_arrives(&app, &ids).await;
+    println!(
+        "PostgreSQL restarted after 100 of 200 writes: {arrived} events arrived ({} duplicates)",
+        arrived - ids.len()
+    );
+    app.shutdown().await;
+}
+
