@@ -30,7 +30,20 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub kafka: KafkaConfig,
     pub cdc: CdcConfig,
+    pub graphql: GraphqlConfig,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlConfig {
+    pub enabled: bool,
+    pub introspection: bool,
+    pub graphiql: bool,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_page_size: i64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +331,18 @@ impl Settings {
                 message: message.into(),
             })
         }
+        if !(1..=64).contains(&self.graphql.max_depth) {
+            return invalid("graphql.max_depth", "must be from 1 to 64");
+        }
+        if !(1..=1_000_000).contains(&self.graphql.max_complexity) {
+            return invalid("graphql.max_complexity", "must be from 1 to 1000000");
+        }
+        if !(1..=1_000).contains(&self.graphql.max_page_size) {
+            return invalid("graphql.max_page_size", "must be from 1 to 1000");
+        }
+        if self.graphql.timeout_ms == 0 {
+            return invalid("graphql.timeout_ms", "must be greater than 0");
+        }
         let positive: [(&'static str, u64); 12] = [
             ("http.body_limit_bytes", self.http.body_limit_bytes),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
@@ -464,6 +489,19 @@ impl Settings {
             backoff_initial: ms(self.cdc.backoff_initial_ms),
             backoff_max: ms(self.cdc.backoff_max_ms),
         })
+    }
+
+    /// The GraphQL endpoint's switches and limits.
+    pub fn graphql(&self) -> medflow_http::graphql::GraphqlSettings {
+        medflow_http::graphql::GraphqlSettings {
+            enabled: self.graphql.enabled,
+            introspection: self.graphql.introspection,
+            graphiql: self.graphql.graphiql,
+            max_depth: self.graphql.max_depth,
+            max_complexity: self.graphql.max_complexity,
+            max_page_size: self.graphql.max_page_size,
+            timeout: ms(self.graphql.timeout_ms),
+        }
     }
 
     pub fn tree(&self) -> TreeSettings {

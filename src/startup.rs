@@ -102,6 +102,7 @@ impl Application {
             policy: Policy,
             rate_limits: rate_limits.clone(),
             cors_allowed_origins: Arc::new(settings.http.cors_allowed_origins.clone()),
+            graphql: settings.graphql(),
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();

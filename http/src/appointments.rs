@@ -26,8 +26,9 @@ const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
 
 /// An appointment as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "Appointment", complex)]
 pub struct AppointmentView {
     pub id: Uuid,
     pub patient_id: Uuid,
@@ -68,7 +69,7 @@ impl From<&Appointment> for AppointmentView {
 }
 
 /// A booking. The kind of visit is given by `payment` and `visit`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, async_graphql::InputObject)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppointmentInput {
     pub patient_id: Uuid,

@@ -25,8 +25,9 @@ const DEFAULT_PAGE: i64 = 20;
 const KIND: &str = "doctor";
 
 /// A doctor as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "Doctor")]
 pub struct DoctorView {
     pub id: Uuid,
     pub first_name: String,

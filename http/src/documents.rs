@@ -27,8 +27,9 @@ const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
 
 /// What signing recorded.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "Signature")]
 pub struct SignatureView {
     pub signer_id: Uuid,
     pub signed_at: DateTime<Utc>,
@@ -40,14 +41,16 @@ pub struct SignatureView {
 }
 
 /// A document with its current content.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "Document", complex)]
 pub struct DocumentView {
     pub id: Uuid,
     pub patient_id: Uuid,
     pub appointment_id: Option<Uuid>,
     pub author_id: Uuid,
     #[serde(rename = "type")]
+    #[graphql(name = "type")]
     #[schema(example = "consultation")]
     pub doc_type: String,
     pub title: String,
@@ -93,14 +96,16 @@ impl From<&Document> for DocumentView {
 }
 
 /// A document in a list (without its body).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "DocumentSummary", complex)]
 pub struct DocumentSummaryView {
     pub id: Uuid,
     pub patient_id: Uuid,
     pub appointment_id: Option<Uuid>,
     pub author_id: Uuid,
     #[serde(rename = "type")]
+    #[graphql(name = "type")]
     pub doc_type: String,
     pub title: String,
     pub content_version: i32,
@@ -349,7 +354,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 /// Loads a document after checking the caller may read some documents, then checks they
 /// may read this patient's.
-async fn readable_document(
+pub(crate) async fn readable_document(
     state: &AppState,
     caller: &Caller,
     id: Uuid,

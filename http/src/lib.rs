@@ -17,6 +17,7 @@ pub mod auth;
 pub mod doctors;
 pub mod documents;
 pub mod extract;
+pub mod graphql;
 pub mod health;
 pub mod openapi;
 pub mod patients;
@@ -68,6 +69,7 @@ pub struct AppState {
     pub rate_limits: access::RateLimits,
     /// Origins allowed to call the API from a browser; empty: no CORS headers at all.
     pub cors_allowed_origins: Arc<Vec<String>>,
+    pub graphql: graphql::GraphqlSettings,
 }
 
 /// One page of a list.
@@ -104,6 +106,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(audit::routes(state.clone()))
         .unify()
         .boxed();
+    let api = if state.graphql.enabled {
+        api.or(graphql::routes(state.clone(), state.graphql.clone()))
+            .unify()
+            .boxed()
+    } else {
+        api
+    };
     let api = if origins.is_empty() {
         api
     } else {
@@ -183,6 +192,8 @@ pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let problem = if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such resource")
+    } else if let Some(bad) = rejection.find::<async_graphql_warp::GraphQLBadRequest>() {
+        Problem::bad_request(format!("not a GraphQL request: {}", bad.0))
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

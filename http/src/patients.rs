@@ -27,8 +27,9 @@ const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
 
 /// A patient as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "Patient", complex)]
 pub struct PatientView {
     pub id: Uuid,
     #[schema(example = "Анна")]
@@ -75,7 +76,7 @@ impl From<&Patient> for PatientView {
 }
 
 /// A whole patient record, to create a patient or replace one (`PUT`).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, async_graphql::InputObject)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatientInput {
     /// 1–100 characters.
@@ -306,6 +307,8 @@ pub async fn list_patients(
     let filter = PatientFilter {
         last_name_prefix,
         birth_date,
+        born_from: None,
+        born_to: None,
         include_archived,
         offset,
         limit,

@@ -8,6 +8,7 @@ mod bus;
 mod cdc;
 mod doctors;
 mod documents;
+mod graphql;
 mod helpers;
 mod openapi;
 mod operations;

@@ -173,7 +173,8 @@ struct OwnPostgres {
 
 impl OwnPostgres {
     fn start() -> Self {
-        let bin = PathBuf::from(std::env::var("MEDFLOW_TEST_PG_BIN").expect("run through scripts/test"));
+        let bin =
+            PathBuf::from(std::env::var("MEDFLOW_TEST_PG_BIN").expect("run through scripts/test"));
         let port = free_port();
         let data = test_work_dir(&format!("pg-own-{port}")).join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -290,7 +291,11 @@ impl Drop for OwnPostgres {
 
 #[tokio::test]
 async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
-    let cluster = Arc::new(tokio::task::spawn_blocking(OwnPostgres::start).await.unwrap());
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(OwnPostgres::start)
+            .await
+            .unwrap(),
+    );
     let app = spawn_app_on("postgres".into(), cluster.url(), |settings| {
         settings.cdc.enabled = true;
     })
@@ -311,16 +316,20 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
     // Writes answer again once the pool has reconnected (503 meanwhile, nothing written).
     for n in 0..100u32 {
         let body = patient_body(41_000 + n);
-        let id = eventually(Duration::from_secs(30), "a write after the restart", || async {
-            let response = app.post_json("/api/v1/patients", &body).await;
-            match response.status().as_u16() {
-                201 => response.json::<Value>().await.ok()?["id"]
-                    .as_str()
-                    .map(str::to_owned),
-                503 => None,
-                other => panic!("a write after the restart answered {other}"),
-            }
-        })
+        let id = eventually(
+            Duration::from_secs(30),
+            "a write after the restart",
+            || async {
+                let response = app.post_json("/api/v1/patients", &body).await;
+                match response.status().as_u16() {
+                    201 => response.json::<Value>().await.ok()?["id"]
+                        .as_str()
+                        .map(str::to_owned),
+                    503 => None,
+                    other => panic!("a write after the restart answered {other}"),
+                }
+            },
+        )
         .await;
         ids.insert(id);
     }
@@ -334,4 +343,3 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
     );
     app.shutdown().await;
 }
-

@@ -543,7 +543,9 @@ impl CdcReader {
                 let front = state.in_flight.front_mut().expect("in flight");
                 let outcome = tokio::time::timeout(ack_limit, &mut front.ack)
                     .await
-                    .map_err(|_| format!("no acknowledgement from the producer within {ack_limit:?}"))?;
+                    .map_err(|_| {
+                        format!("no acknowledgement from the producer within {ack_limit:?}")
+                    })?;
                 self.settle(state, outcome)?;
                 continue;
             }

@@ -27,7 +27,7 @@ pub struct AppointmentFilter {
     pub limit: i64,
 }
 
-fn appointment_from_row(row: &Row) -> StoreResult<Appointment> {
+pub(super) fn appointment_from_row(row: &Row) -> StoreResult<Appointment> {
     let corrupt = |column: &str| {
         StoreError::Unexpected(anyhow::anyhow!(
             "appointments.{column} holds an unknown value"
@@ -81,7 +81,7 @@ impl PgStore {
         booking: &NewAppointment,
         ctx: &RequestContext,
     ) -> StoreResult<Appointment> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         ensure_active_patient(
             &tx,
@@ -129,7 +129,7 @@ impl PgStore {
     }
 
     pub async fn load_appointment(&self, id: Uuid) -> StoreResult<Option<Appointment>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/appointment_select.sql"))
             .await?;
@@ -150,7 +150,7 @@ impl PgStore {
         event: &AppointmentEvent,
         ctx: &RequestContext,
     ) -> StoreResult<Appointment> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/appointment_update.sql"))

@@ -238,7 +238,7 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/audit_insert_batch.sql"))
             .await?;
@@ -276,7 +276,7 @@ impl PgStore {
 
     /// Walks the whole hash chain in batches and reports the first broken row, if any.
     pub async fn verify_audit_chain(&self) -> StoreResult<ChainReport> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let batch = client
             .prepare_cached(include_str!("sql/audit_chain_batch.sql"))
             .await?;

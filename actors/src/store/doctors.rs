@@ -20,7 +20,7 @@ pub struct DoctorFilter {
     pub limit: i64,
 }
 
-fn doctor_from_row(row: &Row) -> Doctor {
+pub(super) fn doctor_from_row(row: &Row) -> Doctor {
     Doctor {
         id: row.get("id"),
         data: DoctorData {
@@ -39,7 +39,7 @@ fn doctor_from_row(row: &Row) -> Doctor {
 
 impl PgStore {
     pub async fn load_doctor(&self, id: Uuid) -> StoreResult<Option<Doctor>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/doctor_select.sql"))
             .await?;
@@ -73,7 +73,7 @@ impl PgStore {
         ctx: &RequestContext,
     ) -> StoreResult<Doctor> {
         let id = Uuid::now_v7();
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/doctor_insert.sql"))
@@ -105,7 +105,7 @@ impl PgStore {
         data: &DoctorData,
         ctx: &RequestContext,
     ) -> StoreResult<Doctor> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/doctor_update.sql"))

@@ -105,7 +105,7 @@ fn document_from_row(row: &Row) -> StoreResult<Document> {
     })
 }
 
-fn summary_from_row(row: &Row) -> StoreResult<DocumentSummary> {
+pub(super) fn summary_from_row(row: &Row) -> StoreResult<DocumentSummary> {
     Ok(DocumentSummary {
         id: row.get("id"),
         patient_id: row.get("patient_id"),
@@ -188,7 +188,7 @@ impl PgStore {
         draft: &NewDocument,
         ctx: &RequestContext,
     ) -> StoreResult<Document> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         ensure_active_patient(&tx, draft.patient_id, "the patient is archived").await?;
         if let Some(appointment_id) = draft.appointment_id {
@@ -246,7 +246,7 @@ impl PgStore {
     }
 
     pub async fn load_document(&self, id: Uuid) -> StoreResult<Option<Document>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/document_select.sql"))
             .await?;
@@ -267,7 +267,7 @@ impl PgStore {
         event: &DocumentEvent,
         ctx: &RequestContext,
     ) -> StoreResult<Document> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/document_edit.sql"))
@@ -292,7 +292,7 @@ impl PgStore {
         checksum: &[u8; 32],
         ctx: &RequestContext,
     ) -> StoreResult<Document> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/document_sign.sql"))
@@ -336,7 +336,7 @@ impl PgStore {
                 (None, Some(reason.as_str()), DocumentEvent::RegistryRejected)
             }
         };
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/document_registry.sql"))
@@ -389,7 +389,7 @@ impl PgStore {
 
     /// Returns every content version of a document, oldest first, without bodies.
     pub async fn document_versions(&self, id: Uuid) -> StoreResult<Vec<DocumentVersion>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/document_versions.sql"))
             .await?;
@@ -402,7 +402,7 @@ impl PgStore {
 
     /// Returns content version `n` of a document, with its body.
     pub async fn document_version(&self, id: Uuid, n: i32) -> StoreResult<Option<DocumentVersion>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/document_version.sql"))
             .await?;

@@ -19,12 +19,15 @@ use crate::domain::{
 pub struct PatientFilter {
     pub last_name_prefix: Option<String>,
     pub birth_date: Option<NaiveDate>,
+    /// Born on or after / on or before.
+    pub born_from: Option<NaiveDate>,
+    pub born_to: Option<NaiveDate>,
     pub include_archived: bool,
     pub offset: i64,
     pub limit: i64,
 }
 
-fn patient_from_row(row: &Row) -> Patient {
+pub(super) fn patient_from_row(row: &Row) -> Patient {
     Patient {
         id: row.get("id"),
         data: PatientData {
@@ -66,7 +69,7 @@ fn data_params(data: &PatientData) -> [Box<dyn ToSql + Sync + Send>; 7] {
 impl PgStore {
     /// Returns the patient with `id`, archived or not.
     pub async fn load_patient(&self, id: Uuid) -> StoreResult<Option<Patient>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/patient_select.sql"))
             .await?;
@@ -83,7 +86,13 @@ impl PgStore {
         };
         self.query_page(
             listing,
-            &[&prefix, &filter.birth_date, &filter.include_archived],
+            &[
+                &prefix,
+                &filter.birth_date,
+                &filter.include_archived,
+                &filter.born_from,
+                &filter.born_to,
+            ],
             filter.offset,
             filter.limit,
             |row| Ok(patient_from_row(row)),
@@ -98,7 +107,7 @@ impl PgStore {
         data: &PatientData,
         ctx: &RequestContext,
     ) -> StoreResult<Patient> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/patient_insert.sql"))
@@ -127,7 +136,7 @@ impl PgStore {
         let event = PatientEvent::Updated {
             updated_fields: next.changed_fields(&current.data),
         };
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/patient_update.sql"))
@@ -155,7 +164,7 @@ impl PgStore {
         current: &Patient,
         ctx: &RequestContext,
     ) -> StoreResult<Patient> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx
             .prepare_cached(include_str!("sql/patient_archive.sql"))

@@ -1,0 +1,592 @@
+//! Queries: objects by id, filtered lists as Relay connections (forward pagination with
+//! `first`/`after`), the nested fields of each type, and `patientCard`.
+
+use async_graphql::connection::{Connection, Edge, query};
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use chrono::{DateTime, NaiveDate, Utc};
+use medflow_actors::Error;
+use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
+use medflow_actors::store::{AppointmentFilter, DoctorFilter, DocumentFilter, PatientFilter};
+use uuid::Uuid;
+
+use super::loaders::{
+    AppointmentsOfPatient, DoctorId, DocumentsOfAppointment, DocumentsOfPatient, PatientId,
+    StoreLoader,
+};
+use super::{OrGql, page_size, request};
+use crate::access;
+use crate::appointments::AppointmentView;
+use crate::doctors::DoctorView;
+use crate::documents::{DocumentSummaryView, DocumentView, readable_document};
+use crate::patients::PatientView;
+use crate::policy::{Action, Target};
+use crate::problem::Problem;
+
+const DEFAULT_PAGE: i64 = 20;
+
+/// The total of a connection, over all pages.
+#[derive(SimpleObject)]
+pub struct Total {
+    pub total_count: i64,
+}
+
+type Page<T> = Connection<usize, T, Total>;
+
+/// Runs a forward-paginated list: `load(offset, limit)` returns the items and the total.
+async fn connection<T, F, Fut>(
+    ctx: &Context<'_>,
+    after: Option<String>,
+    first: Option<i32>,
+    load: F,
+) -> async_graphql::Result<Page<T>>
+where
+    T: async_graphql::OutputType,
+    F: FnOnce(i64, i64) -> Fut,
+    Fut: std::future::Future<Output = async_graphql::Result<(Vec<T>, i64)>>,
+{
+    let limit = page_size(ctx, first, DEFAULT_PAGE)?;
+    query(
+        after,
+        None,
+        first,
+        None,
+        |after: Option<usize>, _before: Option<usize>, _first, _last| async move {
+            let offset = after.map_or(0, |cursor| cursor + 1);
+            let (items, total) = load(offset as i64, limit).await?;
+            let has_next = (offset as i64 + items.len() as i64) < total;
+            let mut page = Connection::with_additional_fields(
+                offset > 0,
+                has_next,
+                Total { total_count: total },
+            );
+            page.edges.extend(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, item)| Edge::new(offset + n, item)),
+            );
+            Ok::<_, async_graphql::Error>(page)
+        },
+    )
+    .await
+}
+
+fn loader<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a DataLoader<StoreLoader>> {
+    ctx.data::<DataLoader<StoreLoader>>()
+}
+
+fn store_error(
+    kind: &'static str,
+) -> impl Fn(medflow_actors::store::StoreError) -> async_graphql::Error {
+    move |error| super::gql_error(Problem::from(Error::from_store(kind, error)))
+}
+
+fn invalid(field: &str, message: &str) -> async_graphql::Error {
+    super::gql_error(Problem::invalid_field(field, message))
+}
+
+/// `None` for a missing object, an error otherwise.
+fn found<T>(result: medflow_actors::Result<T>) -> async_graphql::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error).gql(),
+    }
+}
+
+#[derive(InputObject, Default)]
+pub struct PatientFilterInput {
+    /// Case-insensitive prefix of the last name.
+    pub last_name_prefix: Option<String>,
+    /// Born on or after.
+    pub born_from: Option<NaiveDate>,
+    /// Born on or before.
+    pub born_to: Option<NaiveDate>,
+    #[graphql(default = false)]
+    pub include_archived: bool,
+}
+
+#[derive(InputObject, Default)]
+pub struct DoctorFilterInput {
+    pub last_name_prefix: Option<String>,
+    pub specialty: Option<String>,
+}
+
+#[derive(InputObject, Default)]
+pub struct AppointmentFilterInput {
+    pub patient_id: Option<Uuid>,
+    pub doctor_id: Option<Uuid>,
+    /// `scheduled`, `in_progress`, `completed` or `cancelled`.
+    pub status: Option<String>,
+    /// Starting at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Starting before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+#[derive(InputObject, Default)]
+pub struct DocumentFilterInput {
+    pub patient_id: Option<Uuid>,
+    pub author_id: Option<Uuid>,
+    #[graphql(name = "type")]
+    pub doc_type: Option<String>,
+    pub status: Option<String>,
+    /// Created at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// What a doctor's screen shows of one patient.
+#[derive(SimpleObject)]
+pub struct PatientCard {
+    pub patient: PatientView,
+    /// Appointments from now on, soonest first.
+    pub upcoming_appointments: Vec<AppointmentView>,
+    /// The latest documents, newest first.
+    pub recent_documents: Vec<DocumentSummaryView>,
+    pub appointment_count: i64,
+    pub document_count: i64,
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// A patient by id (archived ones too); null when there is none.
+    async fn patient(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<PatientView>> {
+        let (state, caller) = request(ctx)?;
+        caller
+            .authorize(Action::PatientRead, Target::Patient(id))
+            .gql()?;
+        let Some(patient) = found(state.patients.get(id).await)? else {
+            return Ok(None);
+        };
+        access::audit_read(state, caller, "patient.read", "patient", [id])
+            .await
+            .gql()?;
+        Ok(Some(PatientView::from(patient.as_ref())))
+    }
+
+    /// Patients ordered by last name, first name.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn patients(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<PatientFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<PatientView>> {
+        let (state, caller) = request(ctx)?;
+        caller.authorize(Action::PatientList, Target::Any).gql()?;
+        let filter = filter.unwrap_or_default();
+        if let Some(prefix) = &filter.last_name_prefix
+            && (prefix.trim().is_empty() || prefix.chars().count() > 100)
+        {
+            return Err(invalid("filter.lastNamePrefix", "must be 1–100 characters"));
+        }
+        connection(ctx, after, first, |offset, limit| async move {
+            let page = state
+                .store
+                .list_patients(&PatientFilter {
+                    last_name_prefix: filter.last_name_prefix.map(|p| p.trim().to_owned()),
+                    birth_date: None,
+                    born_from: filter.born_from,
+                    born_to: filter.born_to,
+                    include_archived: filter.include_archived,
+                    offset,
+                    limit,
+                })
+                .await
+                .map_err(store_error("patient"))?;
+            access::audit_read(
+                state,
+                caller,
+                "patient.list",
+                "patient",
+                page.items.iter().map(|p| p.id),
+            )
+            .await
+            .gql()?;
+            Ok((
+                page.items.iter().map(PatientView::from).collect(),
+                page.total,
+            ))
+        })
+        .await
+    }
+
+    async fn doctor(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<DoctorView>> {
+        let (_, caller) = request(ctx)?;
+        caller.authorize(Action::DoctorRead, Target::Any).gql()?;
+        loader(ctx)?.load_one(DoctorId(id)).await.gql()
+    }
+
+    /// Doctors ordered by last name, first name.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn doctors(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DoctorFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<DoctorView>> {
+        let (state, caller) = request(ctx)?;
+        caller.authorize(Action::DoctorList, Target::Any).gql()?;
+        let filter = filter.unwrap_or_default();
+        connection(ctx, after, first, |offset, limit| async move {
+            let page = state
+                .store
+                .list_doctors(&DoctorFilter {
+                    last_name_prefix: filter.last_name_prefix,
+                    specialty: filter.specialty,
+                    offset,
+                    limit,
+                })
+                .await
+                .map_err(store_error("doctor"))?;
+            Ok((
+                page.items.iter().map(DoctorView::from).collect(),
+                page.total,
+            ))
+        })
+        .await
+    }
+
+    async fn appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<AppointmentView>> {
+        let (state, caller) = request(ctx)?;
+        caller.authorize_some(Action::AppointmentRead).gql()?;
+        let Some(appointment) = found(state.appointments.get(id).await)? else {
+            return Ok(None);
+        };
+        caller
+            .authorize(
+                Action::AppointmentRead,
+                Target::Patient(appointment.patient_id),
+            )
+            .gql()?;
+        access::audit_read(state, caller, "appointment.read", "appointment", [id])
+            .await
+            .gql()?;
+        Ok(Some(AppointmentView::from(appointment.as_ref())))
+    }
+
+    /// Appointments ordered by start time. A `patient` token must filter by its own id.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn appointments(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AppointmentFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<AppointmentView>> {
+        let (state, caller) = request(ctx)?;
+        let filter = filter.unwrap_or_default();
+        caller
+            .authorize(
+                Action::AppointmentList,
+                filter.patient_id.map_or(Target::Any, Target::Patient),
+            )
+            .gql()?;
+        let status = match filter.status.as_deref() {
+            None => None,
+            Some(raw) => Some(AppointmentStatus::parse(raw).ok_or_else(|| {
+                invalid(
+                    "filter.status",
+                    "must be scheduled, in_progress, completed or cancelled",
+                )
+            })?),
+        };
+        connection(ctx, after, first, |offset, limit| async move {
+            let page = state
+                .store
+                .list_appointments(&AppointmentFilter {
+                    patient_id: filter.patient_id,
+                    doctor_id: filter.doctor_id,
+                    status,
+                    from: filter.from,
+                    to: filter.to,
+                    offset,
+                    limit,
+                })
+                .await
+                .map_err(store_error("appointment"))?;
+            access::audit_read(
+                state,
+                caller,
+                "appointment.list",
+                "appointment",
+                page.items.iter().map(|a| a.id),
+            )
+            .await
+            .gql()?;
+            Ok((
+                page.items.iter().map(AppointmentView::from).collect(),
+                page.total,
+            ))
+        })
+        .await
+    }
+
+    /// A document with its current content.
+    async fn document(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<DocumentView>> {
+        let (state, caller) = request(ctx)?;
+        let document = match readable_document(state, caller, id).await {
+            Ok(document) => document,
+            Err(problem) if problem.status == 404 => return Ok(None),
+            Err(problem) => return Err(super::gql_error(problem)),
+        };
+        access::audit_read(state, caller, "document.read", "document", [id])
+            .await
+            .gql()?;
+        Ok(Some(DocumentView::from(document.as_ref())))
+    }
+
+    /// Documents (without bodies), newest first. A `patient` token must filter by its own id.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn documents(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DocumentFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<DocumentSummaryView>> {
+        let (state, caller) = request(ctx)?;
+        let filter = filter.unwrap_or_default();
+        caller
+            .authorize(
+                Action::DocumentList,
+                filter.patient_id.map_or(Target::Any, Target::Patient),
+            )
+            .gql()?;
+        let doc_type = match filter.doc_type.as_deref() {
+            None => None,
+            Some(raw) => Some(DocumentType::parse(raw).ok_or_else(|| {
+                invalid(
+                    "filter.type",
+                    &format!("must be one of {}", DocumentType::names().join(", ")),
+                )
+            })?),
+        };
+        let status = match filter.status.as_deref() {
+            None => None,
+            Some(raw) => Some(DocumentStatus::parse(raw).ok_or_else(|| {
+                invalid(
+                    "filter.status",
+                    "must be draft, signed, sent, accepted or rejected",
+                )
+            })?),
+        };
+        connection(ctx, after, first, |offset, limit| async move {
+            let page = state
+                .store
+                .list_documents(&DocumentFilter {
+                    patient_id: filter.patient_id,
+                    author_id: filter.author_id,
+                    doc_type,
+                    status,
+                    from: filter.from,
+                    to: filter.to,
+                    offset,
+                    limit,
+                })
+                .await
+                .map_err(store_error("document"))?;
+            access::audit_read(
+                state,
+                caller,
+                "document.list",
+                "document",
+                page.items.iter().map(|d| d.id),
+            )
+            .await
+            .gql()?;
+            Ok((
+                page.items.iter().map(DocumentSummaryView::from).collect(),
+                page.total,
+            ))
+        })
+        .await
+    }
+
+    /// One patient as a doctor's screen shows them: the record, upcoming appointments and
+    /// the latest documents, with counts.
+    async fn patient_card(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<PatientCard>> {
+        let (_, caller) = request(ctx)?;
+        caller
+            .authorize(Action::PatientRead, Target::Patient(id))
+            .gql()?;
+        caller
+            .authorize(Action::AppointmentList, Target::Patient(id))
+            .gql()?;
+        caller
+            .authorize(Action::DocumentList, Target::Patient(id))
+            .gql()?;
+        let loader = loader(ctx)?;
+        let Some(patient) = loader.load_one(PatientId(id)).await.gql()? else {
+            return Ok(None);
+        };
+        let appointments = loader
+            .load_one(AppointmentsOfPatient(id))
+            .await
+            .gql()?
+            .unwrap_or_default();
+        let documents = loader
+            .load_one(DocumentsOfPatient(id))
+            .await
+            .gql()?
+            .unwrap_or_default();
+        let now = Utc::now();
+        let mut upcoming: Vec<AppointmentView> = appointments
+            .iter()
+            .filter(|a| a.starts_at >= now && a.status == AppointmentStatus::Scheduled.as_str())
+            .cloned()
+            .collect();
+        upcoming.sort_by_key(|a| a.starts_at);
+        Ok(Some(PatientCard {
+            patient,
+            upcoming_appointments: upcoming,
+            appointment_count: appointments.len() as i64,
+            document_count: documents.len() as i64,
+            recent_documents: documents.into_iter().take(10).collect(),
+        }))
+    }
+}
+
+#[ComplexObject]
+impl PatientView {
+    /// The patient's appointments, newest first (at most 100).
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn appointments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<AppointmentView>> {
+        let (_, caller) = request(ctx)?;
+        caller
+            .authorize(Action::AppointmentList, Target::Patient(self.id))
+            .gql()?;
+        let first = page_size(ctx, first, DEFAULT_PAGE)? as usize;
+        let mut list = loader(ctx)?
+            .load_one(AppointmentsOfPatient(self.id))
+            .await
+            .gql()?
+            .unwrap_or_default();
+        list.truncate(first);
+        Ok(list)
+    }
+
+    /// The patient's documents (without bodies), newest first (at most 100).
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn documents(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<DocumentSummaryView>> {
+        let (_, caller) = request(ctx)?;
+        caller
+            .authorize(Action::DocumentList, Target::Patient(self.id))
+            .gql()?;
+        let first = page_size(ctx, first, DEFAULT_PAGE)? as usize;
+        let mut list = loader(ctx)?
+            .load_one(DocumentsOfPatient(self.id))
+            .await
+            .gql()?
+            .unwrap_or_default();
+        list.truncate(first);
+        Ok(list)
+    }
+}
+
+#[ComplexObject]
+impl AppointmentView {
+    async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
+        let (_, caller) = request(ctx)?;
+        caller
+            .authorize(Action::PatientRead, Target::Patient(self.patient_id))
+            .gql()?;
+        loader(ctx)?
+            .load_one(PatientId(self.patient_id))
+            .await
+            .gql()
+    }
+
+    async fn doctor(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DoctorView>> {
+        let (_, caller) = request(ctx)?;
+        caller.authorize(Action::DoctorRead, Target::Any).gql()?;
+        loader(ctx)?.load_one(DoctorId(self.doctor_id)).await.gql()
+    }
+
+    /// Documents written for this appointment, newest first.
+    async fn documents(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<DocumentSummaryView>> {
+        let (_, caller) = request(ctx)?;
+        caller
+            .authorize(Action::DocumentList, Target::Patient(self.patient_id))
+            .gql()?;
+        Ok(loader(ctx)?
+            .load_one(DocumentsOfAppointment(self.id))
+            .await
+            .gql()?
+            .unwrap_or_default())
+    }
+}
+
+async fn author(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<DoctorView>> {
+    let (_, caller) = request(ctx)?;
+    caller.authorize(Action::DoctorRead, Target::Any).gql()?;
+    loader(ctx)?.load_one(DoctorId(id)).await.gql()
+}
+
+async fn owner(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<PatientView>> {
+    let (_, caller) = request(ctx)?;
+    caller
+        .authorize(Action::PatientRead, Target::Patient(id))
+        .gql()?;
+    loader(ctx)?.load_one(PatientId(id)).await.gql()
+}
+
+#[ComplexObject]
+impl DocumentView {
+    async fn author(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DoctorView>> {
+        author(ctx, self.author_id).await
+    }
+
+    async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
+        owner(ctx, self.patient_id).await
+    }
+}
+
+#[ComplexObject]
+impl DocumentSummaryView {
+    async fn author(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DoctorView>> {
+        author(ctx, self.author_id).await
+    }
+
+    async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
+        owner(ctx, self.patient_id).await
+    }
+}
