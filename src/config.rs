@@ -44,6 +44,10 @@ pub struct GraphqlConfig {
     pub max_complexity: usize,
     pub max_page_size: i64,
     pub timeout_ms: u64,
+    pub subscriptions: bool,
+    pub max_subscriptions_per_connection: usize,
+    pub subscriber_buffer: usize,
+    pub keepalive_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,8 +344,20 @@ impl Settings {
         if !(1..=1_000).contains(&self.graphql.max_page_size) {
             return invalid("graphql.max_page_size", "must be from 1 to 1000");
         }
-        if self.graphql.timeout_ms == 0 {
-            return invalid("graphql.timeout_ms", "must be greater than 0");
+        if self.graphql.timeout_ms == 0 || self.graphql.keepalive_ms == 0 {
+            return invalid(
+                "graphql.timeout_ms",
+                "graphql.timeout_ms and graphql.keepalive_ms must be greater than 0",
+            );
+        }
+        if !(1..=10_000).contains(&self.graphql.max_subscriptions_per_connection) {
+            return invalid(
+                "graphql.max_subscriptions_per_connection",
+                "must be from 1 to 10000",
+            );
+        }
+        if !(1..=100_000).contains(&self.graphql.subscriber_buffer) {
+            return invalid("graphql.subscriber_buffer", "must be from 1 to 100000");
         }
         let positive: [(&'static str, u64); 12] = [
             ("http.body_limit_bytes", self.http.body_limit_bytes),
@@ -501,6 +517,8 @@ impl Settings {
             max_complexity: self.graphql.max_complexity,
             max_page_size: self.graphql.max_page_size,
             timeout: ms(self.graphql.timeout_ms),
+            max_subscriptions_per_connection: self.graphql.max_subscriptions_per_connection,
+            keepalive: ms(self.graphql.keepalive_ms),
         }
     }
 

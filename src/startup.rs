@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use medflow_actors::bus::hub::{HubMessage, SubscriptionHub};
+use medflow_actors::cdc::reader::EVENT_TYPES;
 use medflow_actors::domain::WellFormedSignature;
 use medflow_actors::{Patients, PgStore};
 use medflow_http::access::{RateLimitSettings, RateLimits};
@@ -19,6 +21,7 @@ use medflow_http::health::DatabaseCheck;
 use medflow_http::policy::Policy;
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
 use medflow_supervisors::Supervision;
+use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -35,6 +38,8 @@ pub struct Application {
     server: JoinHandle<anyhow::Result<()>>,
     /// Housekeeping tasks (key-set refresh, rate-limit memory), aborted on shutdown.
     background: Vec<JoinHandle<()>>,
+    /// Feeds GraphQL subscriptions; stopped after the server.
+    hub: Option<ActorRef<HubMessage>>,
 }
 
 /// Why the application stopped.
@@ -74,6 +79,25 @@ impl Application {
         )
         .await?;
 
+        let hub = if settings.graphql.enabled && settings.graphql.subscriptions {
+            let kafka = settings.kafka();
+            let topics = EVENT_TYPES.iter().map(|name| kafka.topic(name)).collect();
+            let (hub, _) = Actor::spawn(
+                None,
+                SubscriptionHub {
+                    kafka,
+                    topics,
+                    buffer: settings.graphql.subscriber_buffer,
+                },
+                (),
+            )
+            .await
+            .context("cannot start the subscription hub")?;
+            Some(hub)
+        } else {
+            None
+        };
+
         let listener = std::net::TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
         let address = listener.local_addr()?;
@@ -103,6 +127,7 @@ impl Application {
             rate_limits: rate_limits.clone(),
             cors_allowed_origins: Arc::new(settings.http.cors_allowed_origins.clone()),
             graphql: settings.graphql(),
+            hub: hub.clone(),
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -136,6 +161,7 @@ impl Application {
             stop_server,
             server,
             background,
+            hub,
         })
     }
 
@@ -149,6 +175,11 @@ impl Application {
 
     pub fn patients(&self) -> &Patients {
         &self.supervision.patients
+    }
+
+    /// The subscription hub, when subscriptions are enabled.
+    pub fn hub(&self) -> Option<&ActorRef<HubMessage>> {
+        self.hub.as_ref()
     }
 
     /// The settings the application runs with.
@@ -206,6 +237,11 @@ impl Application {
         }
         for task in &self.background {
             task.abort();
+        }
+        if let Some(hub) = &self.hub {
+            let _ = hub
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+                .await;
         }
         self.supervision.stop(grace).await;
         self.store.pool().close();

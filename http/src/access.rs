@@ -177,7 +177,7 @@ pub fn caller(
         })
 }
 
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     meta: Option<RequestMeta>,
     headers: &HeaderMap,

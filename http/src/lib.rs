@@ -70,6 +70,8 @@ pub struct AppState {
     /// Origins allowed to call the API from a browser; empty: no CORS headers at all.
     pub cors_allowed_origins: Arc<Vec<String>>,
     pub graphql: graphql::GraphqlSettings,
+    /// Feeds GraphQL subscriptions from the business topics.
+    pub hub: Option<ractor::ActorRef<medflow_actors::bus::hub::HubMessage>>,
 }
 
 /// One page of a list.

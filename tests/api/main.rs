@@ -14,4 +14,5 @@ mod openapi;
 mod operations;
 mod patients;
 mod resilience;
+mod subscriptions;
 mod validation;

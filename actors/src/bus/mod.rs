@@ -4,6 +4,7 @@
 //! administration and an idempotent, ordered, acknowledged producer. The WAL reader that
 //! feeds it is the next step of that issue.
 
+pub mod hub;
 pub mod producer;
 pub mod topics;
 

@@ -10,11 +10,12 @@
 pub mod loaders;
 mod mutation;
 mod query;
+pub mod subscription;
 
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptySubscription, ErrorExtensions, Schema};
+use async_graphql::{ErrorExtensions, Schema};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -26,6 +27,7 @@ use crate::{AppState, outcome};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::SubscriptionRoot;
 
 /// The limits and switches of the GraphQL endpoint.
 #[derive(Debug, Clone)]
@@ -43,13 +45,17 @@ pub struct GraphqlSettings {
     pub max_page_size: i64,
     /// An operation running longer answers with a `timeout` error.
     pub timeout: Duration,
+    /// Subscriptions one WebSocket connection may hold at once.
+    pub max_subscriptions_per_connection: usize,
+    /// How often an idle WebSocket gets a keep-alive (a ping, or `ka` on `graphql-ws`).
+    pub keepalive: Duration,
 }
 
-pub type MedflowSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type MedflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema with its limits.
 pub fn schema(state: &AppState, settings: &GraphqlSettings) -> MedflowSchema {
-    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state.clone())
         .data(settings.clone())
         .limit_depth(settings.max_depth)
@@ -128,9 +134,11 @@ pub(crate) fn page_size(
     Ok(first)
 }
 
-/// `POST /graphql` and, when enabled, GraphiQL on `GET /graphql`.
+/// `POST /graphql`, the WebSocket at `/graphql/ws` and, when enabled, GraphiQL on
+/// `GET /graphql`.
 pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Response,)> {
     let schema = schema(&state, &settings);
+    let websocket = subscription::routes(state.clone(), schema.clone());
     let timeout = settings.timeout;
     let execute = warp::path!("graphql")
         .and(warp::post())
@@ -179,6 +187,7 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
             }
             let html = async_graphql::http::GraphiQLSource::build()
                 .endpoint("/graphql")
+                .subscription_endpoint("/graphql/ws")
                 .finish();
             let mut response = Response::new(html.into());
             response.headers_mut().insert(
@@ -187,7 +196,7 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
             );
             Ok::<_, warp::Rejection>(response)
         });
-    execute.or(graphiql).unify().boxed()
+    websocket.or(execute).unify().or(graphiql).unify().boxed()
 }
 
 fn json_response(response: &async_graphql::Response) -> Response {
