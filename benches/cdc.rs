@@ -5,7 +5,9 @@
 //!     path, fed with bulk SQL so REST costs do not count (target ≥ 10 000/s);
 //! (b) commit-to-delivery latency p50/p99 at a steady 1 000 changes/s (target p99 < 100 ms).
 //!     It is measured at a consumer (commit time from the envelope's `source.ts_ms` to the
-//!     moment the record is consumed), an upper bound of commit-to-acknowledgement.
+//!     moment the record is consumed), an upper bound of commit-to-acknowledgement;
+//! (c) the floor under (b): the broker alone, 1 000 records/s produced straight to it with the
+//!     pipeline's producer settings (idempotent, `acks=all`, same linger), send → ack.
 
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
@@ -215,6 +217,58 @@ async fn run() {
         "    reader commit → Kafka ack (last transaction of each batch): p50 {} ms, p99 {} ms",
         acked.value_at_quantile(0.5),
         acked.value_at_quantile(0.99)
+    );
+
+    // (c) The broker alone at the same rate and producer settings.
+    let direct: rdkafka::producer::FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "max.in.flight.requests.per.connection",
+            kafka.max_in_flight.to_string(),
+        )
+        .set("linger.ms", kafka.linger.as_millis().to_string())
+        .create()
+        .unwrap();
+    let floor_topic = kafka.topic("bench.floor");
+    medflow_actors::bus::topics::ensure_topics(&kafka, std::slice::from_ref(&floor_topic))
+        .await
+        .unwrap();
+    let floor = std::sync::Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / STEADY_RATE));
+    let mut pending = Vec::new();
+    for n in 0..total {
+        ticker.tick().await;
+        let key = (n % 64).to_string();
+        let sent = Instant::now();
+        let delivery = direct
+            .send_result(
+                rdkafka::producer::FutureRecord::to(&floor_topic)
+                    .key(&key)
+                    .payload("{\"bench\":true}"),
+            )
+            .unwrap();
+        let floor = floor.clone();
+        pending.push(tokio::spawn(async move {
+            if let Ok(Ok(_)) = delivery.await {
+                floor
+                    .lock()
+                    .unwrap()
+                    .record(sent.elapsed().as_millis() as u64)
+                    .unwrap();
+            }
+        }));
+    }
+    for task in pending {
+        task.await.unwrap();
+    }
+    let floor = floor.lock().unwrap();
+    println!(
+        "(c) the broker alone, {} records at {STEADY_RATE}/s: send → ack p50 {} ms, p99 {} ms",
+        floor.len(),
+        floor.value_at_quantile(0.5),
+        floor.value_at_quantile(0.99)
     );
     reader.stop(None);
     producer.stop(None);
