@@ -263,13 +263,15 @@ async fn run() {
     for task in pending {
         task.await.unwrap();
     }
-    let floor = floor.lock().unwrap();
-    println!(
-        "(c) the broker alone, {} records at {STEADY_RATE}/s: send → ack p50 {} ms, p99 {} ms",
-        floor.len(),
-        floor.value_at_quantile(0.5),
-        floor.value_at_quantile(0.99)
-    );
+    {
+        let floor = floor.lock().unwrap();
+        println!(
+            "(c) the broker alone, {} records at {STEADY_RATE}/s: send → ack p50 {} ms, p99 {} ms",
+            floor.len(),
+            floor.value_at_quantile(0.5),
+            floor.value_at_quantile(0.99)
+        );
+    }
     reader.stop(None);
     producer.stop(None);
     drop(status);
