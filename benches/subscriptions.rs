@@ -125,7 +125,7 @@ async fn run() {
         let _ack = socket.next().await;
         for (n, patient) in patients.iter().enumerate() {
             let query = format!(
-                r#"subscription {{ patientChanged(id: "{patient}") {{ eventId eventTimestamp }} }}"#
+                r#"subscription {{ patientChanged(id: "{patient}") {{ eventId eventType eventTimestamp }} }}"#
             );
             socket
                 .send(Message::Text(
@@ -146,6 +146,10 @@ async fn run() {
                     continue;
                 };
                 let event = &value["payload"]["data"]["patientChanged"];
+                // Only the measured writes: a creation's event may still arrive late.
+                if event["eventType"] != "PatientUpdated" {
+                    continue;
+                }
                 let (Some(id), Some(at)) =
                     (event["eventId"].as_str(), event["eventTimestamp"].as_str())
                 else {
