@@ -221,6 +221,7 @@ pub async fn list_appointments(
     let target = patient_id.map_or(Target::Any, Target::Patient);
     caller.authorize(Action::AppointmentList, target)?;
     let filter = AppointmentFilter {
+        direction: Default::default(),
         patient_id,
         doctor_id,
         status,

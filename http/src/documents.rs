@@ -394,6 +394,7 @@ pub async fn list_documents(
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let types = DocumentType::names().join(", ");
     let filter = DocumentFilter {
+        oldest_first: false,
         patient_id: query.uuid("patientId")?,
         author_id: query.uuid("authorId")?,
         doc_type: query.parsed(

@@ -310,6 +310,8 @@ pub async fn list_patients(
         born_from: None,
         born_to: None,
         include_archived,
+        order: Default::default(),
+        direction: Default::default(),
         offset,
         limit,
     };

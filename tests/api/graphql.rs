@@ -90,6 +90,68 @@ async fn lists_filter_and_page_with_cursors_at_the_boundaries() {
         .collect();
     assert_eq!(found, ["Граф1", "Граф2", "Граф3"]);
 
+    // Orders, paged across a boundary: birth date descending, two per page.
+    let ordered = r#"query($after: String) {
+        patients(filter: {lastNamePrefix: "граф"}, orderBy: BIRTH_DATE_DESC, first: 2, after: $after) {
+            pageInfo { hasNextPage endCursor } edges { node { lastName } } } }"#;
+    let first_page = gql(&app, None, ordered, json!({"after": null})).await;
+    let cursor = first_page["data"]["patients"]["pageInfo"]["endCursor"].clone();
+    let second_page = gql(&app, None, ordered, json!({"after": cursor})).await;
+    let names = |page: &Value| -> Vec<String> {
+        page["data"]["patients"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["lastName"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first_page), ["Граф4", "Граф3"], "{first_page}");
+    assert_eq!(names(&second_page), ["Граф2", "Граф1"], "{second_page}");
+    let by_name = gql(
+        &app,
+        None,
+        r#"{ patients(filter: {lastNamePrefix: "граф"}, orderBy: NAME_DESC, first: 1) {
+                edges { node { lastName } } } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(names(&by_name), ["Граф4"]);
+
+    // Appointments by start time, either way.
+    let doctor = app.create_doctor().await;
+    let patient = app.create_patient(&patient_body(50_200)).await;
+    let patient = patient["id"].as_str().unwrap();
+    for hours in [50, 26] {
+        assert_eq!(
+            app.book(patient, &doctor, &hours_ahead(hours), 30)
+                .await
+                .status(),
+            201
+        );
+    }
+    let starts = |order: &str| {
+        let query = format!(
+            r#"{{ appointments(orderBy: {order}, filter: {{doctorId: "{doctor}"}}) {{
+                    edges {{ node {{ startsAt }} }} }} }}"#
+        );
+        let app = &app;
+        async move {
+            let body = gql(app, None, &query, json!({})).await;
+            body["data"]["appointments"]["edges"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"))
+                .iter()
+                .map(|e| e["node"]["startsAt"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let ascending = starts("ASC").await;
+    assert_eq!(ascending.len(), 2);
+    assert!(ascending[0] < ascending[1], "{ascending:?}");
+    let mut descending = starts("DESC").await;
+    descending.reverse();
+    assert_eq!(descending, ascending);
+
     let body = gql(
         &app,
         None,

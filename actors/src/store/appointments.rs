@@ -5,8 +5,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
-    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, ensure_active_patient,
-    record_change,
+    ChangeRecord, Direction, Listing, Page, PgStore, StoreError, StoreResult,
+    ensure_active_patient, record_change, reordered,
 };
 use crate::context::RequestContext;
 use crate::domain::{
@@ -23,6 +23,8 @@ pub struct AppointmentFilter {
     pub status: Option<AppointmentStatus>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+    /// By start time.
+    pub direction: Direction,
     pub offset: i64,
     pub limit: i64,
 }
@@ -182,7 +184,12 @@ impl PgStore {
     ) -> StoreResult<Page<Appointment>> {
         let status = filter.status.map(AppointmentStatus::as_str);
         let listing = Listing {
-            page_sql: include_str!("sql/appointment_list.sql"),
+            page_sql: reordered(
+                include_str!("sql/appointment_list.sql"),
+                "starts_at, id",
+                &["starts_at", "id"],
+                filter.direction,
+            ),
             count_sql: include_str!("sql/appointment_count.sql"),
         };
         self.query_page(

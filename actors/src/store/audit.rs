@@ -261,7 +261,7 @@ impl PgStore {
     /// Returns one page of audit rows matching `filter`, newest first.
     pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Page<AuditRecord>> {
         let listing = Listing {
-            page_sql: include_str!("sql/audit_list.sql"),
+            page_sql: include_str!("sql/audit_list.sql").into(),
             count_sql: include_str!("sql/audit_count.sql"),
         };
         self.query_page(

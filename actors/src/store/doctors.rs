@@ -53,7 +53,7 @@ impl PgStore {
     pub async fn list_doctors(&self, filter: &DoctorFilter) -> StoreResult<Page<Doctor>> {
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
         let listing = Listing {
-            page_sql: include_str!("sql/doctor_list.sql"),
+            page_sql: include_str!("sql/doctor_list.sql").into(),
             count_sql: include_str!("sql/doctor_count.sql"),
         };
         self.query_page(

@@ -7,8 +7,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
-    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, ensure_active_patient,
-    record_change,
+    ChangeRecord, Direction, Listing, Page, PgStore, StoreError, StoreResult,
+    ensure_active_patient, record_change, reordered,
 };
 use crate::context::RequestContext;
 use crate::domain::{
@@ -27,6 +27,8 @@ pub struct DocumentFilter {
     pub status: Option<DocumentStatus>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+    /// By creation time; the default lists the newest first.
+    pub oldest_first: bool,
     pub offset: i64,
     pub limit: i64,
 }
@@ -367,7 +369,16 @@ impl PgStore {
         let doc_type = filter.doc_type.map(DocumentType::as_str);
         let status = filter.status.map(DocumentStatus::as_str);
         let listing = Listing {
-            page_sql: include_str!("sql/document_list.sql"),
+            page_sql: if filter.oldest_first {
+                reordered(
+                    include_str!("sql/document_list.sql"),
+                    "created_at DESC, id",
+                    &["created_at", "id"],
+                    Direction::Ascending,
+                )
+            } else {
+                include_str!("sql/document_list.sql").into()
+            },
             count_sql: include_str!("sql/document_count.sql"),
         };
         self.query_page(

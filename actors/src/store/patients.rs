@@ -7,12 +7,23 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    ChangeRecord, Listing, Page, PgStore, StoreError, StoreResult, like_prefix, record_change,
+    ChangeRecord, Direction, Listing, Page, PgStore, StoreError, StoreResult, like_prefix,
+    record_change, reordered,
 };
 use crate::context::RequestContext;
 use crate::domain::{
     BirthDate, Email, OmsPolicy, Patient, PatientData, PatientEvent, PersonName, Snils,
 };
+
+/// What a patient list is ordered by (ties broken by id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PatientOrder {
+    /// Last name, then first name, case-insensitively.
+    #[default]
+    Name,
+    BirthDate,
+    CreatedAt,
+}
 
 /// Which patients a list returns.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +34,8 @@ pub struct PatientFilter {
     pub born_from: Option<NaiveDate>,
     pub born_to: Option<NaiveDate>,
     pub include_archived: bool,
+    pub order: PatientOrder,
+    pub direction: Direction,
     pub offset: i64,
     pub limit: i64,
 }
@@ -81,7 +94,16 @@ impl PgStore {
     pub async fn list_patients(&self, filter: &PatientFilter) -> StoreResult<Page<Patient>> {
         let prefix = filter.last_name_prefix.as_deref().map(like_prefix);
         let listing = Listing {
-            page_sql: include_str!("sql/patient_list.sql"),
+            page_sql: reordered(
+                include_str!("sql/patient_list.sql"),
+                "lower(last_name), lower(first_name), id",
+                match filter.order {
+                    PatientOrder::Name => &["lower(last_name)", "lower(first_name)", "id"],
+                    PatientOrder::BirthDate => &["birth_date", "id"],
+                    PatientOrder::CreatedAt => &["created_at", "id"],
+                },
+                filter.direction,
+            ),
             count_sql: include_str!("sql/patient_count.sql"),
         };
         self.query_page(

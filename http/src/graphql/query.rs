@@ -7,7 +7,9 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
 use medflow_actors::Error;
 use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
-use medflow_actors::store::{AppointmentFilter, DoctorFilter, DocumentFilter, PatientFilter};
+use medflow_actors::store::{
+    AppointmentFilter, Direction, DoctorFilter, DocumentFilter, PatientFilter, PatientOrder,
+};
 use uuid::Uuid;
 
 use super::loaders::{
@@ -95,6 +97,39 @@ fn found<T>(result: medflow_actors::Result<T>) -> async_graphql::Result<Option<T
     }
 }
 
+/// The order of a patient list (ties broken by id).
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatientOrderBy {
+    /// Last name, then first name, case-insensitively.
+    #[default]
+    NameAsc,
+    NameDesc,
+    BirthDateAsc,
+    BirthDateDesc,
+    CreatedAtAsc,
+    CreatedAtDesc,
+}
+
+impl PatientOrderBy {
+    fn store(self) -> (PatientOrder, Direction) {
+        match self {
+            Self::NameAsc => (PatientOrder::Name, Direction::Ascending),
+            Self::NameDesc => (PatientOrder::Name, Direction::Descending),
+            Self::BirthDateAsc => (PatientOrder::BirthDate, Direction::Ascending),
+            Self::BirthDateDesc => (PatientOrder::BirthDate, Direction::Descending),
+            Self::CreatedAtAsc => (PatientOrder::CreatedAt, Direction::Ascending),
+            Self::CreatedAtDesc => (PatientOrder::CreatedAt, Direction::Descending),
+        }
+    }
+}
+
+/// The order of a list by time (an appointment's start, a document's creation).
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+pub enum TimeOrder {
+    Asc,
+    Desc,
+}
+
 #[derive(InputObject, Default)]
 pub struct PatientFilterInput {
     /// Case-insensitive prefix of the last name.
@@ -179,9 +214,11 @@ impl QueryRoot {
         &self,
         ctx: &Context<'_>,
         filter: Option<PatientFilterInput>,
+        #[graphql(default)] order_by: PatientOrderBy,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Page<PatientView>> {
+        let (order, direction) = order_by.store();
         let (state, caller) = request(ctx)?;
         caller.authorize(Action::PatientList, Target::Any).gql()?;
         let filter = filter.unwrap_or_default();
@@ -199,6 +236,8 @@ impl QueryRoot {
                     born_from: filter.born_from,
                     born_to: filter.born_to,
                     include_archived: filter.include_archived,
+                    order,
+                    direction,
                     offset,
                     limit,
                 })
@@ -284,12 +323,14 @@ impl QueryRoot {
         Ok(Some(AppointmentView::from(appointment.as_ref())))
     }
 
-    /// Appointments ordered by start time. A `patient` token must filter by its own id.
+    /// Appointments ordered by start time (earliest first unless `orderBy: DESC`). A
+    /// `patient` token must filter by its own id.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn appointments(
         &self,
         ctx: &Context<'_>,
         filter: Option<AppointmentFilterInput>,
+        #[graphql(default_with = "TimeOrder::Asc")] order_by: TimeOrder,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Page<AppointmentView>> {
@@ -319,6 +360,10 @@ impl QueryRoot {
                     status,
                     from: filter.from,
                     to: filter.to,
+                    direction: match order_by {
+                        TimeOrder::Asc => Direction::Ascending,
+                        TimeOrder::Desc => Direction::Descending,
+                    },
                     offset,
                     limit,
                 })
@@ -359,12 +404,14 @@ impl QueryRoot {
         Ok(Some(DocumentView::from(document.as_ref())))
     }
 
-    /// Documents (without bodies), newest first. A `patient` token must filter by its own id.
+    /// Documents (without bodies), newest first unless `orderBy: ASC`. A `patient` token
+    /// must filter by its own id.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn documents(
         &self,
         ctx: &Context<'_>,
         filter: Option<DocumentFilterInput>,
+        #[graphql(default_with = "TimeOrder::Desc")] order_by: TimeOrder,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Page<DocumentSummaryView>> {
@@ -404,6 +451,7 @@ impl QueryRoot {
                     status,
                     from: filter.from,
                     to: filter.to,
+                    oldest_first: order_by == TimeOrder::Asc,
                     offset,
                     limit,
                 })
