@@ -242,12 +242,16 @@ async fn abusive_queries_are_refused_by_depth_and_complexity_limits() {
     let body = gql(&app, None, deep, json!({})).await;
     assert!(body["data"].is_null(), "{body}");
     assert!(messages(&body).contains("nested too deep"), "{body}");
+    assert_eq!(error_codes(&body), ["query-too-deep"]);
 
     let costly = r#"{ patients(first: 100) { edges { node {
         appointments(first: 100) { documents { id title } } } } } }"#;
     let body = gql(&app, None, costly, json!({})).await;
     assert!(body["data"].is_null(), "{body}");
     assert!(messages(&body).contains("too complex"), "{body}");
+    assert_eq!(error_codes(&body), ["query-too-complex"]);
+    let body = gql(&app, None, "{ patients { nonsense } }", json!({})).await;
+    assert_eq!(error_codes(&body), ["invalid-query"], "{body}");
     app.shutdown().await;
 }
 

@@ -162,19 +162,23 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
                 )
                 .delay(loaders::BATCH_DELAY);
                 let request = request.data(caller).data(loader);
-                let response = match tokio::time::timeout(timeout, schema.execute(request)).await {
-                    Ok(response) => response,
-                    Err(_) => {
-                        let mut error = async_graphql::ServerError::new(
-                            format!("the operation ran longer than {} ms", timeout.as_millis()),
-                            None,
-                        );
-                        let mut extensions = async_graphql::ErrorExtensionValues::default();
-                        extensions.set("code", "timeout");
-                        error.extensions = Some(extensions);
-                        async_graphql::Response::from_errors(vec![error])
-                    }
-                };
+                let mut response =
+                    match tokio::time::timeout(timeout, schema.execute(request)).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            let mut error = async_graphql::ServerError::new(
+                                format!("the operation ran longer than {} ms", timeout.as_millis()),
+                                None,
+                            );
+                            let mut extensions = async_graphql::ErrorExtensionValues::default();
+                            extensions.set("code", "timeout");
+                            error.extensions = Some(extensions);
+                            async_graphql::Response::from_errors(vec![error])
+                        }
+                    };
+                for error in &mut response.errors {
+                    classify(error);
+                }
                 json_response(&response)
             },
         );
@@ -197,6 +201,31 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
             Ok::<_, warp::Rejection>(response)
         });
     websocket.or(execute).unify().or(graphiql).unify().boxed()
+}
+
+/// Gives the errors async-graphql raises itself (parsing, validation, limits) a code too.
+fn classify(error: &mut async_graphql::ServerError) {
+    let coded = error
+        .extensions
+        .as_ref()
+        .is_some_and(|extensions| extensions.get("code").is_some());
+    if coded {
+        return;
+    }
+    let code = if !error.path.is_empty() {
+        // Raised while resolving a field without a problem of ours behind it.
+        "internal-error"
+    } else if error.message.contains("nested too deep") {
+        "query-too-deep"
+    } else if error.message.contains("too complex") {
+        "query-too-complex"
+    } else {
+        "invalid-query"
+    };
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code);
 }
 
 fn json_response(response: &async_graphql::Response) -> Response {
