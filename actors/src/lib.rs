@@ -11,6 +11,7 @@ pub mod appointments;
 pub mod audit_writer;
 pub mod bus;
 pub mod cdc;
+pub mod consume;
 pub mod context;
 pub mod document_actor;
 pub mod documents;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod patient_actor;
 pub mod patients;
 pub mod registry;
+pub mod search;
 pub mod store;
 
 pub use appointments::Appointments;

@@ -13,8 +13,12 @@
 //! └─ IntegrationSupervisor                 restarts the CDC pipeline, never escalates
 //!    ├─ KafkaProducer
 //!    └─ CdcReader                          WAL → Kafka, confirms after acks
+//! └─ ConsumerSupervisor                    restarts each consumer group on its own
+//!    ├─ ConsumerActor(medflow.search-indexer)      medflow.public.* → search index
+//!    └─ ConsumerActor(medflow.registry-submitter)  DocumentSigned → federal registry
 //! ```
 
+pub mod consumers;
 pub mod domain;
 pub mod integration;
 pub mod policy;
@@ -33,6 +37,7 @@ use tokio::sync::watch;
 
 pub use policy::RestartPolicy;
 
+use crate::consumers::ConsumerSupervisor;
 use crate::domain::{DomainSlots, DomainSupervisor};
 use crate::integration::IntegrationSupervisor;
 use crate::root::{RootMessage, RootSupervisor};
@@ -68,6 +73,7 @@ pub struct Supervision {
     pub cdc: Option<CdcStatusCell>,
     /// Becomes `Some(reason)` when a child escalated past the root's tolerance.
     pub fatal: watch::Receiver<Option<String>>,
+    consumer_slot: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
 }
 
 impl Supervision {
@@ -93,6 +99,7 @@ impl Supervision {
                     backoff_max: settings.backoff_max,
                 });
         let (fatal_tx, fatal) = watch::channel(None);
+        let consumer_slot = Arc::new(std::sync::Mutex::new(None));
         let root = RootSupervisor {
             domain: DomainSupervisor {
                 store: store.clone(),
@@ -103,6 +110,7 @@ impl Supervision {
             },
             integration,
             fatal: fatal_tx,
+            consumers: consumer_slot.clone(),
         };
         let (root, root_task) = Actor::spawn(None, root, ())
             .await
@@ -120,7 +128,21 @@ impl Supervision {
             audit: AuditTrail::new(slots.audit, timeout),
             cdc,
             fatal,
+            consumer_slot,
         })
+    }
+
+    /// Starts the consumer groups under the root (after the domain, whose clients their
+    /// handlers use). At most once.
+    pub async fn start_consumers(&self, supervisor: ConsumerSupervisor) -> anyhow::Result<()> {
+        let (actor, _) = Actor::spawn_linked(None, supervisor, (), self.root.get_cell())
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot start the consumers: {error}"))?;
+        *self
+            .consumer_slot
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(actor.get_cell());
+        Ok(())
     }
 
     /// Stops every actor, children first, waiting at most `timeout`.

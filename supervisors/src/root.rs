@@ -5,8 +5,11 @@
 //! ```text
 //! RootSupervisor
 //! ├─ DomainSupervisor        registries of patients, appointments, documents; audit writer
-//! └─ IntegrationSupervisor   the CDC pipeline (when enabled)
+//! ├─ IntegrationSupervisor   the CDC pipeline (when enabled)
+//! └─ ConsumerSupervisor      the consumer groups (search indexer, registry submitter)
 //! ```
+
+use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
@@ -25,6 +28,9 @@ pub struct RootSupervisor {
     /// The CDC pipeline, when enabled.
     pub integration: Option<IntegrationSupervisor>,
     pub fatal: watch::Sender<Option<String>>,
+    /// The consumer supervisor, once the application started it (it needs the domain's
+    /// clients, so it starts after the domain); stopped first at shutdown.
+    pub consumers: Arc<Mutex<Option<ActorCell>>>,
 }
 
 pub struct RootState {
@@ -66,7 +72,12 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // Stop children gracefully, the event pipeline first (it stops reading and lets the
         // producer flush), so their post_stop hooks run; ractor kills whatever is left.
-        let children = [state.integration.take(), Some(state.domain.clone())];
+        let consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        let children = [consumers, state.integration.take(), Some(state.domain.clone())];
         for child in children.into_iter().flatten() {
             let _ = child
                 .stop_and_wait(
@@ -99,6 +110,14 @@ impl Actor for RootSupervisor {
             .is_some_and(|integration| integration.get_id() == cell.get_id())
         {
             "integration supervisor"
+        } else if self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .as_ref()
+            .is_some_and(|consumers| consumers.get_id() == cell.get_id())
+        {
+            "consumer supervisor"
         } else {
             return Ok(());
         };

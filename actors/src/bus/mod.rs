@@ -11,6 +11,7 @@ pub mod topics;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
 
 /// How medflow talks to Kafka.
 #[derive(Debug, Clone)]
@@ -45,5 +46,24 @@ impl KafkaSettings {
             .set("socket.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "5000");
         config
+    }
+
+    /// An idempotent producer (`acks=all`, ordered per partition, never duplicating a
+    /// retried send), as every medflow publisher uses.
+    pub fn reliable_producer(&self) -> rdkafka::error::KafkaResult<FutureProducer> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "max.in.flight.requests.per.connection",
+                self.max_in_flight.to_string(),
+            )
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            )
+            .set("compression.type", "lz4")
+            .create()
     }
 }

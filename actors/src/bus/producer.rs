@@ -59,22 +59,7 @@ impl Actor for KafkaProducer {
         _myself: ActorRef<ProducerMessage>,
         _: (),
     ) -> Result<KafkaProducerState, ActorProcessingErr> {
-        let producer: FutureProducer = self
-            .settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "max.in.flight.requests.per.connection",
-                self.settings.max_in_flight.to_string(),
-            )
-            .set("linger.ms", self.settings.linger.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                self.settings.message_timeout.as_millis().to_string(),
-            )
-            .set("compression.type", "lz4")
-            .create()?;
+        let producer = self.settings.reliable_producer()?;
         Ok(KafkaProducerState { producer })
     }
 

@@ -1,0 +1,560 @@
+//! `ConsumerActor`: one consumer group's loop, run by an actor so a supervisor restarts it.
+//!
+//! The loop is a task the actor owns: killing or stopping the actor ends it (uncommitted
+//! work is then re-delivered to the next incarnation), and a loop that fails makes the actor
+//! fail, which its supervisor sees.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{
+    ConsumerSpec, ConsumerStats, GroupTopics, H_ATTEMPT, H_ERROR, H_NOT_BEFORE, H_ORIGINAL_TOPIC,
+    Handler, HandlerError, Inbound,
+};
+use crate::bus::KafkaSettings;
+use crate::bus::topics::ensure_topics;
+
+/// How much of an error text travels in `x-error`.
+const MAX_ERROR_HEADER: usize = 1000;
+
+#[derive(Clone)]
+pub struct ConsumerActor {
+    pub spec: ConsumerSpec,
+    pub kafka: KafkaSettings,
+    pub handler: Arc<dyn Handler>,
+    pub stats: Arc<ConsumerStats>,
+}
+
+#[derive(Debug)]
+pub enum ConsumerMessage {
+    /// The loop ended with this error: the actor fails and its supervisor restarts it.
+    LoopFailed(String),
+}
+
+pub struct ConsumerState {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    /// Ends the loop when the state is dropped without `post_stop` (the actor was killed).
+    _abort: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Actor for ConsumerActor {
+    type Msg = ConsumerMessage;
+    type State = ConsumerState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConsumerMessage>,
+        _: (),
+    ) -> Result<ConsumerState, ActorProcessingErr> {
+        let topics = GroupTopics::new(&self.kafka, &self.spec.name, &self.spec.retry);
+        let mut subscribed = self.spec.topics.clone();
+        subscribed.extend(topics.retry.iter().cloned());
+        let mut all = subscribed.clone();
+        all.push(topics.dlq.clone());
+        ensure_topics(&self.kafka, &all).await?;
+
+        let context = GroupContext {
+            stats: self.stats.clone(),
+            retry_topics: topics.retry.clone(),
+            revoked: Mutex::new(Vec::new()),
+        };
+        let consumer: StreamConsumer<GroupContext> = self
+            .kafka
+            .client_config()
+            .set("group.id", &topics.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "30000")
+            .set("max.poll.interval.ms", "300000")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", "2000")
+            .create_with_context(context)?;
+        let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        let producer = self.kafka.reliable_producer()?;
+
+        let (stop, stopped) = watch::channel(false);
+        let run = Loop {
+            consumer,
+            producer,
+            handler: self.handler.clone(),
+            stats: self.stats.clone(),
+            spec: self.spec.clone(),
+            topics,
+            message_timeout: self.kafka.message_timeout,
+            held: HashMap::new(),
+            batch: Vec::new(),
+            batch_deadline: None,
+        };
+        let task = tokio::spawn(async move {
+            if let Err(error) = run.run(stopped).await {
+                let _ = myself.cast(ConsumerMessage::LoopFailed(format!("{error:#}")));
+            }
+        });
+        self.stats.running.store(true, Ordering::Relaxed);
+        tracing::info!(group = %self.stats.topics.group_id, "consumer started");
+        Ok(ConsumerState {
+            stop,
+            _abort: AbortOnDrop(task.abort_handle()),
+            task: Some(task),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConsumerMessage>,
+        state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = state.stop.send(true);
+        if let Some(task) = state.task.take()
+            && tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(group = %self.stats.topics.group_id, "consumer did not stop in time");
+        }
+        self.stats.running.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ConsumerMessage>,
+        message: ConsumerMessage,
+        _state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ConsumerMessage::LoopFailed(reason) => {
+                self.stats.running.store(false, Ordering::Relaxed);
+                self.stats.set_error(Some(reason.clone()));
+                Err(reason.into())
+            }
+        }
+    }
+}
+
+/// Commits before partitions are revoked, remembers which were, and turns librdkafka's
+/// statistics into lag figures.
+struct GroupContext {
+    stats: Arc<ConsumerStats>,
+    retry_topics: Vec<String>,
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let (mut lag, mut retry_lag) = (0i64, 0i64);
+        for (name, topic) in &statistics.topics {
+            let sum: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired)
+                .map(|p| p.consumer_lag_stored.max(0))
+                .sum();
+            if self.retry_topics.contains(name) {
+                retry_lag += sum;
+            } else {
+                lag += sum;
+            }
+        }
+        self.stats.lag.store(lag, Ordering::Relaxed);
+        self.stats.retry_lag.store(retry_lag, Ordering::Relaxed);
+        metrics::gauge!("medflow_consumer_lag", "group" => self.stats.topics.group_id.clone())
+            .set(lag as f64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            // Offsets are stored only for handled messages: commit them while we still own
+            // the partitions, so the next owner starts right after.
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+                && !no_offset(&error)
+            {
+                tracing::warn!(group = %self.stats.topics.group_id, error = %error, "commit before revoke failed");
+            }
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
+        }
+    }
+}
+
+fn no_offset(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)
+    )
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+struct Loop {
+    consumer: StreamConsumer<GroupContext>,
+    producer: FutureProducer,
+    handler: Arc<dyn Handler>,
+    stats: Arc<ConsumerStats>,
+    spec: ConsumerSpec,
+    topics: GroupTopics,
+    message_timeout: Duration,
+    /// Partitions paused until their first message is due; later messages of a paused
+    /// partition that were already fetched queue behind it.
+    held: HashMap<(String, i32), VecDeque<Inbound>>,
+    batch: Vec<Inbound>,
+    batch_deadline: Option<Instant>,
+}
+
+impl Loop {
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut consecutive_errors = 0u32;
+        loop {
+            self.forget_revoked();
+            let next_due = self
+                .held
+                .values()
+                .filter_map(|queue| queue.front())
+                .filter_map(|message| message.not_before_ms)
+                .min()
+                .map(|due| {
+                    Instant::now() + Duration::from_millis((due - now_ms()).max(0) as u64)
+                });
+            let room = self.batch.len() < self.spec.max_batch;
+            tokio::select! {
+                biased;
+                _ = stopped.changed() => {
+                    self.flush().await?;
+                    if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync)
+                        && !no_offset(&error)
+                    {
+                        tracing::warn!(group = %self.topics.group_id, error = %error, "final commit failed");
+                    }
+                    return Ok(());
+                }
+                () = sleep_until(self.batch_deadline), if self.batch_deadline.is_some() => {
+                    self.flush().await?;
+                }
+                () = sleep_until(next_due), if next_due.is_some() => {
+                    self.release_due()?;
+                }
+                received = self.consumer.recv(), if room => match received {
+                    Ok(message) => {
+                        consecutive_errors = 0;
+                        let inbound = inbound(&message);
+                        drop(message);
+                        self.accept(inbound)?;
+                    }
+                    Err(error) => {
+                        consecutive_errors += 1;
+                        tracing::warn!(group = %self.topics.group_id, error = %error, "consumer error");
+                        self.stats.set_error(Some(error.to_string()));
+                        if consecutive_errors > 50 {
+                            anyhow::bail!("consumer keeps failing: {error}");
+                        }
+                    }
+                },
+            }
+            if self.batch.len() >= self.spec.max_batch {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Drops what was fetched from partitions a rebalance took away: their new owner reads
+    /// them again from the committed offset.
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if revoked.is_empty() {
+            return;
+        }
+        for partition in &revoked {
+            self.held.remove(partition);
+        }
+        self.batch.retain(|message| {
+            !revoked
+                .iter()
+                .any(|(topic, p)| *topic == message.source_topic && *p == message.partition)
+        });
+        self.stats
+            .paused
+            .store(self.held.len() as i64, Ordering::Relaxed);
+    }
+
+    fn accept(&mut self, message: Inbound) -> anyhow::Result<()> {
+        let partition = (message.source_topic.clone(), message.partition);
+        if let Some(queue) = self.held.get_mut(&partition) {
+            queue.push_back(message);
+            return Ok(());
+        }
+        if message.not_before_ms.is_some_and(|due| due > now_ms()) {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&partition.0, partition.1);
+            self.consumer.pause(&list)?;
+            tracing::debug!(group = %self.topics.group_id, topic = %partition.0, partition = partition.1, "retry not due; partition paused");
+            self.held.insert(partition, VecDeque::from([message]));
+            self.stats
+                .paused
+                .store(self.held.len() as i64, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.push(message);
+        Ok(())
+    }
+
+    fn push(&mut self, message: Inbound) {
+        if self.batch.is_empty() {
+            self.batch_deadline = Some(Instant::now() + self.spec.batch_wait);
+        }
+        self.batch.push(message);
+    }
+
+    /// Moves due messages of paused partitions into the batch, resuming partitions whose
+    /// queue emptied.
+    fn release_due(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut due = Vec::new();
+        let mut resume = TopicPartitionList::new();
+        self.held.retain(|(topic, partition), queue| {
+            while queue
+                .front()
+                .is_some_and(|m| m.not_before_ms.is_none_or(|t| t <= now))
+            {
+                due.extend(queue.pop_front());
+            }
+            if queue.is_empty() {
+                resume.add_partition(topic, *partition);
+                false
+            } else {
+                true
+            }
+        });
+        for message in due {
+            self.push(message);
+        }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume)?;
+        }
+        self.stats
+            .paused
+            .store(self.held.len() as i64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Handles the batch, routes failures, then stores and commits its offsets.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.batch_deadline = None;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let group = self.topics.group_id.clone();
+        self.stats
+            .consumed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics::counter!("medflow_consumer_consumed_total", "group" => group.clone())
+            .increment(batch.len() as u64);
+        let mut outcomes = self.handler.handle(&batch).await;
+        outcomes.resize_with(batch.len(), || {
+            Err(HandlerError::transient("the handler gave no outcome"))
+        });
+
+        let mut routed = Vec::new();
+        let mut succeeded = 0u64;
+        for (message, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => succeeded += 1,
+                Err(error) => routed.push(self.route(message, &error)),
+            }
+        }
+        let sends = routed.iter().map(|route| {
+            let mut record = FutureRecord::to(&route.topic).headers(route.headers.clone());
+            if let Some(key) = &route.message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &route.message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            self.producer.send(record, self.message_timeout)
+        });
+        for (result, route) in join_all(sends).await.into_iter().zip(&routed) {
+            if let Err((error, _)) = result {
+                // Nothing is stored: the batch is handled again after the restart.
+                anyhow::bail!("cannot hand a failed message to {}: {error}", route.topic);
+            }
+        }
+        for route in &routed {
+            match route.stage {
+                Some(stage) => {
+                    self.stats.retried[stage].fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("medflow_consumer_retried_total", "group" => group.clone(), "stage" => (stage + 1).to_string()).increment(1);
+                }
+                None => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("medflow_consumer_dead_lettered_total", "group" => group.clone()).increment(1);
+                }
+            }
+        }
+        self.stats
+            .succeeded
+            .fetch_add(succeeded, Ordering::Relaxed);
+        metrics::counter!("medflow_consumer_succeeded_total", "group" => group.clone())
+            .increment(succeeded);
+
+        let mut last: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in &batch {
+            let entry = last
+                .entry((message.source_topic.as_str(), message.partition))
+                .or_insert(message.offset);
+            *entry = (*entry).max(message.offset);
+        }
+        for ((topic, partition), offset) in last {
+            if let Err(error) = self.consumer.store_offset(topic, partition, offset) {
+                // The partition was revoked meanwhile: its next owner handles it again.
+                tracing::debug!(group = %group, topic, partition, error = %error, "offset not stored");
+            }
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async)
+            && !no_offset(&error)
+        {
+            tracing::warn!(group = %group, error = %error, "commit failed; retried with the next batch");
+        }
+        Ok(())
+    }
+
+    /// Where a failed message goes next: the next retry stage, or the dead-letter topic.
+    fn route<'a>(&self, message: &'a Inbound, error: &HandlerError) -> Route<'a> {
+        let attempt = message.attempt + 1;
+        let stage = match error {
+            HandlerError::Transient(_) if (attempt as usize) <= self.spec.retry.0.len() => {
+                Some(attempt as usize - 1)
+            }
+            _ => None,
+        };
+        let text: String = error.to_string().chars().take(MAX_ERROR_HEADER).collect();
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        let attempt_text = attempt.to_string();
+        let mut extra = vec![
+            (H_ORIGINAL_TOPIC, message.topic.clone()),
+            (H_ATTEMPT, attempt_text),
+            (H_ERROR, text.clone()),
+        ];
+        let topic = match stage {
+            Some(stage) => {
+                let due = now_ms() + self.spec.retry.0[stage].as_millis() as i64;
+                extra.push((H_NOT_BEFORE, due.to_string()));
+                tracing::warn!(group = %self.topics.group_id, topic = %message.topic, partition = message.partition, offset = message.offset, attempt, error = %text, "message failed; retried later");
+                self.topics.retry[stage].clone()
+            }
+            None => {
+                tracing::error!(group = %self.topics.group_id, topic = %message.topic, partition = message.partition, offset = message.offset, attempt, error = %text, "message dead-lettered");
+                self.topics.dlq.clone()
+            }
+        };
+        for (key, value) in &extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        Route {
+            topic,
+            stage,
+            headers,
+            message,
+        }
+    }
+}
+
+struct Route<'a> {
+    topic: String,
+    stage: Option<usize>,
+    headers: OwnedHeaders,
+    message: &'a Inbound,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies a message out of the client, splitting the retry bookkeeping from its headers.
+fn inbound(message: &BorrowedMessage<'_>) -> Inbound {
+    let mut headers = Vec::new();
+    let mut original_topic = None;
+    let mut attempt = 0;
+    let mut not_before_ms = None;
+    if let Some(all) = message.headers() {
+        for header in all.iter() {
+            let value = header.value.unwrap_or_default();
+            let text = || std::str::from_utf8(value).ok().map(str::to_owned);
+            match header.key {
+                H_ORIGINAL_TOPIC => original_topic = text(),
+                H_ATTEMPT => attempt = text().and_then(|t| t.parse().ok()).unwrap_or(0),
+                H_NOT_BEFORE => not_before_ms = text().and_then(|t| t.parse().ok()),
+                H_ERROR => {}
+                key => headers.push((key.to_owned(), value.to_vec())),
+            }
+        }
+    }
+    let source_topic = message.topic().to_owned();
+    Inbound {
+        topic: original_topic.unwrap_or_else(|| source_topic.clone()),
+        source_topic,
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers,
+        attempt,
+        not_before_ms,
+    }
+}

@@ -1,0 +1,156 @@
+//! `ConsumerSupervisor`: keeps every consumer group running, each on its own.
+//!
+//! ```text
+//! ConsumerSupervisor        restarts a failed consumer after a backoff (doubling, capped);
+//! ├─ ConsumerActor(search)  one child's failure never stops or delays another; never
+//! └─ ConsumerActor(registry) escalates: a broker outage delays consumption, it does not stop
+//!                           medflow
+//! ```
+//!
+//! A restarted consumer rejoins its group and resumes from the committed offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use medflow_actors::consume::{ConsumerActor, Consumers};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+/// A child that ran this long before failing starts its backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub enum ConsumerSupervisorMessage {
+    /// (Re)spawns child `i`.
+    Spawn(usize),
+}
+
+#[derive(Clone)]
+pub struct ConsumerSupervisor {
+    pub children: Vec<ConsumerActor>,
+    pub consumers: Consumers,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Default)]
+pub struct ConsumerSupervisorState {
+    running: HashMap<ActorId, (usize, ActorCell, Instant)>,
+    failures: Vec<u32>,
+    stopping: bool,
+}
+
+impl Actor for ConsumerSupervisor {
+    type Msg = ConsumerSupervisorMessage;
+    type State = ConsumerSupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConsumerSupervisorMessage>,
+        _: (),
+    ) -> Result<ConsumerSupervisorState, ActorProcessingErr> {
+        for (index, child) in self.children.iter().enumerate() {
+            self.consumers.register(child.stats.clone());
+            myself.send_message(ConsumerSupervisorMessage::Spawn(index))?;
+        }
+        Ok(ConsumerSupervisorState {
+            failures: vec![0; self.children.len()],
+            ..Default::default()
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConsumerSupervisorMessage>,
+        state: &mut ConsumerSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stopping = true;
+        // Consumers finish their batch and commit; in parallel, each bounded.
+        let stops = state.running.drain().map(|(_, (_, cell, _))| async move {
+            let _ = cell
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
+                .await;
+        });
+        futures::future::join_all(stops).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConsumerSupervisorMessage>,
+        message: ConsumerSupervisorMessage,
+        state: &mut ConsumerSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ConsumerSupervisorMessage::Spawn(index) = message;
+        if state.stopping {
+            return Ok(());
+        }
+        let child = self.children[index].clone();
+        let name = child.spec.name.clone();
+        match Actor::spawn_linked(None, child, (), myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let cell = actor.get_cell();
+                self.consumers.set_actor(&name, Some(cell.clone()));
+                state
+                    .running
+                    .insert(cell.get_id(), (index, cell, Instant::now()));
+            }
+            Err(error) => self.restart_later(&myself, state, index, error.to_string()),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ConsumerSupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut ConsumerSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some((index, _, started)) = state.running.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            state.failures[index] = 0;
+        }
+        let child = &self.children[index];
+        child.stats.running.store(false, Ordering::Relaxed);
+        self.consumers.set_actor(&child.spec.name, None);
+        self.restart_later(&myself, state, index, reason);
+        Ok(())
+    }
+}
+
+impl ConsumerSupervisor {
+    fn restart_later(
+        &self,
+        myself: &ActorRef<ConsumerSupervisorMessage>,
+        state: &mut ConsumerSupervisorState,
+        index: usize,
+        reason: String,
+    ) {
+        let failures = &mut state.failures[index];
+        *failures = failures.saturating_add(1);
+        let exponent = failures.saturating_sub(1).min(16);
+        let delay = self
+            .backoff_initial
+            .saturating_mul(1 << exponent)
+            .min(self.backoff_max);
+        let child = &self.children[index];
+        child.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        child.stats.set_error(Some(reason.clone()));
+        metrics::counter!("medflow_consumer_restarts_total", "group" => child.stats.topics.group_id.clone()).increment(1);
+        tracing::warn!(group = %child.stats.topics.group_id, reason = %reason, delay_ms = delay.as_millis() as u64, "consumer failed; restarting");
+        myself.send_after(delay, move || ConsumerSupervisorMessage::Spawn(index));
+    }
+}
