@@ -31,7 +31,41 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub cdc: CdcConfig,
     pub graphql: GraphqlConfig,
+    pub consumers: ConsumersConfig,
+    pub search: SearchConfig,
+    pub registry: RegistryConfig,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumersConfig {
+    pub retry_schedule_ms: Vec<u64>,
+    pub max_batch: usize,
+    pub batch_wait_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    pub enabled: bool,
+    pub opensearch_url: SecretString,
+    pub opensearch_index_prefix: String,
+    pub opensearch_timeout_ms: u64,
+    pub data_dir: PathBuf,
+    pub max_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub client_identity_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +311,74 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_consumers(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        let schedule = &self.consumers.retry_schedule_ms;
+        if schedule.len() > 10 || schedule.contains(&0) {
+            return invalid(
+                "consumers.retry_schedule_ms",
+                "must list at most 10 delays, each greater than 0",
+            );
+        }
+        if !(1..=10_000).contains(&self.consumers.max_batch) {
+            return invalid("consumers.max_batch", "must be from 1 to 10000");
+        }
+        if self.consumers.batch_wait_ms == 0 {
+            return invalid("consumers.batch_wait_ms", "must be greater than 0");
+        }
+        if self.consumers.backoff_initial_ms == 0
+            || self.consumers.backoff_max_ms < self.consumers.backoff_initial_ms
+        {
+            return invalid(
+                "consumers.backoff_max_ms",
+                "backoffs must be > 0 and backoff_max_ms ≥ backoff_initial_ms",
+            );
+        }
+        let search_url = self.search.opensearch_url.expose_secret();
+        if !search_url.is_empty()
+            && !url::Url::parse(search_url)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https"))
+        {
+            return invalid("search.opensearch_url", "must be an http(s) URL or empty");
+        }
+        if self.search.opensearch_index_prefix.is_empty()
+            || !self
+                .search
+                .opensearch_index_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return invalid(
+                "search.opensearch_index_prefix",
+                "must be lower-case letters, digits, - and _",
+            );
+        }
+        if self.search.opensearch_timeout_ms == 0 {
+            return invalid("search.opensearch_timeout_ms", "must be greater than 0");
+        }
+        if !(1..=1000).contains(&self.search.max_limit) {
+            return invalid("search.max_limit", "must be from 1 to 1000");
+        }
+        if !self.registry.url.is_empty()
+            && !url::Url::parse(&self.registry.url)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https"))
+        {
+            return invalid("registry.url", "must be an http(s) URL or empty");
+        }
+        if self.registry.timeout_ms == 0 {
+            return invalid("registry.timeout_ms", "must be greater than 0");
+        }
+        if !(1..=1000).contains(&self.registry.max_batch) {
+            return invalid("registry.max_batch", "must be from 1 to 1000");
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         let invalid = |key: &'static str, message: &str| {
@@ -424,6 +526,7 @@ impl Settings {
         }
         self.validate_auth()?;
         self.validate_bus()?;
+        self.validate_consumers()?;
         if !(1..=1000).contains(&self.database.pool_size) {
             return invalid("database.pool_size", "must be from 1 to 1000");
         }
@@ -520,6 +623,34 @@ impl Settings {
             max_subscriptions_per_connection: self.graphql.max_subscriptions_per_connection,
             keepalive: ms(self.graphql.keepalive_ms),
         }
+    }
+
+    /// A consumer group's specification from `[consumers]`.
+    pub fn consumer_spec(
+        &self,
+        name: &str,
+        topics: Vec<String>,
+        max_batch: usize,
+    ) -> medflow_actors::consume::ConsumerSpec {
+        medflow_actors::consume::ConsumerSpec {
+            name: name.to_owned(),
+            topics,
+            retry: medflow_actors::consume::RetrySchedule(
+                self.consumers
+                    .retry_schedule_ms
+                    .iter()
+                    .map(|delay| ms(*delay))
+                    .collect(),
+            ),
+            max_batch: max_batch.min(self.consumers.max_batch),
+            batch_wait: ms(self.consumers.batch_wait_ms),
+        }
+    }
+
+    /// The CDC topic of `table` (`<prefix><server_name>.public.<table>`).
+    pub fn change_topic(&self, table: &str) -> String {
+        self.kafka()
+            .topic(&format!("{}.public.{table}", self.cdc.server_name))
     }
 
     pub fn tree(&self) -> TreeSettings {

@@ -19,7 +19,16 @@ use medflow_http::auth::Authenticator;
 use medflow_http::health::CdcCheck;
 use medflow_http::health::DatabaseCheck;
 use medflow_http::policy::Policy;
+use medflow_actors::consume::{ConsumerActor, ConsumerStats, Consumers, Handler};
+use medflow_actors::exchange::{self as registry_submitter, RegistryClientSettings, RegistrySubmitter, read_pem};
+use medflow_actors::search::embedded::EmbeddedIndex;
+use medflow_actors::search::indexer::{self as search_indexer, SearchIndexer};
+use medflow_actors::search::opensearch::{OpenSearchIndex, OpenSearchSettings};
+use medflow_actors::search::SearchIndex;
+use medflow_http::search::{ConsumerAdmin, SearchService};
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
+use medflow_supervisors::consumers::ConsumerSupervisor;
+use secrecy::ExposeSecret;
 use medflow_supervisors::Supervision;
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
@@ -40,6 +49,7 @@ pub struct Application {
     background: Vec<JoinHandle<()>>,
     /// Feeds GraphQL subscriptions; stopped after the server.
     hub: Option<ActorRef<HubMessage>>,
+    consumer_admin: ConsumerAdmin,
 }
 
 /// Why the application stopped.
@@ -78,6 +88,8 @@ impl Application {
             settings.integration(),
         )
         .await?;
+
+        let (search, consumer_admin) = start_consumers(&settings, &store, &supervision).await?;
 
         let hub = if settings.graphql.enabled && settings.graphql.subscriptions {
             let kafka = settings.kafka();
@@ -128,6 +140,8 @@ impl Application {
             cors_allowed_origins: Arc::new(settings.http.cors_allowed_origins.clone()),
             graphql: settings.graphql(),
             hub: hub.clone(),
+            search,
+            consumer_admin: consumer_admin.clone(),
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -162,6 +176,7 @@ impl Application {
             server,
             background,
             hub,
+            consumer_admin,
         })
     }
 
@@ -180,6 +195,11 @@ impl Application {
     /// The subscription hub, when subscriptions are enabled.
     pub fn hub(&self) -> Option<&ActorRef<HubMessage>> {
         self.hub.as_ref()
+    }
+
+    /// The consumer groups this instance runs (search indexer, registry submitter).
+    pub fn consumers(&self) -> &Consumers {
+        &self.consumer_admin.consumers
     }
 
     /// The settings the application runs with.
@@ -248,6 +268,108 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Opens the search index and starts the consumer groups the configuration enables: the
+/// search indexer (`search.enabled`) and the registry submitter (`registry.url` set).
+async fn start_consumers(
+    settings: &Settings,
+    store: &PgStore,
+    supervision: &Supervision,
+) -> anyhow::Result<(Option<SearchService>, ConsumerAdmin)> {
+    let kafka = settings.kafka();
+    let mut children = Vec::new();
+    let mut child = |spec: medflow_actors::consume::ConsumerSpec, handler: Arc<dyn Handler>| {
+        let stats = Arc::new(ConsumerStats::new(&kafka, &spec));
+        children.push(ConsumerActor {
+            spec,
+            kafka: kafka.clone(),
+            handler,
+            stats,
+        });
+    };
+    let search = if settings.search.enabled {
+        let index = open_search_index(settings).await?;
+        tracing::info!(adapter = index.name(), "search index ready");
+        child(
+            settings.consumer_spec(
+                search_indexer::GROUP,
+                vec![
+                    settings.change_topic("patients"),
+                    settings.change_topic("documents"),
+                ],
+                settings.consumers.max_batch,
+            ),
+            Arc::new(SearchIndexer {
+                index: index.clone(),
+                store: store.clone(),
+            }),
+        );
+        Some(SearchService {
+            index,
+            max_limit: settings.search.max_limit,
+        })
+    } else {
+        None
+    };
+    if !settings.registry.url.is_empty() {
+        let client = RegistryClientSettings {
+            url: settings.registry.url.clone(),
+            timeout: ms(settings.registry.timeout_ms),
+            client_identity_pem: read_pem(
+                &settings.registry.client_identity_file,
+                "registry.client_identity_file",
+            )?,
+            ca_pem: read_pem(&settings.registry.ca_file, "registry.ca_file")?,
+        };
+        let submitter =
+            RegistrySubmitter::new(&client, supervision.documents.clone(), store.clone())?;
+        child(
+            settings.consumer_spec(
+                registry_submitter::GROUP,
+                vec![kafka.topic("DocumentSigned")],
+                settings.registry.max_batch,
+            ),
+            Arc::new(submitter),
+        );
+    } else {
+        tracing::info!("registry.url is empty: signed documents are not submitted");
+    }
+    let consumers = Consumers::default();
+    if !children.is_empty() {
+        supervision
+            .start_consumers(ConsumerSupervisor {
+                children,
+                consumers: consumers.clone(),
+                backoff_initial: ms(settings.consumers.backoff_initial_ms),
+                backoff_max: ms(settings.consumers.backoff_max_ms),
+            })
+            .await?;
+    }
+    Ok((
+        search,
+        ConsumerAdmin {
+            consumers,
+            kafka: Some(kafka),
+        },
+    ))
+}
+
+async fn open_search_index(settings: &Settings) -> anyhow::Result<Arc<dyn SearchIndex>> {
+    let url = settings.search.opensearch_url.expose_secret();
+    if url.is_empty() {
+        let dir = settings.search.data_dir.clone();
+        let index = tokio::task::spawn_blocking(move || EmbeddedIndex::open(&dir)).await??;
+        return Ok(Arc::new(Arc::new(index)));
+    }
+    let index = OpenSearchIndex::connect(OpenSearchSettings {
+        url: url.to_owned(),
+        index_prefix: settings.search.opensearch_index_prefix.clone(),
+        timeout: ms(settings.search.opensearch_timeout_ms),
+    })
+    .await
+    .context("cannot prepare the OpenSearch indices")?;
+    Ok(Arc::new(index))
 }
 
 async fn shutdown_signal() {

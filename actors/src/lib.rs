@@ -18,6 +18,7 @@ pub mod documents;
 pub mod domain;
 pub mod entity_state;
 pub mod error;
+pub mod exchange;
 pub mod patient_actor;
 pub mod patients;
 pub mod registry;

@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod patients;
 pub mod policy;
 pub mod problem;
+pub mod search;
 pub mod server;
 
 use std::convert::Infallible;
@@ -72,6 +73,9 @@ pub struct AppState {
     pub graphql: graphql::GraphqlSettings,
     /// Feeds GraphQL subscriptions from the business topics.
     pub hub: Option<ractor::ActorRef<medflow_actors::bus::hub::HubMessage>>,
+    /// The search index, when `search.enabled`.
+    pub search: Option<search::SearchService>,
+    pub consumer_admin: search::ConsumerAdmin,
 }
 
 /// One page of a list.
@@ -106,6 +110,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(documents::routes(state.clone()))
         .unify()
         .or(audit::routes(state.clone()))
+        .unify()
+        .or(search::routes(state.clone()))
         .unify()
         .boxed();
     let api = if state.graphql.enabled {

@@ -12,7 +12,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
-use crate::{appointments, audit, doctors, documents, json_reply, patients};
+use crate::{appointments, audit, doctors, documents, json_reply, patients, search};
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
@@ -35,6 +35,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         documents::get_document_version, documents::sign_document,
         documents::record_registry_outcome,
         audit::list_audit, audit::verify_audit, audit::cdc_status,
+        search::search, search::list_consumers, search::replay_dlq,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -43,7 +44,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "doctors", description = "Doctors"),
         (name = "appointments", description = "Appointments and their lifecycle; a doctor is never double-booked"),
         (name = "documents", description = "Medical documents: drafts in versions, signing, registry outcomes"),
-        (name = "audit", description = "The hash-chained audit log (admin only)"),
+        (name = "audit", description = "The hash-chained audit log and operations (admin only)"),
+        (name = "search", description = "Full-text search over documents, fuzzy search over patient names"),
     )
 )]
 pub struct ApiDoc;

@@ -90,10 +90,11 @@ pub enum Action {
     AuditList,
     AuditVerify,
     CdcStatus,
+    ConsumerAdmin,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::PatientList,
         Action::PatientRead,
         Action::PatientCreate,
@@ -116,6 +117,7 @@ impl Action {
         Action::AuditList,
         Action::AuditVerify,
         Action::CdcStatus,
+        Action::ConsumerAdmin,
     ];
 
     /// How the README names the operation.
@@ -143,6 +145,7 @@ impl Action {
             Action::AuditList => "list the audit log",
             Action::AuditVerify => "verify the audit hash chain",
             Action::CdcStatus => "read the CDC pipeline's status",
+            Action::ConsumerAdmin => "inspect consumers, replay dead letters",
         }
     }
 }
@@ -194,6 +197,7 @@ fn grants(action: Action) -> [Grant; 7] {
         Action::AuditList => [N, N, Y, N, N, N, N],
         Action::AuditVerify => [N, N, Y, N, N, N, N],
         Action::CdcStatus => [N, N, Y, N, N, N, N],
+        Action::ConsumerAdmin => [N, N, Y, N, N, N, N],
     }
 }
 

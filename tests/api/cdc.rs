@@ -398,7 +398,7 @@ pub(crate) fn app_slot(app: &TestApp) -> String {
 }
 
 /// Shuts `app` down, then drops its slot, which would otherwise keep WAL for ever.
-async fn shutdown_dropping_slot(app: TestApp) {
+pub(crate) async fn shutdown_dropping_slot(app: TestApp) {
     let slot = app_slot(&app);
     let db = app.db().await;
     app.shutdown().await;

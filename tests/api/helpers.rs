@@ -98,6 +98,15 @@ pub fn test_settings(db_url: &str) -> Settings {
     settings.kafka.partitions = 3;
     settings.kafka.message_timeout_ms = 10_000;
     settings.http.shutdown_grace_ms = 2000;
+    // Consumers (search indexer, registry submitter) run only in the tests about them; their
+    // retries come after milliseconds, not minutes.
+    settings.search.enabled = false;
+    settings.search.data_dir =
+        std::env::temp_dir().join(format!("medflow-search-{}", uuid::Uuid::new_v4().simple()));
+    settings.consumers.retry_schedule_ms = vec![200, 400];
+    settings.consumers.batch_wait_ms = 5;
+    settings.consumers.backoff_initial_ms = 100;
+    settings.consumers.backoff_max_ms = 1_000;
     settings.log = LogSettings {
         format: LogFormat::Pretty,
         level: std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),

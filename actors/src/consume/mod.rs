@@ -18,7 +18,6 @@
 pub mod dlq;
 pub mod worker;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -248,14 +247,12 @@ impl ConsumerStats {
                 .iter()
                 .zip(&self.retried)
                 .zip(&self.topics.retry)
-                .map(|((delay, count), topic)| {
-                    (
-                        RetrySchedule::label(*delay),
-                        RetryStageSnapshot {
-                            topic: topic.clone(),
-                            count: load(count),
-                        },
-                    )
+                .enumerate()
+                .map(|(stage, ((delay, count), topic))| RetryStageSnapshot {
+                    stage: stage + 1,
+                    delay: RetrySchedule::label(*delay),
+                    topic: topic.clone(),
+                    count: load(count),
                 })
                 .collect(),
             dead_lettered: load(&self.dead_lettered),
@@ -282,6 +279,10 @@ impl ConsumerStats {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryStageSnapshot {
+    /// 1 for the first retry.
+    pub stage: usize,
+    /// The delay before it, e.g. `1m`.
+    pub delay: String,
     pub topic: String,
     /// Messages handed to this stage since start.
     pub count: u64,
@@ -297,8 +298,8 @@ pub struct ConsumerSnapshot {
     pub restarts: u64,
     pub consumed: u64,
     pub succeeded: u64,
-    /// By delay label (`1m`, …): messages handed to that retry stage since start.
-    pub retried: BTreeMap<String, RetryStageSnapshot>,
+    /// Per retry stage, in order: messages handed to it since start.
+    pub retried: Vec<RetryStageSnapshot>,
     pub dead_lettered: u64,
     pub dlq_topic: String,
     /// Unread messages on the group's source partitions assigned to this process.

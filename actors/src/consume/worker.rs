@@ -75,7 +75,12 @@ impl Actor for ConsumerActor {
     ) -> Result<ConsumerState, ActorProcessingErr> {
         let topics = GroupTopics::new(&self.kafka, &self.spec.name, &self.spec.retry);
         let mut subscribed = self.spec.topics.clone();
-        subscribed.extend(topics.retry.iter().cloned());
+        for topic in &topics.retry {
+            // A schedule may repeat a delay: its stages share one topic.
+            if !subscribed.contains(topic) {
+                subscribed.push(topic.clone());
+            }
+        }
         let mut all = subscribed.clone();
         all.push(topics.dlq.clone());
         ensure_topics(&self.kafka, &all).await?;

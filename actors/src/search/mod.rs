@@ -14,6 +14,7 @@
 
 pub mod embedded;
 pub mod indexer;
+pub mod opensearch;
 
 
 use std::collections::BTreeMap;

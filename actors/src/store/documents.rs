@@ -423,3 +423,88 @@ impl PgStore {
             .map(|row| version_from_row(&row, true)))
     }
 }
+
+/// One attempt to submit a document to the federal registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeEvent {
+    pub id: i64,
+    pub document_id: Uuid,
+    pub event_id: Option<Uuid>,
+    pub attempt: i32,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub registry_id: Option<String>,
+    pub detail: Option<String>,
+    pub duration_ms: i32,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl PgStore {
+    /// Appends one registry submission attempt to `document_exchange_events`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_exchange_event(
+        &self,
+        document_id: Uuid,
+        event_id: Option<Uuid>,
+        attempt: i32,
+        outcome: &str,
+        http_status: Option<i32>,
+        registry_id: Option<&str>,
+        detail: Option<&str>,
+        duration: std::time::Duration,
+    ) -> StoreResult<()> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO document_exchange_events \
+                 (document_id, event_id, attempt, outcome, http_status, registry_id, detail, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?;
+        let duration_ms = i32::try_from(duration.as_millis()).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &statement,
+                &[
+                    &document_id,
+                    &event_id,
+                    &attempt,
+                    &outcome,
+                    &http_status,
+                    &registry_id,
+                    &detail,
+                    &duration_ms,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A document's registry submission attempts, oldest first.
+    pub async fn exchange_events(&self, document_id: Uuid) -> StoreResult<Vec<ExchangeEvent>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, document_id, event_id, attempt, outcome, http_status, registry_id, \
+                        detail, duration_ms, occurred_at \
+                   FROM document_exchange_events WHERE document_id = $1 ORDER BY id",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&document_id]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| ExchangeEvent {
+                id: row.get(0),
+                document_id: row.get(1),
+                event_id: row.get(2),
+                attempt: row.get(3),
+                outcome: row.get(4),
+                http_status: row.get(5),
+                registry_id: row.get(6),
+                detail: row.get(7),
+                duration_ms: row.get(8),
+                occurred_at: row.get(9),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,338 @@
+//! `GET /api/v1/search` (full text over documents, fuzzy over patient names) and the
+//! consumer administration: `GET /api/v1/admin/consumers`,
+//! `POST /api/v1/admin/dlq/{group}/replay`.
+//!
+//! Search permissions are those of listing: `type=patient` needs "list patients",
+//! `type=document` needs "list documents" — a patient token is confined to its own documents
+//! (a `patientId` naming anyone else is 403). Every hit returned is an audited read.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use medflow_actors::Error;
+use medflow_actors::bus::KafkaSettings;
+use medflow_actors::consume::dlq::{self, DlqDepth, ReplayReport};
+use medflow_actors::consume::{ConsumerSnapshot, Consumers};
+use medflow_actors::domain::DocumentType;
+use medflow_actors::search::{Kind, SearchHit, SearchIndex, SearchQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::access::{self, Caller, audit_read};
+use crate::extract::Query;
+use crate::policy::{Action, Target};
+use crate::problem::Problem;
+use crate::{AppState, json_reply, outcome};
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_OFFSET: i64 = 10_000;
+const MAX_QUERY_CHARS: usize = 200;
+
+/// The search index and its limits.
+#[derive(Clone)]
+pub struct SearchService {
+    pub index: Arc<dyn SearchIndex>,
+    pub max_limit: usize,
+}
+
+/// Consumer groups and the broker their retry paths live on.
+#[derive(Clone, Default)]
+pub struct ConsumerAdmin {
+    pub consumers: Consumers,
+    pub kafka: Option<KafkaSettings>,
+}
+
+/// Search parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct SearchParams {
+    /// Words to find (1–200 characters): in document titles and bodies (Russian stemming),
+    /// or in patient names (fuzzy: a typo or two still matches; a prefix matches).
+    q: String,
+    /// `patient` or `document`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Documents of this patient only.
+    patient_id: Option<Uuid>,
+    /// Documents by this author only.
+    author_id: Option<Uuid>,
+    /// Documents of this type only (consultation, referral, …).
+    document_type: Option<String>,
+    /// Documents created at or after this time (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Documents created before this time (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// Skip this many hits (0–10000, default 0).
+    offset: Option<i64>,
+    /// Page size (1–`search.max_limit`, default 20).
+    limit: Option<i64>,
+}
+
+/// A page of search hits, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResultsView {
+    pub total: u64,
+    pub offset: i64,
+    pub limit: i64,
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<SearchHit>,
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let search = warp::path!("api" / "v1" / "search")
+        .and(warp::get())
+        .and(access::caller(&state))
+        .and(crate::raw_query())
+        .and(with_state.clone())
+        .then(|caller, query: String, state: AppState| async move {
+            outcome(search(&state, caller, &query).await)
+        });
+    let consumers = warp::path!("api" / "v1" / "admin" / "consumers")
+        .and(warp::get())
+        .and(access::caller(&state))
+        .and(with_state.clone())
+        .then(|caller, state: AppState| async move {
+            outcome(list_consumers(&state, caller).await)
+        });
+    let replay = warp::path!("api" / "v1" / "admin" / "dlq" / String / "replay")
+        .and(warp::post())
+        .and(access::caller(&state))
+        .and(crate::raw_query())
+        .and(with_state)
+        .then(
+            |group: String, caller, query: String, state: AppState| async move {
+                outcome(replay_dlq(&state, caller, &group, &query).await)
+            },
+        );
+    search.or(consumers).unify().or(replay).unify().boxed()
+}
+
+/// Searches patients (fuzzy names) or documents (full text), with filters.
+#[utoipa::path(get, path = "/api/v1/search", tag = "search", params(SearchParams),
+    responses(
+        (status = 200, description = "Hits, best first, with highlights and scores", body = SearchResultsView),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to list what was searched", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The search index is unavailable or not enabled", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn search(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    raw_query: &str,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    let query = Query::parse(
+        raw_query,
+        &[
+            "q",
+            "type",
+            "patientId",
+            "authorId",
+            "documentType",
+            "from",
+            "to",
+            "offset",
+            "limit",
+        ],
+    )?;
+    let text = query.get("q").map(str::trim).unwrap_or_default();
+    if text.is_empty() || text.chars().count() > MAX_QUERY_CHARS {
+        return Err(Problem::invalid_field(
+            "q",
+            "is required: 1–200 characters",
+        ));
+    }
+    let kind = query
+        .get("type")
+        .ok_or_else(|| Problem::invalid_field("type", "is required: patient or document"))
+        .and_then(|raw| {
+            Kind::parse(raw).ok_or_else(|| Problem::invalid_field("type", "must be patient or document"))
+        })?;
+    let max_limit = state
+        .search
+        .as_ref()
+        .map_or(100, |service| service.max_limit as i64);
+    let (offset, limit) = query.pagination(DEFAULT_LIMIT, max_limit)?;
+    if offset > MAX_OFFSET {
+        return Err(Problem::invalid_field("offset", "must be at most 10000"));
+    }
+    let mut patient_id = query.uuid("patientId")?;
+    let author_id = query.uuid("authorId")?;
+    let doc_type = query.parsed(
+        "documentType",
+        &format!("must be one of {}", DocumentType::names().join(", ")),
+        |raw| DocumentType::parse(raw).map(|t| t.as_str().to_owned()),
+    )?;
+    let from = query.time("from")?;
+    let to = query.time("to")?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return Err(Problem::invalid_field("to", "must be after from"));
+    }
+    match kind {
+        Kind::Patient => {
+            caller.authorize(Action::PatientList, Target::Any)?;
+            if patient_id.is_some() || author_id.is_some() || doc_type.is_some() {
+                return Err(Problem::bad_request(
+                    "patientId, authorId and documentType filter documents, not patients",
+                ));
+            }
+        }
+        Kind::Document => match patient_id {
+            Some(id) => caller.authorize(Action::DocumentList, Target::Patient(id))?,
+            None => {
+                if caller.authorize(Action::DocumentList, Target::Any).is_err() {
+                    // A patient sees only their own documents: confine the search.
+                    let own = caller.principal.patient_id.filter(|own| {
+                        state
+                            .policy
+                            .allows(&caller.principal, Action::DocumentList, Target::Patient(*own))
+                    });
+                    match own {
+                        Some(own) => patient_id = Some(own),
+                        None => caller.authorize(Action::DocumentList, Target::Any)?,
+                    }
+                }
+            }
+        },
+    }
+    let Some(service) = &state.search else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "search-disabled",
+            "Search is not enabled",
+        )
+        .detail("this instance runs with search.enabled = false"));
+    };
+    let request = SearchQuery {
+        text: text.to_owned(),
+        kind,
+        limit: limit as usize,
+        offset: offset as usize,
+        patient_id,
+        author_id,
+        doc_type,
+        from,
+        to,
+    };
+    let started = std::time::Instant::now();
+    let results = service.index.search(&request).await.map_err(|error| {
+        Problem::from(Error::unavailable(format!("search index: {error}")))
+    })?;
+    metrics::histogram!("medflow_search_seconds", "type" => kind.as_str())
+        .record(started.elapsed().as_secs_f64());
+    let (action, object_type) = match kind {
+        Kind::Patient => ("patient.search", "patient"),
+        Kind::Document => ("document.search", "document"),
+    };
+    if !results.hits.is_empty() {
+        audit_read(
+            state,
+            &caller,
+            action,
+            object_type,
+            results.hits.iter().map(|hit| hit.id),
+        )
+        .await?;
+    }
+    let view = SearchResultsView {
+        total: results.total,
+        offset,
+        limit,
+        items: results.hits,
+    };
+    Ok(json_reply(StatusCode::OK, &view, None))
+}
+
+/// One consumer group, with its dead-letter topic's depth.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerView {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub state: ConsumerSnapshot,
+    /// Dead letters retained and not yet replayed (null when the broker did not answer).
+    #[schema(value_type = Option<Object>)]
+    pub dlq: Option<DlqDepth>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumersView {
+    pub groups: Vec<ConsumerView>,
+}
+
+/// The consumer groups of this instance: counts, lag, retry stages and dead letters.
+#[utoipa::path(get, path = "/api/v1/admin/consumers", tag = "audit",
+    responses((status = 200, description = "Consumer groups", body = ConsumersView)))]
+pub async fn list_consumers(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+) -> Result<Response, Problem> {
+    caller?.authorize(Action::ConsumerAdmin, Target::Any)?;
+    let mut groups = Vec::new();
+    for snapshot in state.consumer_admin.consumers.snapshots() {
+        let dlq = match (
+            &state.consumer_admin.kafka,
+            state.consumer_admin.consumers.stats(&snapshot.group),
+        ) {
+            (Some(kafka), Some(stats)) => dlq::depth(kafka, &stats.topics).await.ok(),
+            _ => None,
+        };
+        groups.push(ConsumerView {
+            state: snapshot,
+            dlq,
+        });
+    }
+    Ok(json_reply(StatusCode::OK, &ConsumersView { groups }, None))
+}
+
+/// Replays the group's dead letters (at most `limit`, default 1000) to their original
+/// topics, where every consumer of those topics handles them again.
+#[utoipa::path(post, path = "/api/v1/admin/dlq/{group}/replay", tag = "audit",
+    params(("group" = String, Path, description = "The group, e.g. medflow.search-indexer"),
+        ("limit" = Option<u64>, Query, description = "Dead letters to replay at most (1–100000, default 1000)")),
+    responses(
+        (status = 200, description = "How many were replayed", body = Object),
+        (status = 404, description = "No such consumer group here", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker is unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replay_dlq(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    group: &str,
+    raw_query: &str,
+) -> Result<Response, Problem> {
+    let caller = caller?;
+    caller.authorize(Action::ConsumerAdmin, Target::Any)?;
+    let query = Query::parse(raw_query, &["limit"])?;
+    let limit = query
+        .parsed("limit", "must be an integer from 1 to 100000", |raw| {
+            raw.parse::<u64>().ok().filter(|v| (1..=100_000).contains(v))
+        })?
+        .unwrap_or(1000);
+    let (Some(kafka), Some(stats)) = (
+        &state.consumer_admin.kafka,
+        state.consumer_admin.consumers.stats(group),
+    ) else {
+        return Err(Problem::not_found("consumer group"));
+    };
+    let report: ReplayReport = dlq::replay(kafka, &stats.topics, limit)
+        .await
+        .map_err(|error| Problem::from(Error::unavailable(format!("dlq replay: {error:#}"))))?;
+    tracing::info!(group = %stats.topics.group_id, replayed = report.replayed, subject = %caller.principal.subject, "dead letters replayed");
+    Ok(json_reply(StatusCode::OK, &report, None))
+}
