@@ -12,25 +12,27 @@ use std::time::Duration;
 use anyhow::Context;
 use medflow_actors::bus::hub::{HubMessage, SubscriptionHub};
 use medflow_actors::cdc::reader::EVENT_TYPES;
+use medflow_actors::consume::{ConsumerActor, ConsumerStats, Consumers, Handler};
 use medflow_actors::domain::WellFormedSignature;
+use medflow_actors::exchange::{
+    self as registry_submitter, RegistryClientSettings, RegistrySubmitter, read_pem,
+};
+use medflow_actors::search::SearchIndex;
+use medflow_actors::search::embedded::EmbeddedIndex;
+use medflow_actors::search::indexer::{self as search_indexer, SearchIndexer};
+use medflow_actors::search::opensearch::{OpenSearchIndex, OpenSearchSettings};
 use medflow_actors::{Patients, PgStore};
 use medflow_http::access::{RateLimitSettings, RateLimits};
 use medflow_http::auth::Authenticator;
 use medflow_http::health::CdcCheck;
 use medflow_http::health::DatabaseCheck;
 use medflow_http::policy::Policy;
-use medflow_actors::consume::{ConsumerActor, ConsumerStats, Consumers, Handler};
-use medflow_actors::exchange::{self as registry_submitter, RegistryClientSettings, RegistrySubmitter, read_pem};
-use medflow_actors::search::embedded::EmbeddedIndex;
-use medflow_actors::search::indexer::{self as search_indexer, SearchIndexer};
-use medflow_actors::search::opensearch::{OpenSearchIndex, OpenSearchSettings};
-use medflow_actors::search::SearchIndex;
 use medflow_http::search::{ConsumerAdmin, SearchService};
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
-use medflow_supervisors::consumers::ConsumerSupervisor;
-use secrecy::ExposeSecret;
 use medflow_supervisors::Supervision;
+use medflow_supervisors::consumers::ConsumerSupervisor;
 use ractor::{Actor, ActorRef};
+use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

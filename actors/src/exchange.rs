@@ -143,9 +143,10 @@ impl RegistrySubmitter {
             },
         };
         let (outcome, status, registry_id, detail) = match &answer {
-            Answer::Accepted { status, registry_id } => {
-                ("accepted", Some(*status), Some(registry_id.as_str()), None)
-            }
+            Answer::Accepted {
+                status,
+                registry_id,
+            } => ("accepted", Some(*status), Some(registry_id.as_str()), None),
             Answer::Rejected { status, reason } => {
                 ("rejected", Some(*status), None, Some(reason.as_str()))
             }
@@ -188,14 +189,17 @@ impl RegistrySubmitter {
         outcome: RegistryOutcome,
         ctx: &RequestContext,
     ) -> Result<(), HandlerError> {
-        match self.documents.record_registry_outcome(id, outcome, ctx).await {
+        match self
+            .documents
+            .record_registry_outcome(id, outcome, ctx)
+            .await
+        {
             Ok(_) => Ok(()),
             // Recorded already (a redelivery after a crash between the answer and our commit).
-            Err(Error::InvalidTransition { current_status, .. })
-                if matches!(current_status, "accepted" | "rejected") =>
-            {
-                Ok(())
-            }
+            Err(Error::InvalidTransition {
+                current_status: "accepted" | "rejected",
+                ..
+            }) => Ok(()),
             Err(error) => Err(actor_error(error)),
         }
     }
@@ -257,13 +261,25 @@ fn submission(document: &Document) -> Value {
 /// The registry's answer, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
-    Accepted { status: u16, registry_id: String },
+    Accepted {
+        status: u16,
+        registry_id: String,
+    },
     /// A validation refusal: final.
-    Rejected { status: u16, reason: String },
+    Rejected {
+        status: u16,
+        reason: String,
+    },
     /// Worth retrying.
-    Transient { status: Option<u16>, detail: String },
+    Transient {
+        status: Option<u16>,
+        detail: String,
+    },
     /// Refused for a reason retrying will not fix (credentials, endpoint): dead letter.
-    Refused { status: Option<u16>, detail: String },
+    Refused {
+        status: Option<u16>,
+        detail: String,
+    },
 }
 
 impl Answer {
@@ -271,7 +287,10 @@ impl Answer {
         let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         let short = |text: &str| text.chars().take(MAX_DETAIL).collect::<String>();
         match status {
-            200 | 201 => match json["registryId"].as_str().filter(|id| !id.trim().is_empty()) {
+            200 | 201 => match json["registryId"]
+                .as_str()
+                .filter(|id| !id.trim().is_empty())
+            {
                 Some(id) => Answer::Accepted {
                     status,
                     registry_id: short(id),
@@ -362,9 +381,6 @@ mod tests {
             Answer::classify(200, "{}"),
             Answer::Transient { .. }
         ));
-        assert!(matches!(
-            Answer::classify(403, ""),
-            Answer::Refused { .. }
-        ));
+        assert!(matches!(Answer::classify(403, ""), Answer::Refused { .. }));
     }
 }

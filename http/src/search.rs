@@ -14,7 +14,7 @@ use medflow_actors::bus::KafkaSettings;
 use medflow_actors::consume::dlq::{self, DlqDepth, ReplayReport};
 use medflow_actors::consume::{ConsumerSnapshot, Consumers};
 use medflow_actors::domain::DocumentType;
-use medflow_actors::search::{Kind, SearchHit, SearchIndex, SearchQuery};
+use medflow_actors::search::{Kind, SearchHit, SearchIndex, SearchQuery, SearchResults};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -103,9 +103,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(access::caller(&state))
         .and(with_state.clone())
-        .then(|caller, state: AppState| async move {
-            outcome(list_consumers(&state, caller).await)
-        });
+        .then(
+            |caller, state: AppState| async move { outcome(list_consumers(&state, caller).await) },
+        );
     let replay = warp::path!("api" / "v1" / "admin" / "dlq" / String / "replay")
         .and(warp::post())
         .and(access::caller(&state))
@@ -147,45 +147,93 @@ pub async fn search(
             "limit",
         ],
     )?;
-    let text = query.get("q").map(str::trim).unwrap_or_default();
-    if text.is_empty() || text.chars().count() > MAX_QUERY_CHARS {
-        return Err(Problem::invalid_field(
-            "q",
-            "is required: 1–200 characters",
-        ));
-    }
     let kind = query
         .get("type")
         .ok_or_else(|| Problem::invalid_field("type", "is required: patient or document"))
         .and_then(|raw| {
-            Kind::parse(raw).ok_or_else(|| Problem::invalid_field("type", "must be patient or document"))
+            Kind::parse(raw)
+                .ok_or_else(|| Problem::invalid_field("type", "must be patient or document"))
         })?;
     let max_limit = state
         .search
         .as_ref()
         .map_or(100, |service| service.max_limit as i64);
     let (offset, limit) = query.pagination(DEFAULT_LIMIT, max_limit)?;
-    if offset > MAX_OFFSET {
-        return Err(Problem::invalid_field("offset", "must be at most 10000"));
-    }
-    let mut patient_id = query.uuid("patientId")?;
-    let author_id = query.uuid("authorId")?;
     let doc_type = query.parsed(
         "documentType",
         &format!("must be one of {}", DocumentType::names().join(", ")),
         |raw| DocumentType::parse(raw).map(|t| t.as_str().to_owned()),
     )?;
-    let from = query.time("from")?;
-    let to = query.time("to")?;
-    if let (Some(from), Some(to)) = (from, to)
+    let request = SearchRequest {
+        text: query.get("q").unwrap_or_default().to_owned(),
+        kind,
+        limit,
+        offset,
+        patient_id: query.uuid("patientId")?,
+        author_id: query.uuid("authorId")?,
+        doc_type,
+        from: query.time("from")?,
+        to: query.time("to")?,
+    };
+    let results = run_search(state, &caller, request).await?;
+    let view = SearchResultsView {
+        total: results.total,
+        offset,
+        limit,
+        items: results.hits,
+    };
+    Ok(json_reply(StatusCode::OK, &view, None))
+}
+
+/// A search as a transport received it (REST or GraphQL).
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub text: String,
+    pub kind: Kind,
+    pub limit: i64,
+    pub offset: i64,
+    pub patient_id: Option<Uuid>,
+    pub author_id: Option<Uuid>,
+    /// Already checked to be a document type.
+    pub doc_type: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Validates, authorizes (confining a patient to their own documents), searches and audits
+/// the hits: the one implementation behind REST and GraphQL.
+pub async fn run_search(
+    state: &AppState,
+    caller: &Caller,
+    request: SearchRequest,
+) -> Result<SearchResults, Problem> {
+    let text = request.text.trim();
+    if text.is_empty() || text.chars().count() > MAX_QUERY_CHARS {
+        return Err(Problem::invalid_field("q", "is required: 1–200 characters"));
+    }
+    let max_limit = state
+        .search
+        .as_ref()
+        .map_or(100, |service| service.max_limit as i64);
+    if !(1..=max_limit).contains(&request.limit) {
+        return Err(Problem::invalid_field(
+            "limit",
+            format!("must be an integer from 1 to {max_limit}"),
+        ));
+    }
+    if !(0..=MAX_OFFSET).contains(&request.offset) {
+        return Err(Problem::invalid_field("offset", "must be from 0 to 10000"));
+    }
+    if let (Some(from), Some(to)) = (request.from, request.to)
         && from >= to
     {
         return Err(Problem::invalid_field("to", "must be after from"));
     }
-    match kind {
+    let mut patient_id = request.patient_id;
+    match request.kind {
         Kind::Patient => {
             caller.authorize(Action::PatientList, Target::Any)?;
-            if patient_id.is_some() || author_id.is_some() || doc_type.is_some() {
+            if patient_id.is_some() || request.author_id.is_some() || request.doc_type.is_some() {
                 return Err(Problem::bad_request(
                     "patientId, authorId and documentType filter documents, not patients",
                 ));
@@ -197,9 +245,11 @@ pub async fn search(
                 if caller.authorize(Action::DocumentList, Target::Any).is_err() {
                     // A patient sees only their own documents: confine the search.
                     let own = caller.principal.patient_id.filter(|own| {
-                        state
-                            .policy
-                            .allows(&caller.principal, Action::DocumentList, Target::Patient(*own))
+                        state.policy.allows(
+                            &caller.principal,
+                            Action::DocumentList,
+                            Target::Patient(*own),
+                        )
                     });
                     match own {
                         Some(own) => patient_id = Some(own),
@@ -217,44 +267,40 @@ pub async fn search(
         )
         .detail("this instance runs with search.enabled = false"));
     };
-    let request = SearchQuery {
+    let query = SearchQuery {
         text: text.to_owned(),
-        kind,
-        limit: limit as usize,
-        offset: offset as usize,
+        kind: request.kind,
+        limit: request.limit as usize,
+        offset: request.offset as usize,
         patient_id,
-        author_id,
-        doc_type,
-        from,
-        to,
+        author_id: request.author_id,
+        doc_type: request.doc_type,
+        from: request.from,
+        to: request.to,
     };
     let started = std::time::Instant::now();
-    let results = service.index.search(&request).await.map_err(|error| {
-        Problem::from(Error::unavailable(format!("search index: {error}")))
-    })?;
-    metrics::histogram!("medflow_search_seconds", "type" => kind.as_str())
+    let results = service
+        .index
+        .search(&query)
+        .await
+        .map_err(|error| Problem::from(Error::unavailable(format!("search index: {error}"))))?;
+    metrics::histogram!("medflow_search_seconds", "type" => request.kind.as_str())
         .record(started.elapsed().as_secs_f64());
-    let (action, object_type) = match kind {
+    let (action, object_type) = match request.kind {
         Kind::Patient => ("patient.search", "patient"),
         Kind::Document => ("document.search", "document"),
     };
     if !results.hits.is_empty() {
         audit_read(
             state,
-            &caller,
+            caller,
             action,
             object_type,
             results.hits.iter().map(|hit| hit.id),
         )
         .await?;
     }
-    let view = SearchResultsView {
-        total: results.total,
-        offset,
-        limit,
-        items: results.hits,
-    };
-    Ok(json_reply(StatusCode::OK, &view, None))
+    Ok(results)
 }
 
 /// One consumer group, with its dead-letter topic's depth.
@@ -321,7 +367,9 @@ pub async fn replay_dlq(
     let query = Query::parse(raw_query, &["limit"])?;
     let limit = query
         .parsed("limit", "must be an integer from 1 to 100000", |raw| {
-            raw.parse::<u64>().ok().filter(|v| (1..=100_000).contains(v))
+            raw.parse::<u64>()
+                .ok()
+                .filter(|v| (1..=100_000).contains(v))
         })?
         .unwrap_or(1000);
     let (Some(kafka), Some(stats)) = (

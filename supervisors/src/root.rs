@@ -77,7 +77,11 @@ impl Actor for RootSupervisor {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .take();
-        let children = [consumers, state.integration.take(), Some(state.domain.clone())];
+        let children = [
+            consumers,
+            state.integration.take(),
+            Some(state.domain.clone()),
+        ];
         for child in children.into_iter().flatten() {
             let _ = child
                 .stop_and_wait(

@@ -35,15 +35,19 @@ async fn signed_document(app: &TestApp, n: u32) -> String {
 }
 
 async fn document_when(app: &TestApp, id: &str, status: &str) -> Value {
-    eventually(DEADLINE, &format!("the document to be {status}"), || async {
-        let document: Value = app
-            .get(&format!("/api/v1/documents/{id}"))
-            .await
-            .json()
-            .await
-            .ok()?;
-        (document["status"] == status).then_some(document)
-    })
+    eventually(
+        DEADLINE,
+        &format!("the document to be {status}"),
+        || async {
+            let document: Value = app
+                .get(&format!("/api/v1/documents/{id}"))
+                .await
+                .json()
+                .await
+                .ok()?;
+            (document["status"] == status).then_some(document)
+        },
+    )
     .await
 }
 
@@ -125,7 +129,10 @@ async fn a_registry_outage_is_retried_until_accepted() {
             "SELECT count(*) FROM audit_log WHERE object_id = '{id}' AND actor_id = 'system:registry-submitter'"
         ))
         .await;
-    assert!(events >= 2, "sent and accepted are audited as the submitter: {events}");
+    assert!(
+        events >= 2,
+        "sent and accepted are audited as the submitter: {events}"
+    );
     shutdown_dropping_slot(app).await;
 }
 

@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use warp::hyper::body::Bytes;
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -69,10 +69,12 @@ impl OpenSearchStandIn {
             .and(warp::path!("_index_template" / String))
             .and(warp::body::json())
             .and(with_state.clone())
-            .map(|name: String, body: Value, state: Arc<Mutex<SearchState>>| {
-                state.lock().unwrap().templates.insert(name, body);
-                reply(StatusCode::OK, json!({"acknowledged": true}))
-            });
+            .map(
+                |name: String, body: Value, state: Arc<Mutex<SearchState>>| {
+                    state.lock().unwrap().templates.insert(name, body);
+                    reply(StatusCode::OK, json!({"acknowledged": true}))
+                },
+            );
         let bulk = warp::post()
             .and(warp::path!("_bulk"))
             .and(warp::body::bytes())
@@ -82,9 +84,11 @@ impl OpenSearchStandIn {
             .and(warp::path!(String / "_search"))
             .and(warp::body::json())
             .and(with_state.clone())
-            .map(|index: String, body: Value, state: Arc<Mutex<SearchState>>| {
-                search(&state, &index, &body)
-            });
+            .map(
+                |index: String, body: Value, state: Arc<Mutex<SearchState>>| {
+                    search(&state, &index, &body)
+                },
+            );
         let get = warp::get()
             .and(warp::path!(String / "_doc" / String))
             .and(with_state)
@@ -196,7 +200,11 @@ fn bulk(state: &Mutex<SearchState>, body: &[u8]) -> Response {
         let accepted = current.is_none_or(|c| if gte { version >= c } else { version > c });
         if accepted {
             item["_version"] = json!(version);
-            item["result"] = json!(if current.is_some() { "updated" } else { "created" });
+            item["result"] = json!(if current.is_some() {
+                "updated"
+            } else {
+                "created"
+            });
             item["status"] = json!(if current.is_some() { 200 } else { 201 });
             docs.insert(id, (version, source.clone()));
         } else {
@@ -307,26 +315,25 @@ fn search(state: &Mutex<SearchState>, index: &str, body: &Value) -> Response {
     let query = &body["query"]["bool"];
     let filters = query["filter"].as_array().cloned().unwrap_or_default();
     let must = &query["must"][0];
-    let (text, fields, names): (String, Vec<String>, bool) = if let Some(multi) =
-        must.get("multi_match")
-    {
-        (
-            multi["query"].as_str().unwrap_or_default().to_owned(),
-            multi["fields"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f.as_str().unwrap().split('^').next().unwrap().to_owned())
-                .collect(),
-            false,
-        )
-    } else {
-        let query_text = must["bool"]["should"][0]["match"]["full_name"]["query"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (query_text, vec!["full_name".to_owned()], true)
-    };
+    let (text, fields, names): (String, Vec<String>, bool) =
+        if let Some(multi) = must.get("multi_match") {
+            (
+                multi["query"].as_str().unwrap_or_default().to_owned(),
+                multi["fields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap().split('^').next().unwrap().to_owned())
+                    .collect(),
+                false,
+            )
+        } else {
+            let query_text = must["bool"]["should"][0]["match"]["full_name"]["query"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (query_text, vec!["full_name".to_owned()], true)
+        };
     let query_words = words(&text);
     let passes_filters = |source: &Value| {
         filters.iter().all(|filter| {

@@ -144,7 +144,7 @@ fn humantime_label(delay: Duration) -> String {
         return "0ms".into();
     }
     for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -358,7 +358,9 @@ impl Consumers {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<ConsumerEntry>> {
-        self.inner.read().unwrap_or_else(|poison| poison.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<ConsumerEntry>> {

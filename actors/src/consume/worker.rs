@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -19,7 +20,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
-use rdkafka::TopicPartitionList;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -255,9 +255,7 @@ impl Loop {
                 .filter_map(|queue| queue.front())
                 .filter_map(|message| message.not_before_ms)
                 .min()
-                .map(|due| {
-                    Instant::now() + Duration::from_millis((due - now_ms()).max(0) as u64)
-                });
+                .map(|due| Instant::now() + Duration::from_millis((due - now_ms()).max(0) as u64));
             let room = self.batch.len() < self.spec.max_batch;
             tokio::select! {
                 biased;
@@ -440,9 +438,7 @@ impl Loop {
                 }
             }
         }
-        self.stats
-            .succeeded
-            .fetch_add(succeeded, Ordering::Relaxed);
+        self.stats.succeeded.fetch_add(succeeded, Ordering::Relaxed);
         metrics::counter!("medflow_consumer_succeeded_total", "group" => group.clone())
             .increment(succeeded);
 

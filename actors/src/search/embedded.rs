@@ -35,8 +35,8 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use uuid::Uuid;
 
 use super::{
-    Applied, IndexError, IndexOp, Kind, SearchHit, SearchIndex, SearchQuery, SearchResults,
-    fold, highlight, name_distance, name_matches,
+    Applied, IndexError, IndexOp, Kind, SearchHit, SearchIndex, SearchQuery, SearchResults, fold,
+    highlight, name_distance, name_matches,
 };
 
 /// Memory the writer may buffer before it flushes a segment.
@@ -333,8 +333,12 @@ impl EmbeddedIndex {
                         tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
                     )
                 };
-                let lower = query.from.map_or(Bound::Unbounded, |t| Bound::Included(date(t)));
-                let upper = query.to.map_or(Bound::Unbounded, |t| Bound::Excluded(date(t)));
+                let lower = query
+                    .from
+                    .map_or(Bound::Unbounded, |t| Bound::Included(date(t)));
+                let upper = query
+                    .to
+                    .map_or(Bound::Unbounded, |t| Bound::Excluded(date(t)));
                 clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
             }
         }
@@ -390,7 +394,10 @@ impl EmbeddedIndex {
             kind,
             id: uuid(f.id).unwrap_or_default(),
             score,
-            version: doc.get_first(f.version).and_then(|v| v.as_i64()).unwrap_or(0),
+            version: doc
+                .get_first(f.version)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0),
             full_name: None,
             birth_date: None,
             title: None,
@@ -494,7 +501,12 @@ impl SearchIndex for Arc<EmbeddedIndex> {
             tokio::task::spawn_blocking(move || this.apply_blocking(&ops))
                 .await
                 .unwrap_or_else(|error| {
-                    vec![Err(IndexError::Transient(format!("indexing task failed: {error}"))); count]
+                    vec![
+                        Err(IndexError::Transient(format!(
+                            "indexing task failed: {error}"
+                        )));
+                        count
+                    ]
                 })
         }
         .boxed()
@@ -559,7 +571,10 @@ mod tests {
             .apply(&[patient(id, 2, "Иванова"), patient(id, 1, "Старая")])
             .await;
         assert_eq!(results, vec![Ok(Applied::Written), Ok(Applied::Stale)]);
-        let found = index.search(&query(Kind::Patient, "иванова")).await.unwrap();
+        let found = index
+            .search(&query(Kind::Patient, "иванова"))
+            .await
+            .unwrap();
         assert_eq!(found.total, 1);
         assert_eq!(found.hits[0].version, 2);
         assert!(
@@ -582,7 +597,11 @@ mod tests {
             "a late event does not resurrect a deleted entry"
         );
         assert_eq!(
-            index.search(&query(Kind::Patient, "иванова")).await.unwrap().total,
+            index
+                .search(&query(Kind::Patient, "иванова"))
+                .await
+                .unwrap()
+                .total,
             0
         );
     }
@@ -607,9 +626,15 @@ mod tests {
                 }),
             ])
             .await;
-        let names = index.search(&query(Kind::Patient, "Ивонова")).await.unwrap();
+        let names = index
+            .search(&query(Kind::Patient, "Ивонова"))
+            .await
+            .unwrap();
         assert_eq!(names.total, 1, "one typo still finds the name");
-        assert_eq!(names.hits[0].highlights["fullName"], ["<em>Иванова</em> Анна Сергеевна"]);
+        assert_eq!(
+            names.hits[0].highlights["fullName"],
+            ["<em>Иванова</em> Анна Сергеевна"]
+        );
         let text = index.search(&query(Kind::Document, "болях")).await.unwrap();
         assert_eq!(text.total, 1, "another form of the word finds it");
         assert_eq!(text.hits[0].id, doc_id);

@@ -138,7 +138,9 @@ fn parse(message: &Inbound) -> Result<Parsed, String> {
         serde_json::from_slice(payload).map_err(|error| format!("not JSON: {error}"))?;
     let op = envelope["op"].as_str().ok_or("no op")?;
     if op == "d" {
-        let before = envelope["before"].as_object().ok_or("delete without before")?;
+        let before = envelope["before"]
+            .as_object()
+            .ok_or("delete without before")?;
         return Ok(Parsed::Op(IndexOp::Delete {
             kind,
             id: uuid_field(before, "id")?,
@@ -148,7 +150,9 @@ fn parse(message: &Inbound) -> Result<Parsed, String> {
     if !matches!(op, "c" | "u" | "r") {
         return Err(format!("unknown op {op:?}"));
     }
-    let row = envelope["after"].as_object().ok_or("change without after")?;
+    let row = envelope["after"]
+        .as_object()
+        .ok_or("change without after")?;
     let id = uuid_field(row, "id")?;
     let version = row
         .get("version")
@@ -257,18 +261,40 @@ mod tests {
         archived["archived_at"] = json!("2026-11-25T10:00:00.000000Z");
         archived["version"] = json!(4);
         assert!(matches!(
-            parse(&message("medflow.public.patients", Some(json!({"op": "u", "after": archived})), None)),
+            parse(&message(
+                "medflow.public.patients",
+                Some(json!({"op": "u", "after": archived})),
+                None
+            )),
             Ok(Parsed::Op(IndexOp::Delete { version: 4, .. }))
         ));
         assert!(matches!(
-            parse(&message("medflow.public.patients", None, Some(json!({"id": id})))),
-            Ok(Parsed::Op(IndexOp::Delete { version: i64::MAX, .. }))
+            parse(&message(
+                "medflow.public.patients",
+                None,
+                Some(json!({"id": id}))
+            )),
+            Ok(Parsed::Op(IndexOp::Delete {
+                version: i64::MAX,
+                ..
+            }))
         ));
         assert!(matches!(
-            parse(&message("medflow.public.doctors", Some(json!({"op": "c"})), None)),
+            parse(&message(
+                "medflow.public.doctors",
+                Some(json!({"op": "c"})),
+                None
+            )),
             Ok(Parsed::Skip)
         ));
-        assert!(parse(&message("medflow.public.patients", Some(json!({"op": "u", "after": {"id": "x"}})), None)).is_err());
+        assert!(
+            parse(&message(
+                "medflow.public.patients",
+                Some(json!({"op": "u", "after": {"id": "x"}})),
+                None
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ pub mod embedded;
 pub mod indexer;
 pub mod opensearch;
 
-
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -228,8 +227,10 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// are searchable.
     fn apply<'a>(&'a self, ops: &'a [IndexOp]) -> BoxFuture<'a, Vec<Result<Applied, IndexError>>>;
 
-    fn search<'a>(&'a self, query: &'a SearchQuery)
-    -> BoxFuture<'a, Result<SearchResults, IndexError>>;
+    fn search<'a>(
+        &'a self,
+        query: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<SearchResults, IndexError>>;
 }
 
 /// Escapes `text` for HTML and wraps the character ranges in `marks` in `<em>…</em>`.

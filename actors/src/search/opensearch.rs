@@ -313,7 +313,11 @@ impl OpenSearchIndex {
             .unwrap_or(0);
         let hits = answer["hits"]["hits"]
             .as_array()
-            .map(|hits| hits.iter().filter_map(|hit| parse_hit(query.kind, hit)).collect())
+            .map(|hits| {
+                hits.iter()
+                    .filter_map(|hit| parse_hit(query.kind, hit))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(SearchResults { total, hits })
     }
@@ -353,7 +357,11 @@ fn parse_hit(kind: Kind, hit: &Value) -> Option<SearchHit> {
             };
             let fragments: Vec<String> = fragments
                 .as_array()
-                .map(|list| list.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             highlights.insert(name, fragments);
         }
@@ -427,11 +435,15 @@ mod tests {
             Ok(Applied::Written)
         );
         assert_eq!(
-            bulk_item_outcome(&json!({"status": 409, "error": {"type": "version_conflict_engine_exception"}})),
+            bulk_item_outcome(
+                &json!({"status": 409, "error": {"type": "version_conflict_engine_exception"}})
+            ),
             Ok(Applied::Stale)
         );
         assert!(matches!(
-            bulk_item_outcome(&json!({"status": 429, "error": {"type": "es_rejected_execution_exception"}})),
+            bulk_item_outcome(
+                &json!({"status": 429, "error": {"type": "es_rejected_execution_exception"}})
+            ),
             Err(IndexError::Transient(_))
         ));
         assert!(matches!(

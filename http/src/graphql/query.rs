@@ -7,6 +7,7 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
 use medflow_actors::Error;
 use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
+use medflow_actors::search::Kind;
 use medflow_actors::store::{
     AppointmentFilter, Direction, DoctorFilter, DocumentFilter, PatientFilter, PatientOrder,
 };
@@ -186,6 +187,61 @@ pub struct PatientCard {
 }
 
 pub struct QueryRoot;
+
+/// What `search` looks for.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+pub enum SearchType {
+    Patient,
+    Document,
+}
+
+/// Filters of a document search.
+#[derive(InputObject, Default)]
+pub struct SearchFilter {
+    pub patient_id: Option<Uuid>,
+    pub author_id: Option<Uuid>,
+    /// consultation, referral, discharge_summary, sick_leave or prescription.
+    pub document_type: Option<String>,
+    /// Created at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Matched words of one field, in `<em>…</em>` (the rest HTML-escaped).
+#[derive(SimpleObject)]
+pub struct SearchHighlight {
+    pub field: String,
+    pub fragments: Vec<String>,
+}
+
+/// One search result.
+#[derive(SimpleObject)]
+#[graphql(name = "SearchHit")]
+pub struct SearchHitGql {
+    #[graphql(name = "type")]
+    pub kind: SearchType,
+    pub id: Uuid,
+    pub score: f32,
+    pub version: i64,
+    pub full_name: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub title: Option<String>,
+    pub document_type: Option<String>,
+    pub status: Option<String>,
+    pub patient_id: Option<Uuid>,
+    pub author_id: Option<Uuid>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub highlights: Vec<SearchHighlight>,
+}
+
+/// Search results, best first.
+#[derive(SimpleObject)]
+#[graphql(name = "SearchResults")]
+pub struct SearchResultsGql {
+    pub total_count: i64,
+    pub hits: Vec<SearchHitGql>,
+}
 
 #[Object]
 impl QueryRoot {
@@ -472,6 +528,85 @@ impl QueryRoot {
             ))
         })
         .await
+    }
+
+    /// Full-text search over documents (Russian stemming, highlights) or fuzzy search over
+    /// patient names, from the search index; the same permissions as REST's
+    /// `GET /api/v1/search` (a `patient` token finds only their own documents).
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        q: String,
+        #[graphql(name = "type")] kind: SearchType,
+        filter: Option<SearchFilter>,
+        first: Option<i32>,
+        #[graphql(default = 0)] offset: i32,
+    ) -> async_graphql::Result<SearchResultsGql> {
+        let (state, caller) = request(ctx)?;
+        let limit = page_size(ctx, first, DEFAULT_PAGE)?;
+        let filter = filter.unwrap_or_default();
+        let doc_type = filter
+            .document_type
+            .as_deref()
+            .map(|raw| {
+                DocumentType::parse(raw)
+                    .map(|t| t.as_str().to_owned())
+                    .ok_or_else(|| {
+                        Problem::invalid_field(
+                            "documentType",
+                            format!("must be one of {}", DocumentType::names().join(", ")),
+                        )
+                    })
+            })
+            .transpose()
+            .gql()?;
+        let results = crate::search::run_search(
+            state,
+            caller,
+            crate::search::SearchRequest {
+                text: q,
+                kind: match kind {
+                    SearchType::Patient => Kind::Patient,
+                    SearchType::Document => Kind::Document,
+                },
+                limit,
+                offset: i64::from(offset),
+                patient_id: filter.patient_id,
+                author_id: filter.author_id,
+                doc_type,
+                from: filter.from,
+                to: filter.to,
+            },
+        )
+        .await
+        .gql()?;
+        Ok(SearchResultsGql {
+            total_count: results.total as i64,
+            hits: results
+                .hits
+                .into_iter()
+                .map(|hit| SearchHitGql {
+                    kind,
+                    id: hit.id,
+                    score: hit.score,
+                    version: hit.version,
+                    full_name: hit.full_name,
+                    birth_date: hit.birth_date,
+                    title: hit.title,
+                    document_type: hit.document_type,
+                    status: hit.status,
+                    patient_id: hit.patient_id,
+                    author_id: hit.author_id,
+                    created_at: hit.created_at,
+                    highlights: hit
+                        .highlights
+                        .into_iter()
+                        .map(|(field, fragments)| SearchHighlight { field, fragments })
+                        .collect(),
+                })
+                .collect(),
+        })
     }
 
     /// One patient as a doctor's screen shows them: the record, upcoming appointments and
