@@ -205,15 +205,6 @@ impl RegistrySubmitter {
     }
 }
 
-impl Inbound {
-    /// The business event's id (its `eventId` header), if it has one.
-    pub fn event_id(&self) -> Option<Uuid> {
-        self.header("eventId")
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(|text| text.parse().ok())
-    }
-}
-
 fn actor_error(error: Error) -> HandlerError {
     match error {
         Error::NotFound { .. } | Error::Invalid(_) => HandlerError::permanent(error),

@@ -146,7 +146,7 @@ async fn a_client_on_each_protocol_receives_the_event_of_a_rest_write() {
     let id = patient["id"].as_str().unwrap().to_owned();
     let token = staff_token(&app);
     let query = format!(
-        r#"subscription {{ patientChanged(id: "{id}") {{ eventType aggregateId version payload }} }}"#
+        r#"subscription {{ patientChanged(id: "{id}") {{ eventType aggregateId version payload data {{ __typename ... on PatientEventData {{ id updatedFields {{ field value }} }} }} }} }}"#
     );
     let mut sockets = Vec::new();
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
@@ -176,6 +176,13 @@ async fn a_client_on_each_protocol_receives_the_event_of_a_rest_write() {
         assert_eq!(event["version"], 2);
         assert_eq!(
             event["payload"]["updatedFields"]["lastName"], "Подписчикова",
+            "{event}"
+        );
+        assert_eq!(event["data"]["__typename"], "PatientEventData", "{event}");
+        assert_eq!(event["data"]["id"], json!(id));
+        assert_eq!(
+            event["data"]["updatedFields"],
+            json!([{"field": "lastName", "value": "Подписчикова"}]),
             "{event}"
         );
     }
@@ -267,7 +274,7 @@ async fn a_write_through_one_instance_reaches_a_subscriber_on_another() {
     let doctor = a.create_doctor().await;
     let mut socket = open(&b, "graphql-transport-ws", &staff_token(&b)).await;
     let query = format!(
-        r#"subscription {{ appointmentChanged(doctorId: "{doctor}") {{ eventType patientId payload }} }}"#
+        r#"subscription {{ appointmentChanged(doctorId: "{doctor}") {{ eventType patientId payload data {{ ... on AppointmentEventData {{ doctorId status durationMinutes }} }} }} }}"#
     );
     send(
         &mut socket,
@@ -289,6 +296,9 @@ async fn a_write_through_one_instance_reaches_a_subscriber_on_another() {
     assert_eq!(event["eventType"], "AppointmentScheduled", "{event}");
     assert_eq!(event["patientId"], patient);
     assert_eq!(event["payload"]["doctorId"], json!(doctor));
+    assert_eq!(event["data"]["doctorId"], json!(doctor), "typed: {event}");
+    assert_eq!(event["data"]["status"], "scheduled");
+    assert_eq!(event["data"]["durationMinutes"], 30);
     b.shutdown().await;
     let db = a.db().await;
     let slot = app_slot(&a);

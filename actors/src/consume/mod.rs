@@ -68,6 +68,13 @@ impl Inbound {
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_slice())
     }
+
+    /// The business event's id (its `eventId` header), if it has one.
+    pub fn event_id(&self) -> Option<uuid::Uuid> {
+        self.header("eventId")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|text| text.parse().ok())
+    }
 }
 
 /// Why a handler could not process a message.

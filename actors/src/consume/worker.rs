@@ -33,6 +33,9 @@ use crate::bus::topics::ensure_topics;
 
 /// How much of an error text travels in `x-error`.
 const MAX_ERROR_HEADER: usize = 1000;
+/// Payload bytes a batch holds at most (documents carry up to 1 MiB of text), besides its
+/// message count.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct ConsumerActor {
@@ -117,6 +120,7 @@ impl Actor for ConsumerActor {
             message_timeout: self.kafka.message_timeout,
             held: HashMap::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
             batch_deadline: None,
         };
         let task = tokio::spawn(async move {
@@ -216,6 +220,16 @@ impl ConsumerContext for GroupContext {
             );
         }
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // A partition paused for a retry and then revoked may come back to this consumer:
+        // it starts unpaused, from the committed offset (the held message is re-read).
+        if let Rebalance::Assign(partitions) = rebalance
+            && let Err(error) = consumer.resume(partitions)
+        {
+            tracing::warn!(group = %self.stats.topics.group_id, error = %error, "cannot resume assigned partitions");
+        }
+    }
 }
 
 fn no_offset(error: &KafkaError) -> bool {
@@ -241,10 +255,15 @@ struct Loop {
     /// partition that were already fetched queue behind it.
     held: HashMap<(String, i32), VecDeque<Inbound>>,
     batch: Vec<Inbound>,
+    batch_bytes: usize,
     batch_deadline: Option<Instant>,
 }
 
 impl Loop {
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= self.spec.max_batch || self.batch_bytes >= MAX_BATCH_BYTES
+    }
+
     async fn run(mut self, mut stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut consecutive_errors = 0u32;
         loop {
@@ -256,7 +275,7 @@ impl Loop {
                 .filter_map(|message| message.not_before_ms)
                 .min()
                 .map(|due| Instant::now() + Duration::from_millis((due - now_ms()).max(0) as u64));
-            let room = self.batch.len() < self.spec.max_batch;
+            let room = !self.batch_full();
             tokio::select! {
                 biased;
                 _ = stopped.changed() => {
@@ -291,7 +310,7 @@ impl Loop {
                     }
                 },
             }
-            if self.batch.len() >= self.spec.max_batch {
+            if self.batch_full() {
                 self.flush().await?;
             }
         }
@@ -319,6 +338,11 @@ impl Loop {
                 .iter()
                 .any(|(topic, p)| *topic == message.source_topic && *p == message.partition)
         });
+        self.batch_bytes = self
+            .batch
+            .iter()
+            .map(|m| m.payload.as_ref().map_or(0, Vec::len))
+            .sum();
         self.stats
             .paused
             .store(self.held.len() as i64, Ordering::Relaxed);
@@ -349,6 +373,7 @@ impl Loop {
         if self.batch.is_empty() {
             self.batch_deadline = Some(Instant::now() + self.spec.batch_wait);
         }
+        self.batch_bytes += message.payload.as_ref().map_or(0, Vec::len);
         self.batch.push(message);
     }
 
@@ -391,6 +416,7 @@ impl Loop {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         let group = self.topics.group_id.clone();
         self.stats
             .consumed

@@ -269,6 +269,13 @@ impl EmbeddedIndex {
             .filter(|word| !word.is_empty())
             .map(str::to_owned)
             .collect();
+        if words.is_empty() {
+            // Nothing searchable in the input (punctuation only).
+            return Ok(SearchResults {
+                total: 0,
+                hits: Vec::new(),
+            });
+        }
         let text_query: Box<dyn Query> = match query.kind {
             Kind::Patient => {
                 let per_word = words
@@ -639,5 +646,7 @@ mod tests {
         assert_eq!(text.total, 1, "another form of the word finds it");
         assert_eq!(text.hits[0].id, doc_id);
         assert!(text.hits[0].highlights["body"][0].contains("<em>боли</em>"));
+        let nothing = index.search(&query(Kind::Document, "?! —")).await.unwrap();
+        assert_eq!(nothing.total, 0, "input without words finds nothing");
     }
 }

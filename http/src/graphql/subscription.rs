@@ -40,6 +40,132 @@ pub struct Event {
     pub version: Option<i64>,
     /// The event's payload, as on the Kafka topic.
     pub payload: Json<serde_json::Value>,
+    /// The payload, typed by the event's aggregate.
+    pub data: EventData,
+}
+
+/// A typed business-event payload.
+#[derive(async_graphql::Union)]
+pub enum EventData {
+    Patient(PatientEventData),
+    Appointment(AppointmentEventData),
+    Document(DocumentEventData),
+    Other(OtherEventData),
+}
+
+/// `PatientCreated` (the whole record), `PatientUpdated` (`updatedFields`: each changed
+/// field with its new value), `PatientDeleted` (the id).
+#[derive(SimpleObject)]
+pub struct PatientEventData {
+    pub id: Uuid,
+    pub updated_fields: Option<Vec<UpdatedField>>,
+    pub first_name: Option<String>,
+    pub middle_name: Option<String>,
+    pub last_name: Option<String>,
+    pub birth_date: Option<chrono::NaiveDate>,
+    pub email: Option<String>,
+}
+
+/// One changed field and its new value (null: cleared).
+#[derive(SimpleObject)]
+pub struct UpdatedField {
+    pub field: String,
+    pub value: Option<String>,
+}
+
+impl PatientEventData {
+    fn parse(payload: &serde_json::Value) -> Option<Self> {
+        let text = |name: &str| payload[name].as_str().map(str::to_owned);
+        Some(Self {
+            id: payload["id"].as_str()?.parse().ok()?,
+            updated_fields: payload["updatedFields"].as_object().map(|fields| {
+                fields
+                    .iter()
+                    .map(|(field, value)| UpdatedField {
+                        field: field.clone(),
+                        value: match value {
+                            serde_json::Value::Null => None,
+                            serde_json::Value::String(text) => Some(text.clone()),
+                            other => Some(other.to_string()),
+                        },
+                    })
+                    .collect()
+            }),
+            first_name: text("firstName"),
+            middle_name: text("middleName"),
+            last_name: text("lastName"),
+            birth_date: text("birthDate").and_then(|t| t.parse().ok()),
+            email: text("email"),
+        })
+    }
+}
+
+/// `AppointmentScheduled` and `AppointmentStatusChanged` (with `previousStatus`, `action`
+/// and, for a cancellation, `reason`).
+#[derive(SimpleObject, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentEventData {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    pub doctor_id: Uuid,
+    pub scheduled_date: chrono::DateTime<chrono::Utc>,
+    pub duration_minutes: Option<i32>,
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub action: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Document events: ids and statuses, never clinical text (read it at `contentUri`).
+#[derive(SimpleObject, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentEventData {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    #[serde(rename = "type")]
+    #[graphql(name = "type")]
+    pub doc_type: String,
+    pub status: String,
+    pub content_version: Option<i32>,
+    pub content_uri: Option<String>,
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub author_id: Option<Uuid>,
+    pub appointment_id: Option<Uuid>,
+    pub updated_fields: Option<Vec<String>>,
+    pub signer_id: Option<Uuid>,
+    pub signed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub checksum: Option<String>,
+    pub registry_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Any other event (`ErrorOccurred`, or a payload this version does not know).
+#[derive(SimpleObject)]
+pub struct OtherEventData {
+    pub json: Json<serde_json::Value>,
+}
+
+impl EventData {
+    fn of(event: &BusEvent) -> Self {
+        let raw = || {
+            EventData::Other(OtherEventData {
+                json: Json(event.payload.clone()),
+            })
+        };
+        let payload = event.payload.clone();
+        match event.aggregate_type.as_str() {
+            "patient" => PatientEventData::parse(&payload)
+                .map(EventData::Patient)
+                .unwrap_or_else(raw),
+            "appointment" => serde_json::from_value(payload)
+                .map(EventData::Appointment)
+                .unwrap_or_else(|_| raw()),
+            "document" => serde_json::from_value(payload)
+                .map(EventData::Document)
+                .unwrap_or_else(|_| raw()),
+            _ => raw(),
+        }
+    }
 }
 
 impl From<&BusEvent> for Event {
@@ -53,6 +179,7 @@ impl From<&BusEvent> for Event {
             patient_id: event.patient_id,
             version: event.version,
             payload: Json(event.payload.clone()),
+            data: EventData::of(event),
         }
     }
 }
