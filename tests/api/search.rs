@@ -201,6 +201,52 @@ async fn writes_are_searchable_and_followed(app: &TestApp) {
         .unwrap();
     assert_eq!(old["total"], 0, "{old}");
 
+    // A replayed old event (the creation, version 1) does not regress the index.
+    let stats = app
+        .app()
+        .consumers()
+        .stats("medflow.search-indexer")
+        .expect("the indexer runs");
+    let handled = |stats: &medflow_actors::consume::ConsumerStats| {
+        stats.succeeded.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = handled(&stats);
+    let old_event = json!({
+        "before": null, "op": "c", "ts_ms": 0, "source": {"table": "patients"},
+        "after": {"id": patient_id, "version": 1, "first_name": "Мария", "middle_name": null,
+                  "last_name": "Соколова", "birth_date": 5551, "archived_at": null},
+    })
+    .to_string();
+    let producer = app.app().settings().kafka().reliable_producer().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&app.app().settings().change_topic("patients"))
+                .key(&json!({"id": patient_id}).to_string())
+                .payload(&old_event),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    eventually(DEADLINE, "the old event to be handled", || async {
+        (handled(&stats) > before).then_some(())
+    })
+    .await;
+    let now: Value = app
+        .get(&format!("/api/v1/search?type=patient&q={}", q("Воронова")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["total"], 1, "{now}");
+    assert_eq!(now["items"][0]["version"], 2);
+    let old: Value = app
+        .get(&format!("/api/v1/search?type=patient&q={}", q("Соколова")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old["total"], 0, "the replayed version 1 was ignored: {old}");
+
     // Archiving removes the patient from search.
     let response = app
         .client
