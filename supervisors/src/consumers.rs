@@ -107,12 +107,8 @@ impl Actor for ConsumerSupervisor {
         event: SupervisionEvent,
         state: &mut ConsumerSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = crate::policy::child_exit(event) else {
+            return Ok(());
         };
         let Some((index, _, started)) = state.running.remove(&cell.get_id()) else {
             return Ok(());

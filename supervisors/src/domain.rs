@@ -145,12 +145,8 @@ impl Actor for DomainSupervisor {
         event: SupervisionEvent,
         state: &mut DomainState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = crate::policy::child_exit(event) else {
+            return Ok(());
         };
         let Some(child) = state.children.iter_mut().find(|child| {
             child

@@ -102,12 +102,8 @@ impl Actor for IntegrationSupervisor {
         event: SupervisionEvent,
         state: &mut IntegrationState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = crate::policy::child_exit(event) else {
+            return Ok(());
         };
         let ours = [&state.producer, &state.reader]
             .iter()

@@ -2,6 +2,20 @@
 
 use std::time::{Duration, Instant};
 
+use ractor::{ActorCell, SupervisionEvent};
+
+/// The child a supervision event reports gone (failed, or stopped with its reason); `None`
+/// for the events that need no action (started, process-group changes).
+pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, error) => Some((cell, error.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            Some((cell, reason.unwrap_or_else(|| "stopped".into())))
+        }
+        _ => None,
+    }
+}
+
 /// How a supervisor restarts a failed child: at most `max_restarts` within `window`, each
 /// after a backoff that doubles from `backoff_initial` up to `backoff_max`.
 #[derive(Debug, Clone, Copy)]

@@ -397,24 +397,14 @@ impl EmbeddedIndex {
         };
         let uuid = |field: Field| text(field).and_then(|t| t.parse::<Uuid>().ok());
         let mut highlights = BTreeMap::new();
-        let mut hit = SearchHit {
+        let mut hit = SearchHit::new(
             kind,
-            id: uuid(f.id).unwrap_or_default(),
+            uuid(f.id).unwrap_or_default(),
             score,
-            version: doc
-                .get_first(f.version)
+            doc.get_first(f.version)
                 .and_then(|v| v.as_i64())
                 .unwrap_or(0),
-            full_name: None,
-            birth_date: None,
-            title: None,
-            document_type: None,
-            status: None,
-            patient_id: None,
-            author_id: None,
-            created_at: None,
-            highlights: BTreeMap::new(),
-        };
+        );
         match kind {
             Kind::Patient => {
                 let name = text(f.name).unwrap_or_default();

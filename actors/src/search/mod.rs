@@ -210,6 +210,27 @@ pub struct SearchHit {
     pub highlights: BTreeMap<String, Vec<String>>,
 }
 
+impl SearchHit {
+    /// A hit without display fields or highlights yet.
+    pub fn new(kind: Kind, id: Uuid, score: f32, version: i64) -> Self {
+        Self {
+            kind,
+            id,
+            score,
+            version,
+            full_name: None,
+            birth_date: None,
+            title: None,
+            document_type: None,
+            status: None,
+            patient_id: None,
+            author_id: None,
+            created_at: None,
+            highlights: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchResults {
     /// Matches in total (the page is `hits`).

@@ -366,21 +366,13 @@ fn parse_hit(kind: Kind, hit: &Value) -> Option<SearchHit> {
             highlights.insert(name, fragments);
         }
     }
-    let mut result = SearchHit {
+    let mut result = SearchHit::new(
         kind,
         id,
-        score: hit["_score"].as_f64().unwrap_or(0.0) as f32,
-        version: hit["_version"].as_i64().unwrap_or(0),
-        full_name: None,
-        birth_date: None,
-        title: None,
-        document_type: None,
-        status: None,
-        patient_id: None,
-        author_id: None,
-        created_at: None,
-        highlights,
-    };
+        hit["_score"].as_f64().unwrap_or(0.0) as f32,
+        hit["_version"].as_i64().unwrap_or(0),
+    );
+    result.highlights = highlights;
     match kind {
         Kind::Patient => {
             result.full_name = text("full_name");
