@@ -140,8 +140,9 @@ impl From<&DocumentSummary> for DocumentSummaryView {
 }
 
 /// One content version of a document.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "DocumentVersion")]
 pub struct DocumentVersionView {
     pub content_version: i32,
     pub title: String,

@@ -455,3 +455,62 @@ async fn introspection_and_graphiql_follow_the_configuration() {
     assert_eq!(page.status(), 405);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn document_versions_and_the_audit_log_are_typed_and_guarded() {
+    let app = spawn_app().await;
+    let patient = app.create_patient(&patient_body(50_500)).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let doctor = app.create_doctor().await;
+    let document = app.create_document(&patient, &doctor).await;
+    let id = document["id"].as_str().unwrap().to_owned();
+    let edited = app
+        .client
+        .patch(app.url(&format!("/api/v1/documents/{id}")))
+        .json(&json!({"title": "Осмотр терапевта, дополнено"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), 200);
+
+    let query = r#"query($id: UUID!) { document(id: $id) {
+        versions { contentVersion title bodyBytes editedBy } } }"#;
+    let body = gql(&app, None, query, json!({"id": id})).await;
+    let versions = body["data"]["document"]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{body}");
+    assert_eq!(versions[0]["contentVersion"], 1);
+    assert_eq!(versions[1]["title"], "Осмотр терапевта, дополнено");
+    assert_eq!(versions[1]["editedBy"], app.staff_subject.as_str());
+
+    let query = r#"query($id: UUID!) { auditLog(filter: {objectId: $id}, first: 10) {
+        totalCount edges { node { seq action actorId objectType objectId hash } } } }"#;
+    let body = gql(&app, None, query, json!({"id": id})).await;
+    let log = &body["data"]["auditLog"];
+    let actions: Vec<&str> = log["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|edge| edge["node"]["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"document.create"), "{body}");
+    assert!(actions.contains(&"document.update"), "{body}");
+    assert!(
+        actions.contains(&"document.versions"),
+        "reading versions is audited: {body}"
+    );
+    assert_eq!(
+        log["edges"][0]["node"]["hash"].as_str().unwrap().len(),
+        64,
+        "{body}"
+    );
+
+    // Only an admin reads the audit log; a doctor reads versions, a registrar does not.
+    let doctor_token = app.token(&[Role::Doctor], None);
+    let refused = gql(&app, Some(&doctor_token), query, json!({"id": id})).await;
+    assert_eq!(error_codes(&refused), ["forbidden"], "{refused}");
+    let registrar = app.token(&[Role::Registrar], None);
+    let query = r#"query($id: UUID!) { document(id: $id) { versions { contentVersion } } }"#;
+    let refused = gql(&app, Some(&registrar), query, json!({"id": id})).await;
+    assert_eq!(error_codes(&refused), ["forbidden"], "{refused}");
+    app.shutdown().await;
+}

@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn highlights_escape_and_mark() {
         assert_eq!(
-            highlight("a <b> Иванов", &[(6..18)]),
+            highlight("a <b> Иванов", std::slice::from_ref(&(6..18))),
             "a &lt;b&gt; <em>Иванов</em>"
         );
     }

@@ -9,7 +9,8 @@ use medflow_actors::Error;
 use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
 use medflow_actors::search::Kind;
 use medflow_actors::store::{
-    AppointmentFilter, Direction, DoctorFilter, DocumentFilter, PatientFilter, PatientOrder,
+    AppointmentFilter, AuditFilter, AuditRecord, Direction, DoctorFilter, DocumentFilter,
+    PatientFilter, PatientOrder,
 };
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ use super::{OrGql, page_size, request};
 use crate::access;
 use crate::appointments::AppointmentView;
 use crate::doctors::DoctorView;
-use crate::documents::{DocumentSummaryView, DocumentView, readable_document};
+use crate::documents::{DocumentSummaryView, DocumentVersionView, DocumentView, readable_document};
 use crate::patients::PatientView;
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
@@ -187,6 +188,51 @@ pub struct PatientCard {
 }
 
 pub struct QueryRoot;
+
+/// Filters of the audit log.
+#[derive(InputObject, Default)]
+pub struct AuditLogFilter {
+    /// Entries about this object only.
+    pub object_id: Option<Uuid>,
+    /// Entries by this token subject only.
+    pub actor_id: Option<String>,
+}
+
+/// One audit entry (hash-chained).
+#[derive(SimpleObject)]
+pub struct AuditEntry {
+    /// Position in the hash chain.
+    pub seq: i64,
+    pub occurred_at: DateTime<Utc>,
+    /// The token subject who acted.
+    pub actor_id: String,
+    /// What was done, e.g. `patient.update`.
+    pub action: String,
+    pub object_type: String,
+    pub object_id: Option<Uuid>,
+    pub client_addr: Option<String>,
+    pub request_id: Option<String>,
+    pub details: async_graphql::Json<serde_json::Value>,
+    /// SHA-256 of this entry and its predecessor's hash, hex.
+    pub hash: String,
+}
+
+impl From<AuditRecord> for AuditEntry {
+    fn from(record: AuditRecord) -> Self {
+        Self {
+            seq: record.seq,
+            occurred_at: record.occurred_at,
+            actor_id: record.actor_id,
+            action: record.action,
+            object_type: record.object_type,
+            object_id: record.object_id,
+            client_addr: record.client_addr,
+            request_id: record.request_id,
+            details: async_graphql::Json(record.details),
+            hash: record.hash,
+        }
+    }
+}
 
 /// What `search` looks for.
 #[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
@@ -609,6 +655,49 @@ impl QueryRoot {
         })
     }
 
+    /// The audit log, newest first (admin): who did what to which object, when, from where,
+    /// with each entry's chain hash.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Page<AuditEntry>> {
+        let (state, caller) = request(ctx)?;
+        caller.authorize(Action::AuditList, Target::Any).gql()?;
+        let filter = filter.unwrap_or_default();
+        if filter
+            .actor_id
+            .as_ref()
+            .is_some_and(|actor| actor.is_empty() || actor.len() > 128)
+        {
+            return Err(Problem::invalid_field(
+                "actorId",
+                "must be 1–128 characters",
+            ))
+            .gql();
+        }
+        connection(ctx, after, first, |offset, limit| async move {
+            let page = state
+                .store
+                .list_audit(&AuditFilter {
+                    object_id: filter.object_id,
+                    actor_id: filter.actor_id,
+                    offset,
+                    limit,
+                })
+                .await
+                .map_err(store_error("audit entry"))?;
+            Ok((
+                page.items.into_iter().map(AuditEntry::from).collect(),
+                page.total,
+            ))
+        })
+        .await
+    }
+
     /// One patient as a doctor's screen shows them: the record, upcoming appointments and
     /// the latest documents, with counts.
     async fn patient_card(
@@ -756,6 +845,27 @@ async fn owner(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Pati
 impl DocumentView {
     async fn author(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DoctorView>> {
         author(ctx, self.author_id).await
+    }
+
+    /// Every content version, oldest first (titles and sizes; read a version's body through
+    /// REST `…/versions/{n}`).
+    async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DocumentVersionView>> {
+        let (state, caller) = request(ctx)?;
+        caller
+            .authorize(Action::DocumentRead, Target::Patient(self.patient_id))
+            .gql()?;
+        let versions = state
+            .store
+            .document_versions(self.id)
+            .await
+            .map_err(store_error("document"))?;
+        access::audit_read(state, caller, "document.versions", "document", [self.id])
+            .await
+            .gql()?;
+        Ok(versions
+            .into_iter()
+            .map(DocumentVersionView::from)
+            .collect())
     }
 
     async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
