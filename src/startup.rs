@@ -31,7 +31,7 @@ use medflow_http::search::{ConsumerAdmin, SearchService};
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
 use medflow_supervisors::Supervision;
 use medflow_supervisors::consumers::ConsumerSupervisor;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -96,17 +96,13 @@ impl Application {
         let hub = if settings.graphql.enabled && settings.graphql.subscriptions {
             let kafka = settings.kafka();
             let topics = EVENT_TYPES.iter().map(|name| kafka.topic(name)).collect();
-            let (hub, _) = Actor::spawn(
-                None,
-                SubscriptionHub {
+            let hub = supervision
+                .start_hub(SubscriptionHub {
                     kafka,
                     topics,
                     buffer: settings.graphql.subscriber_buffer,
-                },
-                (),
-            )
-            .await
-            .context("cannot start the subscription hub")?;
+                })
+                .await?;
             Some(hub)
         } else {
             None
@@ -259,11 +255,6 @@ impl Application {
         }
         for task in &self.background {
             task.abort();
-        }
-        if let Some(hub) = &self.hub {
-            let _ = hub
-                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
-                .await;
         }
         self.supervision.stop(grace).await;
         self.store.pool().close();

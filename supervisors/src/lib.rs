@@ -13,6 +13,7 @@
 //! └─ IntegrationSupervisor                 restarts the CDC pipeline, never escalates
 //!    ├─ KafkaProducer
 //!    └─ CdcReader                          WAL → Kafka, confirms after acks
+//! └─ SubscriptionHub                       business topics → GraphQL subscribers
 //! └─ ConsumerSupervisor                    restarts each consumer group on its own
 //!    ├─ ConsumerActor(medflow.search-indexer)      medflow.public.* → search index
 //!    └─ ConsumerActor(medflow.registry-submitter)  DocumentSigned → federal registry
@@ -73,7 +74,7 @@ pub struct Supervision {
     pub cdc: Option<CdcStatusCell>,
     /// Becomes `Some(reason)` when a child escalated past the root's tolerance.
     pub fatal: watch::Receiver<Option<String>>,
-    consumer_slot: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
+    late: Arc<std::sync::Mutex<Vec<(&'static str, ractor::ActorCell)>>>,
 }
 
 impl Supervision {
@@ -99,7 +100,7 @@ impl Supervision {
                     backoff_max: settings.backoff_max,
                 });
         let (fatal_tx, fatal) = watch::channel(None);
-        let consumer_slot = Arc::new(std::sync::Mutex::new(None));
+        let late = Arc::new(std::sync::Mutex::new(Vec::new()));
         let root = RootSupervisor {
             domain: DomainSupervisor {
                 store: store.clone(),
@@ -110,7 +111,7 @@ impl Supervision {
             },
             integration,
             fatal: fatal_tx,
-            consumers: consumer_slot.clone(),
+            late: late.clone(),
         };
         let (root, root_task) = Actor::spawn(None, root, ())
             .await
@@ -128,21 +129,39 @@ impl Supervision {
             audit: AuditTrail::new(slots.audit, timeout),
             cdc,
             fatal,
-            consumer_slot,
+            late,
         })
     }
 
-    /// Starts the consumer groups under the root (after the domain, whose clients their
-    /// handlers use). At most once.
-    pub async fn start_consumers(&self, supervisor: ConsumerSupervisor) -> anyhow::Result<()> {
-        let (actor, _) = Actor::spawn_linked(None, supervisor, (), self.root.get_cell())
+    /// Starts `actor` under the root, after the domain (whose clients it uses); `name` is
+    /// how a fatal end of it is reported.
+    async fn start_late<A: Actor<Arguments = ()>>(
+        &self,
+        name: &'static str,
+        actor: A,
+    ) -> anyhow::Result<ActorRef<A::Msg>> {
+        let (actor, _) = Actor::spawn_linked(None, actor, (), self.root.get_cell())
             .await
-            .map_err(|error| anyhow::anyhow!("cannot start the consumers: {error}"))?;
-        *self
-            .consumer_slot
+            .map_err(|error| anyhow::anyhow!("cannot start the {name}: {error}"))?;
+        self.late
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(actor.get_cell());
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push((name, actor.get_cell()));
+        Ok(actor)
+    }
+
+    /// Starts the consumer groups under the root.
+    pub async fn start_consumers(&self, supervisor: ConsumerSupervisor) -> anyhow::Result<()> {
+        self.start_late("consumer supervisor", supervisor).await?;
         Ok(())
+    }
+
+    /// Starts the subscription hub under the root.
+    pub async fn start_hub(
+        &self,
+        hub: medflow_actors::bus::hub::SubscriptionHub,
+    ) -> anyhow::Result<ActorRef<medflow_actors::bus::hub::HubMessage>> {
+        self.start_late("subscription hub", hub).await
     }
 
     /// Stops every actor, children first, waiting at most `timeout`.

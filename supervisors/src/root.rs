@@ -6,6 +6,7 @@
 //! RootSupervisor
 //! ├─ DomainSupervisor        registries of patients, appointments, documents; audit writer
 //! ├─ IntegrationSupervisor   the CDC pipeline (when enabled)
+//! ├─ SubscriptionHub         feeds GraphQL subscriptions (when enabled)
 //! └─ ConsumerSupervisor      the consumer groups (search indexer, registry submitter)
 //! ```
 
@@ -28,9 +29,11 @@ pub struct RootSupervisor {
     /// The CDC pipeline, when enabled.
     pub integration: Option<IntegrationSupervisor>,
     pub fatal: watch::Sender<Option<String>>,
-    /// The consumer supervisor, once the application started it (it needs the domain's
-    /// clients, so it starts after the domain); stopped first at shutdown.
-    pub consumers: Arc<Mutex<Option<ActorCell>>>,
+    /// Children the application starts after the tree (the subscription hub, the consumer
+    /// supervisor — they need the domain's clients), by name; stopped first at shutdown, in
+    /// reverse order of start. They restart nothing themselves that the root could, so their
+    /// end is fatal like any top-level child's.
+    pub late: Arc<Mutex<Vec<(&'static str, ActorCell)>>>,
 }
 
 pub struct RootState {
@@ -72,17 +75,21 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // Stop children gracefully, the event pipeline first (it stops reading and lets the
         // producer flush), so their post_stop hooks run; ractor kills whatever is left.
-        let consumers = self
-            .consumers
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .take();
-        let children = [
-            consumers,
-            state.integration.take(),
-            Some(state.domain.clone()),
-        ];
-        for child in children.into_iter().flatten() {
+        let late: Vec<ActorCell> = std::mem::take(
+            &mut *self
+                .late
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
+        .into_iter()
+        .rev()
+        .map(|(_, cell)| cell)
+        .collect();
+        let children = late
+            .into_iter()
+            .map(Some)
+            .chain([state.integration.take(), Some(state.domain.clone())]);
+        for child in children.flatten() {
             let _ = child
                 .stop_and_wait(
                     Some("shutdown".into()),
@@ -110,14 +117,15 @@ impl Actor for RootSupervisor {
             .is_some_and(|integration| integration.get_id() == cell.get_id())
         {
             "integration supervisor"
-        } else if self
-            .consumers
+        } else if let Some(name) = self
+            .late
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .as_ref()
-            .is_some_and(|consumers| consumers.get_id() == cell.get_id())
+            .iter()
+            .find(|(_, late)| late.get_id() == cell.get_id())
+            .map(|(name, _)| *name)
         {
-            "consumer supervisor"
+            name
         } else {
             return Ok(());
         };

@@ -395,3 +395,21 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_the_other_keeps_rec
     println!("slow subscriber's connection ended with close code {code:?}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_hub_is_supervised_and_its_loss_stops_the_application() {
+    let mut app = spawn_app_with(|_| {}).await;
+    let hub = app.app().hub().expect("subscriptions are enabled").clone();
+    hub.get_cell().kill();
+    let application = app.app.take().unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(20), application.run_until_stopped())
+        .await
+        .expect("the application stops")
+        .expect("a clean stop");
+    match reason {
+        medflow::startup::StopReason::Fatal(reason) => {
+            assert!(reason.starts_with("subscription hub"), "{reason}")
+        }
+        other => panic!("expected a fatal stop, got {other:?}"),
+    }
+}
