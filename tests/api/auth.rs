@@ -282,7 +282,7 @@ async fn the_key_set_can_come_from_a_jwks_url() {
 /// What the table in the README promises, written out independently of the code's table:
 /// (operation, columns doctor, registrar, admin, accountant, quality_control, management,
 /// patient); `O` means "own record only".
-const EXPECTED: [(&str, [char; 7]); 22] = [
+const EXPECTED: [(&str, [char; 7]); 23] = [
     ("list patients", ['Y', 'Y', 'Y', 'Y', 'Y', '-', '-']),
     ("read a patient", ['Y', 'Y', 'Y', 'Y', 'Y', '-', 'O']),
     ("create a patient", ['-', 'Y', 'Y', '-', '-', '-', '-']),
@@ -314,6 +314,7 @@ const EXPECTED: [(&str, [char; 7]); 22] = [
         ['-', '-', 'Y', '-', '-', '-', '-'],
     ),
     ("read the CDC status", ['-', '-', 'Y', '-', '-', '-', '-']),
+    ("inspect consumers", ['-', '-', 'Y', '-', '-', '-', '-']),
 ];
 
 fn doctor_body() -> Value {
@@ -415,6 +416,7 @@ async fn perform(
         "list the audit log" => client.get(app.url("/api/v1/audit")),
         "verify the audit hash chain" => client.get(app.url("/api/v1/admin/audit/verify")),
         "read the CDC status" => client.get(app.url("/api/v1/admin/cdc")),
+        "inspect consumers" => client.get(app.url("/api/v1/admin/consumers")),
         other => panic!("no request for {other}"),
     };
     request
