@@ -301,13 +301,14 @@ impl Answer {
                         .unwrap_or("refused by the registry without a reason"),
                 ),
             },
+            // The body of a failure is not kept: it could echo the submitted document.
             408 | 429 | 500..=599 => Answer::Transient {
                 status: Some(status),
-                detail: format!("registry answered {status}: {}", short(body)),
+                detail: format!("registry answered {status}"),
             },
             _ => Answer::Refused {
                 status: Some(status),
-                detail: format!("registry answered {status}: {}", short(body)),
+                detail: format!("registry answered {status}"),
             },
         }
     }

@@ -328,10 +328,20 @@ fn bulk_item_outcome(item: &Value) -> Result<Applied, IndexError> {
     let status = item["status"].as_u64().unwrap_or(0);
     let reason = || {
         let error = &item["error"];
+        // OpenSearch may quote the offending value ("Preview of field's value: …"): that is
+        // personal data, and this text travels to logs and the dead-letter headers.
+        let text = error["reason"].as_str().unwrap_or("");
+        let text = text
+            .split("Preview of field's value")
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>();
         format!(
             "{} ({status}): {}",
             error["type"].as_str().unwrap_or("error"),
-            error["reason"].as_str().unwrap_or("")
+            text.trim_end_matches([' ', '.'])
         )
     };
     match status {
@@ -442,5 +452,12 @@ mod tests {
             bulk_item_outcome(&json!({"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse"}})),
             Err(IndexError::Permanent(reason)) if reason.contains("mapper_parsing_exception")
         ));
+        let Err(IndexError::Permanent(reason)) = bulk_item_outcome(&json!({"status": 400,
+            "error": {"type": "mapper_parsing_exception",
+                "reason": "failed to parse field [birth_date] of type [date]. Preview of field's value: '1985-03-14'"}}))
+        else {
+            panic!("a mapping error is permanent")
+        };
+        assert!(!reason.contains("1985"), "no value quoted: {reason}");
     }
 }
