@@ -422,14 +422,14 @@ pub(crate) async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
 
 /// A tansu broker of the test's own, which it may stop and start again on the same port and
 /// storage.
-struct OwnBroker {
+pub(crate) struct OwnBroker {
     dir: std::path::PathBuf,
     port: u16,
     child: Option<std::process::Child>,
 }
 
 impl OwnBroker {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -447,11 +447,11 @@ impl OwnBroker {
         broker
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         let tansu = std::env::var("MEDFLOW_TEST_TANSU").expect("run through scripts/test");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
@@ -477,7 +477,7 @@ impl OwnBroker {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

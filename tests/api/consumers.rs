@@ -534,3 +534,67 @@ async fn the_search_indexer_survives_being_killed_and_the_admin_view_shows_it() 
     .await;
     shutdown_dropping_slot(app).await;
 }
+
+#[tokio::test]
+async fn a_broker_outage_delays_indexing_but_loses_nothing() {
+    let mut broker = crate::cdc::OwnBroker::start();
+    let address = broker.address();
+    let app = search_app(|settings| {
+        settings.kafka.brokers = address;
+        settings.kafka.message_timeout_ms = 2_000;
+    })
+    .await;
+    let name = "Перебоева";
+    let query = format!(
+        "type=patient&limit=100&q={}",
+        name.bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>()
+    );
+    for n in 0..5 {
+        let mut body = patient_body(300 + n);
+        body["lastName"] = json!(name);
+        app.create_patient(&body).await;
+    }
+    search_until(&app, &query, "the patients before the outage", |body| {
+        body["total"] == 5
+    })
+    .await;
+
+    broker.stop();
+    for n in 5..10 {
+        let mut body = patient_body(300 + n);
+        body["lastName"] = json!(name);
+        app.create_patient(&body).await;
+    }
+    // The outage shows (the CDC pipeline fails over to restarting); the admin view still
+    // answers, without the dead-letter depth it cannot read.
+    eventually(DEADLINE, "the outage to show", || async {
+        (app.get("/readyz").await.status() == 503).then_some(())
+    })
+    .await;
+    let view: Value = app
+        .get("/api/v1/admin/consumers")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["groups"][0]["dlq"], Value::Null, "{view}");
+    let during: Value = app
+        .get(&format!("/api/v1/search?{query}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(during["total"], 5, "search keeps answering: {during}");
+
+    broker.resume();
+    search_until(
+        &app,
+        &query,
+        "every patient after the broker is back",
+        |body| body["total"] == 10,
+    )
+    .await;
+    shutdown_dropping_slot(app).await;
+}
