@@ -214,6 +214,44 @@ impl Harness {
             .expect("the broker takes the message");
     }
 
+    /// A second member of the same group, sharing the handler's script.
+    async fn join(&self, script: Arc<Script>) -> Self {
+        let spec = ConsumerSpec {
+            name: GROUP.into(),
+            topics: vec![self.source.clone()],
+            retry: self.stats.schedule.clone(),
+            max_batch: 100,
+            batch_wait: Duration::from_millis(5),
+        };
+        let stats = Arc::new(ConsumerStats::new(&self.kafka, &spec));
+        let consumers = Consumers::default();
+        let (supervisor, _) = Actor::spawn(
+            None,
+            ConsumerSupervisor {
+                children: vec![ConsumerActor {
+                    spec,
+                    kafka: self.kafka.clone(),
+                    handler: Arc::new(TestHandler(script)),
+                    stats: stats.clone(),
+                }],
+                consumers: consumers.clone(),
+                backoff_initial: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(1),
+            },
+            (),
+        )
+        .await
+        .unwrap();
+        Self {
+            kafka: self.kafka.clone(),
+            source: self.source.clone(),
+            stats,
+            consumers,
+            supervisor,
+            producer: self.kafka.reliable_producer().unwrap(),
+        }
+    }
+
     fn topics(&self) -> medflow_actors::consume::GroupTopics {
         self.stats.topics.clone()
     }
@@ -589,6 +627,12 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
     assert_eq!(during["total"], 5, "search keeps answering: {during}");
 
     broker.resume();
+    // The CDC pipeline reconnects first (its admin requests time out on their own clock),
+    // then the indexer reads what it published.
+    eventually(Duration::from_secs(60), "cdc to recover", || async {
+        (app.get("/readyz").await.status() == 200).then_some(())
+    })
+    .await;
     search_until(
         &app,
         &query,
@@ -597,4 +641,58 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
     )
     .await;
     shutdown_dropping_slot(app).await;
+}
+
+#[tokio::test]
+async fn members_joining_and_leaving_the_group_hand_partitions_over_without_loss() {
+    let script = Arc::new(Script::default());
+    let first = Harness::start(&[200], script.clone()).await;
+    let produce = |harness: &Harness, prefix: &'static str| {
+        let harness_producer = harness.producer.clone();
+        let topic = harness.source.clone();
+        async move {
+            let sends = (0..60).map(|n| {
+                let key = format!("{prefix}{n}");
+                let producer = harness_producer.clone();
+                let topic = topic.clone();
+                async move {
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload("{}"),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .expect("the broker takes the message");
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    };
+    let distinct = |n: usize| {
+        let script = script.clone();
+        async move {
+            eventually(DEADLINE, &format!("{n} distinct messages"), || async {
+                (script.handled_keys().len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    produce(&first, "a").await;
+    distinct(60).await;
+    // A second member joins: the partitions are shared out again.
+    let second = first.join(script.clone()).await;
+    produce(&first, "b").await;
+    distinct(120).await;
+    // The first leaves gracefully (commits, then its partitions are revoked).
+    first.stop().await;
+    produce(&second, "c").await;
+    distinct(180).await;
+    assert!(second.stats.succeeded.load(Ordering::Relaxed) > 0);
+    let handled = script.handled.lock().unwrap().len();
+    println!("handled {handled} times for 180 messages");
+    assert_eq!(
+        handled, 180,
+        "offsets were committed before each hand-over: nothing handled twice"
+    );
+    second.stop().await;
 }

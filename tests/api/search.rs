@@ -298,9 +298,10 @@ async fn opensearch_overload_is_retried_and_a_mapping_error_is_dead_lettered() {
     let standin = OpenSearchStandIn::start().await;
     let url = standin.url();
     let app = search_app(|settings| settings.search.opensearch_url = url.into()).await;
-    // The next two bulk requests are refused as a whole (429), then one item fails its
-    // mapping while the rest of its request succeeds.
-    standin.reject_next_bulks(2);
+    // The next five bulk requests are refused as a whole (429): three tries of the first
+    // batch, then its retry succeeds after two more; then one item fails its mapping while
+    // the rest of its request succeeds.
+    standin.reject_next_bulks(5);
     let mut body = patient_body(11);
     body["lastName"] = json!("Белова");
     let patient = app.create_patient(&body).await;

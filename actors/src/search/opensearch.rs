@@ -36,6 +36,10 @@ use super::{
 /// The version written for a row that no longer exists (OpenSearch's external versions must
 /// stay below 2^63 - 1).
 const FINAL_VERSION: i64 = 1_000_000_000_000_000_000;
+/// Tries of one bulk request refused as a whole (429, 5xx, unreachable), with a backoff
+/// growing by `BULK_BACKOFF` each time.
+const BULK_ATTEMPTS: u32 = 3;
+const BULK_BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct OpenSearchSettings {
@@ -175,7 +179,7 @@ impl OpenSearchIndex {
     }
 
     async fn apply_ops(&self, ops: &[IndexOp]) -> Vec<Result<Applied, IndexError>> {
-        let mut body: Vec<JsonBody<Value>> = Vec::with_capacity(ops.len() * 2);
+        let mut body: Vec<Value> = Vec::with_capacity(ops.len() * 2);
         for op in ops {
             let version = if op.version() == i64::MAX {
                 FINAL_VERSION
@@ -188,40 +192,59 @@ impl OpenSearchIndex {
                 IndexOp::Delete { .. } => "external_gte",
                 _ => "external",
             };
-            body.push(
-                json!({"index": {
-                    "_index": self.index_of(op.kind()),
-                    "_id": op.id(),
-                    "version": version,
-                    "version_type": version_type,
-                }})
-                .into(),
-            );
-            body.push(Self::source(op).into());
+            body.push(json!({"index": {
+                "_index": self.index_of(op.kind()),
+                "_id": op.id(),
+                "version": version,
+                "version_type": version_type,
+            }}));
+            body.push(Self::source(op));
         }
         let all = |error: IndexError| vec![Err(error); ops.len()];
-        let response = match self
-            .client
-            .bulk(BulkParts::None)
-            .refresh(Refresh::WaitFor)
-            .body(body)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => return all(IndexError::Transient(error.to_string())),
+        // A refused or failed request as a whole is tried again after a short backoff
+        // before its operations go to the consumer's retry stages.
+        let mut attempt = 0;
+        let text = loop {
+            attempt += 1;
+            let lines: Vec<JsonBody<Value>> = body.iter().cloned().map(JsonBody::from).collect();
+            let outcome = match self
+                .client
+                .bulk(BulkParts::None)
+                .refresh(Refresh::WaitFor)
+                .body(lines)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status_code().as_u16();
+                    let text = response.text().await.unwrap_or_default();
+                    if status == 429 || status >= 500 {
+                        Err(format!("bulk answered {status}"))
+                    } else if status >= 400 {
+                        let kind = serde_json::from_str::<Value>(&text)
+                            .ok()
+                            .and_then(|v| v["error"]["type"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        return all(IndexError::Permanent(format!(
+                            "bulk answered {status} {kind}"
+                        )));
+                    } else {
+                        Ok(text)
+                    }
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            match outcome {
+                Ok(text) => break text,
+                Err(error) if attempt >= BULK_ATTEMPTS => {
+                    return all(IndexError::Transient(error));
+                }
+                Err(error) => {
+                    tracing::warn!(attempt, error = %error, "bulk request failed; trying again");
+                    tokio::time::sleep(BULK_BACKOFF * attempt).await;
+                }
+            }
         };
-        let status = response.status_code().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        if status == 429 || status >= 500 {
-            return all(IndexError::Transient(format!("bulk answered {status}")));
-        }
-        if status >= 400 {
-            return all(IndexError::Permanent(format!(
-                "bulk answered {status}: {}",
-                text.chars().take(500).collect::<String>()
-            )));
-        }
         let Ok(answer) = serde_json::from_str::<Value>(&text) else {
             return all(IndexError::Transient("bulk answer is not JSON".into()));
         };
