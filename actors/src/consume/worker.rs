@@ -100,7 +100,9 @@ impl Actor for ConsumerActor {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "30000")
+            // A member that vanished (killed, partitioned away) holds its partitions this
+            // long before the group hands them to the others.
+            .set("session.timeout.ms", "10000")
             .set("max.poll.interval.ms", "300000")
             .set("queued.max.messages.kbytes", "16384")
             .set("statistics.interval.ms", "2000")
@@ -232,6 +234,11 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Errors after which the client is unusable (librdkafka's fatal errors).
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
+}
+
 fn no_offset(error: &KafkaError) -> bool {
     matches!(
         error,
@@ -301,11 +308,17 @@ impl Loop {
                         self.accept(inbound)?;
                     }
                     Err(error) => {
-                        consecutive_errors += 1;
-                        tracing::warn!(group = %self.topics.group_id, error = %error, "consumer error");
                         self.stats.set_error(Some(error.to_string()));
-                        if consecutive_errors > 50 {
-                            anyhow::bail!("consumer keeps failing: {error}");
+                        if is_fatal(&error) {
+                            // The client cannot go on: a new one (the actor's restart) can.
+                            anyhow::bail!("consumer failed: {error}");
+                        }
+                        // Broker connections come and go; librdkafka reconnects and the group
+                        // resumes on its own. Restarting here would only leave a dead member
+                        // behind that the group waits for.
+                        consecutive_errors += 1;
+                        if consecutive_errors == 1 || consecutive_errors.is_multiple_of(20) {
+                            tracing::warn!(group = %self.topics.group_id, error = %error, errors = consecutive_errors, "consumer error; the client retries");
                         }
                     }
                 },
