@@ -244,8 +244,8 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// Which adapter this is (`embedded`, `opensearch`), for logs and the admin view.
     fn name(&self) -> &'static str;
 
-    /// Applies `ops` in order; one result per operation. When this returns, written entries
-    /// are searchable.
+    /// Applies `ops` in order; one result per operation. Written entries are searchable when
+    /// this returns (embedded) or after the index's refresh interval (OpenSearch).
     fn apply<'a>(&'a self, ops: &'a [IndexOp]) -> BoxFuture<'a, Vec<Result<Applied, IndexError>>>;
 
     fn search<'a>(

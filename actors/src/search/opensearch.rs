@@ -1,18 +1,21 @@
 //! The OpenSearch adapter of the search port (the `opensearch` crate).
 //!
-//! - Two index templates, `<prefix>-patients` and `<prefix>-documents`, put at start: the
-//!   built-in `russian` analyzer (stemming, stop words) for titles and clinical text, and a
-//!   name analyzer (standard tokenizer, lower case, `ё` → `е`) for names, matched with
-//!   `fuzziness: AUTO` and by prefix. The indices are created from them on first write.
-//! - Writes are `_bulk` requests with `version_type=external` and the row version, and
-//!   `refresh=wait_for` (searchable when `apply` returns). A 200 answer can still carry
-//!   failed items, so every item is inspected: `409` (a newer version is indexed) means
-//!   stale, `429`/`5xx` transient, anything else (a mapping error) permanent.
+//! - Two index templates, `<prefix>-patients` and `<prefix>-documents`, put at start: a
+//!   Russian text analyzer (standard tokenizer, `ё` → `е`, lower case, Russian stop words and
+//!   stemmer) for titles and clinical text, and a name analyzer (standard tokenizer, `ё` →
+//!   `е`, lower case) for names, matched with `fuzziness: AUTO` and by prefix. The indices are
+//!   created from them on first write.
+//! - Writes are `_bulk` requests with `version_type=external` and the row version; they are
+//!   searchable after the index's refresh interval (1 s by default) — waiting for it on each
+//!   request (`refresh=wait_for`) would cap a consumer at one batch per interval. A 200
+//!   answer can still carry failed items, so every item is inspected: `409` (a newer version
+//!   is indexed) means stale, `429`/`5xx` transient, anything else (a mapping error)
+//!   permanent.
 //! - A delete indexes a tombstone (`live: false`) at its version instead of deleting: a real
 //!   delete's version is forgotten after `index.gc_deletes` (60 s), and a late event could
 //!   then resurrect the document.
-//! - A whole request answered `429` or `5xx`, a timeout or an unreachable cluster is
-//!   transient.
+//! - A whole request answered `429` or `5xx`, a timeout or an unreachable cluster is tried
+//!   again after a short backoff, then transient.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,7 +27,6 @@ use opensearch::auth::Credentials;
 use opensearch::http::request::JsonBody;
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use opensearch::indices::IndicesPutIndexTemplateParts;
-use opensearch::params::Refresh;
 use opensearch::{BulkParts, OpenSearch, SearchParts};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -207,14 +209,7 @@ impl OpenSearchIndex {
         let text = loop {
             attempt += 1;
             let lines: Vec<JsonBody<Value>> = body.iter().cloned().map(JsonBody::from).collect();
-            let outcome = match self
-                .client
-                .bulk(BulkParts::None)
-                .refresh(Refresh::WaitFor)
-                .body(lines)
-                .send()
-                .await
-            {
+            let outcome = match self.client.bulk(BulkParts::None).body(lines).send().await {
                 Ok(response) => {
                     let status = response.status_code().as_u16();
                     let text = response.text().await.unwrap_or_default();
