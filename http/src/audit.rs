@@ -21,8 +21,9 @@ const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
 
 /// One audit entry.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
+#[graphql(name = "AuditEntry", complex)]
 pub struct AuditEntryView {
     /// Position in the hash chain.
     pub seq: i64,
@@ -36,6 +37,7 @@ pub struct AuditEntryView {
     pub client_addr: Option<String>,
     pub request_id: Option<String>,
     #[schema(value_type = Object)]
+    #[graphql(skip)]
     pub details: serde_json::Value,
     /// SHA-256 of this entry and its predecessor's hash, hex.
     pub hash: String,

@@ -483,7 +483,7 @@ async fn document_versions_and_the_audit_log_are_typed_and_guarded() {
     assert_eq!(versions[1]["editedBy"], app.staff_subject.as_str());
 
     let query = r#"query($id: UUID!) { auditLog(filter: {objectId: $id}, first: 10) {
-        totalCount edges { node { seq action actorId objectType objectId hash } } } }"#;
+        totalCount edges { node { seq action actorId objectType objectId hash details } } } }"#;
     let body = gql(&app, None, query, json!({"id": id})).await;
     let log = &body["data"]["auditLog"];
     let actions: Vec<&str> = log["edges"]

@@ -9,8 +9,8 @@ use medflow_actors::Error;
 use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
 use medflow_actors::search::Kind;
 use medflow_actors::store::{
-    AppointmentFilter, AuditFilter, AuditRecord, Direction, DoctorFilter, DocumentFilter,
-    PatientFilter, PatientOrder,
+    AppointmentFilter, AuditFilter, Direction, DoctorFilter, DocumentFilter, PatientFilter,
+    PatientOrder,
 };
 use uuid::Uuid;
 
@@ -21,6 +21,7 @@ use super::loaders::{
 use super::{OrGql, page_size, request};
 use crate::access;
 use crate::appointments::AppointmentView;
+use crate::audit::AuditEntryView;
 use crate::doctors::DoctorView;
 use crate::documents::{DocumentSummaryView, DocumentVersionView, DocumentView, readable_document};
 use crate::patients::PatientView;
@@ -196,42 +197,6 @@ pub struct AuditLogFilter {
     pub object_id: Option<Uuid>,
     /// Entries by this token subject only.
     pub actor_id: Option<String>,
-}
-
-/// One audit entry (hash-chained).
-#[derive(SimpleObject)]
-pub struct AuditEntry {
-    /// Position in the hash chain.
-    pub seq: i64,
-    pub occurred_at: DateTime<Utc>,
-    /// The token subject who acted.
-    pub actor_id: String,
-    /// What was done, e.g. `patient.update`.
-    pub action: String,
-    pub object_type: String,
-    pub object_id: Option<Uuid>,
-    pub client_addr: Option<String>,
-    pub request_id: Option<String>,
-    pub details: async_graphql::Json<serde_json::Value>,
-    /// SHA-256 of this entry and its predecessor's hash, hex.
-    pub hash: String,
-}
-
-impl From<AuditRecord> for AuditEntry {
-    fn from(record: AuditRecord) -> Self {
-        Self {
-            seq: record.seq,
-            occurred_at: record.occurred_at,
-            actor_id: record.actor_id,
-            action: record.action,
-            object_type: record.object_type,
-            object_id: record.object_id,
-            client_addr: record.client_addr,
-            request_id: record.request_id,
-            details: async_graphql::Json(record.details),
-            hash: record.hash,
-        }
-    }
 }
 
 /// What `search` looks for.
@@ -664,7 +629,7 @@ impl QueryRoot {
         filter: Option<AuditLogFilter>,
         after: Option<String>,
         first: Option<i32>,
-    ) -> async_graphql::Result<Page<AuditEntry>> {
+    ) -> async_graphql::Result<Page<AuditEntryView>> {
         let (state, caller) = request(ctx)?;
         caller.authorize(Action::AuditList, Target::Any).gql()?;
         let filter = filter.unwrap_or_default();
@@ -691,7 +656,7 @@ impl QueryRoot {
                 .await
                 .map_err(store_error("audit entry"))?;
             Ok((
-                page.items.into_iter().map(AuditEntry::from).collect(),
+                page.items.into_iter().map(AuditEntryView::from).collect(),
                 page.total,
             ))
         })
@@ -881,5 +846,13 @@ impl DocumentSummaryView {
 
     async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
         owner(ctx, self.patient_id).await
+    }
+}
+
+#[ComplexObject]
+impl AuditEntryView {
+    /// What else the entry records (e.g. the version written), as JSON.
+    async fn details(&self) -> async_graphql::Json<serde_json::Value> {
+        async_graphql::Json(self.details.clone())
     }
 }
