@@ -91,7 +91,15 @@ impl Application {
         )
         .await?;
 
-        let (search, consumer_admin) = start_consumers(&settings, &store, &supervision).await?;
+        let (search, consumer_admin) = match start_consumers(&settings, &store, &supervision).await
+        {
+            Ok(started) => started,
+            Err(error) => {
+                // Nothing is served yet: stop what was started before refusing to start.
+                supervision.stop(Duration::from_secs(5)).await;
+                return Err(error);
+            }
+        };
 
         let hub = if settings.graphql.enabled && settings.graphql.subscriptions {
             let kafka = settings.kafka();

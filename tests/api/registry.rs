@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::cdc::shutdown_dropping_slot;
 use crate::helpers::{TestApp, eventually, patient_body, spawn_app_with};
-use crate::standins::{RegistryAnswer, RegistryStandIn};
+use crate::standins::{RegistryAnswer, RegistryStandIn, registry_fixtures};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -160,4 +160,92 @@ async fn a_registry_rejection_is_final_and_not_retried() {
         [(1, "rejected".to_owned(), Some(422))]
     );
     shutdown_dropping_slot(app).await;
+}
+
+#[tokio::test]
+async fn the_registry_is_reached_over_mutual_tls_with_the_configured_certificate() {
+    let registry = RegistryStandIn::start_mutual_tls(vec![]).await;
+    let url = registry.url();
+    let fixtures = registry_fixtures();
+    let app = spawn_app_with(|settings| {
+        settings.cdc.enabled = true;
+        settings.registry.url = url;
+        settings.registry.client_identity_file = fixtures.join("client-identity.pem");
+        settings.registry.ca_file = fixtures.join("ca.pem");
+    })
+    .await;
+    let id = signed_document(&app, 4).await;
+    let document = document_when(&app, &id, "accepted").await;
+    assert_eq!(document["registryId"], "REMD-000001");
+    assert_eq!(registry.requests().len(), 1);
+    shutdown_dropping_slot(app).await;
+}
+
+#[tokio::test]
+async fn without_a_client_certificate_the_registry_is_unreachable_and_the_document_waits() {
+    let registry = RegistryStandIn::start_mutual_tls(vec![]).await;
+    let url = registry.url();
+    let fixtures = registry_fixtures();
+    let app = spawn_app_with(|settings| {
+        settings.cdc.enabled = true;
+        settings.registry.url = url;
+        // The server is trusted, but medflow presents no certificate of its own.
+        settings.registry.ca_file = fixtures.join("ca.pem");
+        settings.consumers.retry_schedule_ms = vec![200, 200];
+    })
+    .await;
+    let id = signed_document(&app, 5).await;
+    let log = eventually(DEADLINE, "the refused attempts to be logged", || async {
+        let log = exchange_log(&app, &id).await;
+        (log.len() == 3).then_some(log)
+    })
+    .await;
+    assert!(
+        log.iter()
+            .all(|(_, outcome, status)| outcome == "failed" && status.is_none()),
+        "{log:?}"
+    );
+    let group = eventually(DEADLINE, "the dead letter", || async {
+        let group = registry_group(&app).await;
+        (group["deadLettered"] == 1).then_some(group)
+    })
+    .await;
+    assert_eq!(crate::consumers::retried(&group), 2, "{group}");
+    assert!(registry.requests().is_empty(), "no request got through");
+    let document: Value = app
+        .get(&format!("/api/v1/documents/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        document["status"], "sent",
+        "it waits for a replay: {document}"
+    );
+    shutdown_dropping_slot(app).await;
+}
+
+#[tokio::test]
+async fn an_unusable_client_certificate_stops_start_up_with_the_key_named() {
+    let (_, db_url) = crate::helpers::fresh_database().await;
+    let mut settings = crate::helpers::test_settings(&db_url);
+    settings.registry.url = "https://127.0.0.1:9/remd/v1/documents".into();
+    // A certificate without its private key.
+    settings.registry.client_identity_file = registry_fixtures().join("ca.pem");
+    let error = match medflow::startup::Application::build(settings).await {
+        Ok(_) => panic!("start-up must refuse the identity"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("registry.client_identity_file"),
+        "the error names the key: {error}"
+    );
+    let mut settings = crate::helpers::test_settings(&db_url);
+    settings.registry.url = "https://127.0.0.1:9/remd/v1/documents".into();
+    settings.registry.ca_file = "/nonexistent/ca.pem".into();
+    let error = match medflow::startup::Application::build(settings).await {
+        Ok(_) => panic!("start-up must refuse a missing file"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("registry.ca_file"), "{error}");
 }

@@ -443,12 +443,28 @@ struct RegistryState {
 #[derive(Clone)]
 pub struct RegistryStandIn {
     address: SocketAddr,
+    tls: bool,
     state: Arc<Mutex<RegistryState>>,
 }
 
+/// The test CA, server and client certificates for the mutual-TLS registry.
+pub fn registry_fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry")
+}
+
 impl RegistryStandIn {
-    /// Answers the scripted answers in order, then accepts.
+    /// Answers the scripted answers in order, then accepts; plain HTTP.
     pub async fn start(script: Vec<RegistryAnswer>) -> Self {
+        Self::start_with(script, false).await
+    }
+
+    /// The same over HTTPS with the test CA's server certificate, refusing any client
+    /// without a certificate from that CA (`tests/fixtures/registry/`).
+    pub async fn start_mutual_tls(script: Vec<RegistryAnswer>) -> Self {
+        Self::start_with(script, true).await
+    }
+
+    async fn start_with(script: Vec<RegistryAnswer>, tls: bool) -> Self {
         let state = Arc::new(Mutex::new(RegistryState {
             script: script.into(),
             ..Default::default()
@@ -496,14 +512,29 @@ impl RegistryStandIn {
                     }
                 },
             );
+        let address = if tls {
+            let fixtures = registry_fixtures();
+            let (address, server) = warp::serve(submit.boxed())
+                .tls()
+                .cert_path(fixtures.join("server.pem"))
+                .key_path(fixtures.join("server.key"))
+                .client_auth_required_path(fixtures.join("ca.pem"))
+                .bind_ephemeral(([127, 0, 0, 1], 0));
+            tokio::spawn(server);
+            address
+        } else {
+            serve(submit.boxed())
+        };
         Self {
-            address: serve(submit.boxed()),
+            address,
+            tls,
             state,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/remd/v1/documents", self.address)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/remd/v1/documents", self.address)
     }
 
     pub fn requests(&self) -> Vec<RegistryRequest> {
