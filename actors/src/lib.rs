@@ -9,6 +9,7 @@
 pub mod appointment_actor;
 pub mod appointments;
 pub mod audit_writer;
+pub mod backoff;
 pub mod bus;
 pub mod cdc;
 pub mod consume;

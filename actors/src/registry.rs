@@ -320,8 +320,11 @@ impl<A: EntityActor> EntityRegistry<A> {
         record.respawn_not_before = if record.crashes > settings.max_restarts {
             record.window_start + settings.restart_window
         } else {
-            let doublings = (record.crashes - 1).min(16);
-            now + (settings.backoff_initial * 2u32.pow(doublings)).min(settings.backoff_max)
+            now + crate::backoff::doubling(
+                settings.backoff_initial,
+                settings.backoff_max,
+                record.crashes,
+            )
         };
         record.crashes
     }

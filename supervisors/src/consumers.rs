@@ -137,11 +137,8 @@ impl ConsumerSupervisor {
     ) {
         let failures = &mut state.failures[index];
         *failures = failures.saturating_add(1);
-        let exponent = failures.saturating_sub(1).min(16);
-        let delay = self
-            .backoff_initial
-            .saturating_mul(1 << exponent)
-            .min(self.backoff_max);
+        let delay =
+            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, *failures);
         let child = &self.children[index];
         child.stats.restarts.fetch_add(1, Ordering::Relaxed);
         child.stats.set_error(Some(reason.clone()));

@@ -160,11 +160,11 @@ impl IntegrationSupervisor {
             child.stop(Some("pipeline restart".into()));
         }
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-        let exponent = state.consecutive_failures.saturating_sub(1).min(16);
-        let delay = self
-            .backoff_initial
-            .saturating_mul(1 << exponent)
-            .min(self.backoff_max);
+        let delay = medflow_actors::backoff::doubling(
+            self.backoff_initial,
+            self.backoff_max,
+            state.consecutive_failures,
+        );
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
         let standby = reason.contains("is active for PID");
         metrics::counter!("medflow_cdc_restarts_total").increment(1);

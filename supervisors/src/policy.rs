@@ -51,10 +51,11 @@ impl RestartTracker {
         if count > policy.max_restarts {
             return RestartDecision::Escalate;
         }
-        let doublings = (count - 1).min(16);
-        RestartDecision::RestartAfter(
-            (policy.backoff_initial * 2u32.pow(doublings)).min(policy.backoff_max),
-        )
+        RestartDecision::RestartAfter(medflow_actors::backoff::doubling(
+            policy.backoff_initial,
+            policy.backoff_max,
+            count,
+        ))
     }
 
     /// Failures counted in the current window.
