@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{GroupTopics, H_ATTEMPT, H_ERROR, H_NOT_BEFORE, H_ORIGINAL_TOPIC, H_REPLAYED_FROM};
+use super::worker::inbound;
+use super::{GroupTopics, H_REPLAYED_FROM};
 use crate::bus::KafkaSettings;
 
 /// How long the broker may take to answer one metadata or offsets request.
@@ -148,53 +148,21 @@ pub async fn replay(
         if message.offset() + 1 >= high {
             remaining.remove(&partition);
         }
-        let mut original = None;
-        let mut headers = Vec::new();
-        if let Some(all) = message.headers() {
-            for header in all.iter() {
-                match header.key {
-                    H_ORIGINAL_TOPIC => {
-                        original = header
-                            .value
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .map(str::to_owned)
-                    }
-                    H_ATTEMPT | H_ERROR | H_NOT_BEFORE | H_REPLAYED_FROM => {}
-                    key => headers.push((key.to_owned(), header.value.map(<[u8]>::to_vec))),
-                }
-            }
-        }
-        let Some(original) = original else {
-            tracing::warn!(dlq = %topics.dlq, partition, offset = message.offset(), "dead letter without x-original-topic; skipped");
+        let mut message = inbound(&message);
+        if message.topic == message.source_topic {
+            tracing::warn!(dlq = %topics.dlq, partition, offset = message.offset, "dead letter without x-original-topic; skipped");
             continue;
-        };
-        records.push((
-            original,
-            message.key().map(<[u8]>::to_vec),
-            message.payload().map(<[u8]>::to_vec),
-            headers,
-        ));
+        }
+        // Replayed again after failing again: one `x-replayed-from`, the one added below.
+        message.headers.retain(|(key, _)| key != H_REPLAYED_FROM);
+        records.push(message);
     }
-    let sends = records.iter().map(|(topic, key, payload, headers)| {
-        let mut owned = OwnedHeaders::new();
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
-        }
-        owned = owned.insert(Header {
-            key: H_REPLAYED_FROM,
-            value: Some(topics.dlq.as_bytes()),
-        });
-        let mut record = FutureRecord::to(topic).headers(owned);
-        if let Some(key) = key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(payload) = payload {
-            record = record.payload(payload.as_slice());
-        }
-        producer.send(record, kafka.message_timeout)
+    let replayed_from = [(H_REPLAYED_FROM, topics.dlq.as_bytes())];
+    let sends = records.iter().map(|message| {
+        producer.send(
+            message.republish(&message.topic, &replayed_from),
+            kafka.message_timeout,
+        )
     });
     for result in join_all(sends).await {
         if let Err((error, _)) = result {

@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 
 use crate::bus::KafkaSettings;
@@ -67,6 +69,34 @@ impl Inbound {
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_slice())
+    }
+
+    /// A record of this message's key and payload for `topic`, with its own headers and
+    /// then `extra` (retry bookkeeping, `x-replayed-from`).
+    pub(crate) fn republish<'a>(
+        &'a self,
+        topic: &'a str,
+        extra: &[(&str, &[u8])],
+    ) -> FutureRecord<'a, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new();
+        let own = self
+            .headers
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_slice()));
+        for (key, value) in own.chain(extra.iter().copied()) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(payload.as_slice());
+        }
+        record
     }
 
     /// The business event's id (its `eventId` header), if it has one.

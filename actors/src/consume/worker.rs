@@ -17,8 +17,8 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -450,14 +450,15 @@ impl Loop {
             }
         }
         let sends = routed.iter().map(|route| {
-            let mut record = FutureRecord::to(&route.topic).headers(route.headers.clone());
-            if let Some(key) = &route.message.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = &route.message.payload {
-                record = record.payload(payload.as_slice());
-            }
-            self.producer.send(record, self.message_timeout)
+            let extra: Vec<(&str, &[u8])> = route
+                .extra
+                .iter()
+                .map(|(key, value)| (*key, value.as_bytes()))
+                .collect();
+            self.producer.send(
+                route.message.republish(&route.topic, &extra),
+                self.message_timeout,
+            )
         });
         for (result, route) in join_all(sends).await.into_iter().zip(&routed) {
             if let Err((error, _)) = result {
@@ -512,17 +513,9 @@ impl Loop {
             _ => None,
         };
         let text: String = error.to_string().chars().take(MAX_ERROR_HEADER).collect();
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_slice()),
-            });
-        }
-        let attempt_text = attempt.to_string();
         let mut extra = vec![
             (H_ORIGINAL_TOPIC, message.topic.clone()),
-            (H_ATTEMPT, attempt_text),
+            (H_ATTEMPT, attempt.to_string()),
             (H_ERROR, text.clone()),
         ];
         let topic = match stage {
@@ -537,16 +530,10 @@ impl Loop {
                 self.topics.dlq.clone()
             }
         };
-        for (key, value) in &extra {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
         Route {
             topic,
             stage,
-            headers,
+            extra,
             message,
         }
     }
@@ -555,7 +542,8 @@ impl Loop {
 struct Route<'a> {
     topic: String,
     stage: Option<usize>,
-    headers: OwnedHeaders,
+    /// The retry bookkeeping headers added to the message's own.
+    extra: Vec<(&'static str, String)>,
     message: &'a Inbound,
 }
 
@@ -567,7 +555,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Copies a message out of the client, splitting the retry bookkeeping from its headers.
-fn inbound(message: &BorrowedMessage<'_>) -> Inbound {
+pub(crate) fn inbound(message: &BorrowedMessage<'_>) -> Inbound {
     let mut headers = Vec::new();
     let mut original_topic = None;
     let mut attempt = 0;
