@@ -649,8 +649,7 @@ impl Settings {
 
     /// The CDC topic of `table` (`<prefix><server_name>.public.<table>`).
     pub fn change_topic(&self, table: &str) -> String {
-        self.kafka()
-            .topic(&format!("{}.public.{table}", self.cdc.server_name))
+        medflow_actors::cdc::reader::change_topic(&self.kafka(), &self.cdc.server_name, table)
     }
 
     pub fn tree(&self) -> TreeSettings {

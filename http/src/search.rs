@@ -154,16 +154,7 @@ pub async fn search(
             Kind::parse(raw)
                 .ok_or_else(|| Problem::invalid_field("type", "must be patient or document"))
         })?;
-    let max_limit = state
-        .search
-        .as_ref()
-        .map_or(100, |service| service.max_limit as i64);
-    let (offset, limit) = query.pagination(DEFAULT_LIMIT, max_limit)?;
-    let doc_type = query.parsed(
-        "documentType",
-        &format!("must be one of {}", DocumentType::names().join(", ")),
-        |raw| DocumentType::parse(raw).map(|t| t.as_str().to_owned()),
-    )?;
+    let (offset, limit) = query.pagination(DEFAULT_LIMIT, max_limit(state))?;
     let request = SearchRequest {
         text: query.get("q").unwrap_or_default().to_owned(),
         kind,
@@ -171,7 +162,7 @@ pub async fn search(
         offset,
         patient_id: query.uuid("patientId")?,
         author_id: query.uuid("authorId")?,
-        doc_type,
+        doc_type: query.get("documentType").map(str::to_owned),
         from: query.time("from")?,
         to: query.time("to")?,
     };
@@ -185,6 +176,14 @@ pub async fn search(
     Ok(json_reply(StatusCode::OK, &view, None))
 }
 
+/// Results per page at most: `search.max_limit`.
+fn max_limit(state: &AppState) -> i64 {
+    state
+        .search
+        .as_ref()
+        .map_or(100, |service| service.max_limit as i64)
+}
+
 /// A search as a transport received it (REST or GraphQL).
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -194,7 +193,7 @@ pub struct SearchRequest {
     pub offset: i64,
     pub patient_id: Option<Uuid>,
     pub author_id: Option<Uuid>,
-    /// Already checked to be a document type.
+    /// A document type name, checked here.
     pub doc_type: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
@@ -211,10 +210,7 @@ pub async fn run_search(
     if text.is_empty() || text.chars().count() > MAX_QUERY_CHARS {
         return Err(Problem::invalid_field("q", "is required: 1–200 characters"));
     }
-    let max_limit = state
-        .search
-        .as_ref()
-        .map_or(100, |service| service.max_limit as i64);
+    let max_limit = max_limit(state);
     if !(1..=max_limit).contains(&request.limit) {
         return Err(Problem::invalid_field(
             "limit",
@@ -229,11 +225,25 @@ pub async fn run_search(
     {
         return Err(Problem::invalid_field("to", "must be after from"));
     }
+    let doc_type = request
+        .doc_type
+        .as_deref()
+        .map(|raw| {
+            DocumentType::parse(raw)
+                .map(|t| t.as_str().to_owned())
+                .ok_or_else(|| {
+                    Problem::invalid_field(
+                        "documentType",
+                        format!("must be one of {}", DocumentType::names().join(", ")),
+                    )
+                })
+        })
+        .transpose()?;
     let mut patient_id = request.patient_id;
     match request.kind {
         Kind::Patient => {
             caller.authorize(Action::PatientList, Target::Any)?;
-            if patient_id.is_some() || request.author_id.is_some() || request.doc_type.is_some() {
+            if patient_id.is_some() || request.author_id.is_some() || doc_type.is_some() {
                 return Err(Problem::bad_request(
                     "patientId, authorId and documentType filter documents, not patients",
                 ));
@@ -274,7 +284,7 @@ pub async fn run_search(
         offset: request.offset as usize,
         patient_id,
         author_id: request.author_id,
-        doc_type: request.doc_type,
+        doc_type,
         from: request.from,
         to: request.to,
     };

@@ -107,8 +107,14 @@ pub struct CdcSettings {
 impl CdcSettings {
     /// The CDC topic of `table`: `<prefix>medflow.public.<table>`.
     pub fn change_topic(&self, kafka: &KafkaSettings, table: &str) -> String {
-        kafka.topic(&format!("{}.public.{table}", self.server_name))
+        change_topic(kafka, &self.server_name, table)
     }
+}
+
+/// The CDC topic of `table` for the logical server `server_name` (Debezium's naming):
+/// `<prefix><server_name>.public.<table>`.
+pub fn change_topic(kafka: &KafkaSettings, server_name: &str, table: &str) -> String {
+    kafka.topic(&format!("{server_name}.public.{table}"))
 }
 
 #[derive(Debug)]

@@ -557,21 +557,6 @@ impl QueryRoot {
         let (state, caller) = request(ctx)?;
         let limit = page_size(ctx, first, DEFAULT_PAGE)?;
         let filter = filter.unwrap_or_default();
-        let doc_type = filter
-            .document_type
-            .as_deref()
-            .map(|raw| {
-                DocumentType::parse(raw)
-                    .map(|t| t.as_str().to_owned())
-                    .ok_or_else(|| {
-                        Problem::invalid_field(
-                            "documentType",
-                            format!("must be one of {}", DocumentType::names().join(", ")),
-                        )
-                    })
-            })
-            .transpose()
-            .gql()?;
         let results = crate::search::run_search(
             state,
             caller,
@@ -585,7 +570,7 @@ impl QueryRoot {
                 offset: i64::from(offset),
                 patient_id: filter.patient_id,
                 author_id: filter.author_id,
-                doc_type,
+                doc_type: filter.document_type,
                 from: filter.from,
                 to: filter.to,
             },
