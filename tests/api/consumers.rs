@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::cdc::shutdown_dropping_slot;
 use crate::helpers::{eventually, patient_body};
-use crate::search::{search_app, search_until};
+use crate::search::{q, search_app, search_now, search_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const GROUP: &str = "test-group";
@@ -153,15 +153,37 @@ impl Harness {
         ensure_topics(&kafka, std::slice::from_ref(&source))
             .await
             .unwrap();
+        let retry = RetrySchedule(
+            schedule_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        );
+        Self::member(kafka, source, retry, script).await
+    }
+
+    /// A second member of the same group, sharing the handler's script.
+    async fn join(&self, script: Arc<Script>) -> Self {
+        Self::member(
+            self.kafka.clone(),
+            self.source.clone(),
+            self.stats.schedule.clone(),
+            script,
+        )
+        .await
+    }
+
+    /// Starts one member of the group `GROUP` reading `source`, under its own supervisor.
+    async fn member(
+        kafka: KafkaSettings,
+        source: String,
+        retry: RetrySchedule,
+        script: Arc<Script>,
+    ) -> Self {
         let spec = ConsumerSpec {
             name: GROUP.into(),
             topics: vec![source.clone()],
-            retry: RetrySchedule(
-                schedule_ms
-                    .iter()
-                    .map(|ms| Duration::from_millis(*ms))
-                    .collect(),
-            ),
+            retry,
             max_batch: 100,
             batch_wait: Duration::from_millis(5),
         };
@@ -214,42 +236,11 @@ impl Harness {
             .expect("the broker takes the message");
     }
 
-    /// A second member of the same group, sharing the handler's script.
-    async fn join(&self, script: Arc<Script>) -> Self {
-        let spec = ConsumerSpec {
-            name: GROUP.into(),
-            topics: vec![self.source.clone()],
-            retry: self.stats.schedule.clone(),
-            max_batch: 100,
-            batch_wait: Duration::from_millis(5),
-        };
-        let stats = Arc::new(ConsumerStats::new(&self.kafka, &spec));
-        let consumers = Consumers::default();
-        let (supervisor, _) = Actor::spawn(
-            None,
-            ConsumerSupervisor {
-                children: vec![ConsumerActor {
-                    spec,
-                    kafka: self.kafka.clone(),
-                    handler: Arc::new(TestHandler(script)),
-                    stats: stats.clone(),
-                }],
-                consumers: consumers.clone(),
-                backoff_initial: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(1),
-            },
-            (),
-        )
-        .await
-        .unwrap();
-        Self {
-            kafka: self.kafka.clone(),
-            source: self.source.clone(),
-            stats,
-            consumers,
-            supervisor,
-            producer: self.kafka.reliable_producer().unwrap(),
-        }
+    /// `count` messages keyed `<prefix>0`, `<prefix>1`, …, sent concurrently.
+    async fn produce_many(&self, prefix: &str, count: usize) {
+        let keys: Vec<String> = (0..count).map(|n| format!("{prefix}{n}")).collect();
+        let empty = json!({});
+        futures::future::join_all(keys.iter().map(|key| self.produce(key, &empty))).await;
     }
 
     fn topics(&self) -> medflow_actors::consume::GroupTopics {
@@ -475,13 +466,7 @@ async fn the_search_indexer_survives_being_killed_and_the_admin_view_shows_it() 
         body["lastName"] = json!(token_word);
         app.create_patient(&body).await;
     }
-    let query = format!(
-        "type=patient&limit=100&q={}",
-        token_word
-            .bytes()
-            .map(|b| format!("%{b:02X}"))
-            .collect::<String>()
-    );
+    let query = format!("type=patient&limit=100&q={}", q(token_word));
     search_until(&app, &query, "the first ten patients", |body| {
         body["total"] == 10
     })
@@ -583,12 +568,7 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
     })
     .await;
     let name = "Перебоева";
-    let query = format!(
-        "type=patient&limit=100&q={}",
-        name.bytes()
-            .map(|b| format!("%{b:02X}"))
-            .collect::<String>()
-    );
+    let query = format!("type=patient&limit=100&q={}", q(name));
     for n in 0..5 {
         let mut body = patient_body(300 + n);
         body["lastName"] = json!(name);
@@ -618,12 +598,7 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(view["groups"][0]["dlq"], Value::Null, "{view}");
-    let during: Value = app
-        .get(&format!("/api/v1/search?{query}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let during = search_now(&app, &query).await;
     assert_eq!(during["total"], 5, "search keeps answering: {during}");
 
     broker.resume();
@@ -647,27 +622,6 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
 async fn members_joining_and_leaving_the_group_hand_partitions_over_without_loss() {
     let script = Arc::new(Script::default());
     let first = Harness::start(&[200], script.clone()).await;
-    let produce = |harness: &Harness, prefix: &'static str| {
-        let harness_producer = harness.producer.clone();
-        let topic = harness.source.clone();
-        async move {
-            let sends = (0..60).map(|n| {
-                let key = format!("{prefix}{n}");
-                let producer = harness_producer.clone();
-                let topic = topic.clone();
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::to(&topic).key(&key).payload("{}"),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .expect("the broker takes the message");
-                }
-            });
-            futures::future::join_all(sends).await;
-        }
-    };
     let distinct = |n: usize| {
         let script = script.clone();
         async move {
@@ -677,15 +631,15 @@ async fn members_joining_and_leaving_the_group_hand_partitions_over_without_loss
             .await
         }
     };
-    produce(&first, "a").await;
+    first.produce_many("a", 60).await;
     distinct(60).await;
     // A second member joins: the partitions are shared out again.
     let second = first.join(script.clone()).await;
-    produce(&first, "b").await;
+    first.produce_many("b", 60).await;
     distinct(120).await;
     // The first leaves gracefully (commits, then its partitions are revoked).
     first.stop().await;
-    produce(&second, "c").await;
+    second.produce_many("c", 60).await;
     distinct(180).await;
     assert!(second.stats.succeeded.load(Ordering::Relaxed) > 0);
     let handled = script.handled.lock().unwrap().len();

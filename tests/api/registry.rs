@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use medflow::config::Settings;
 use serde_json::Value;
 
 use crate::cdc::shutdown_dropping_slot;
@@ -11,11 +12,19 @@ use crate::standins::{RegistryAnswer, RegistryStandIn, registry_fixtures};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn registry_app(registry: &RegistryStandIn) -> TestApp {
+/// An application submitting to `registry`, adjusted by `configure`.
+async fn app_for(registry: &RegistryStandIn, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let url = registry.url();
     spawn_app_with(|settings| {
         settings.cdc.enabled = true;
         settings.registry.url = url;
+        configure(settings);
+    })
+    .await
+}
+
+async fn registry_app(registry: &RegistryStandIn) -> TestApp {
+    app_for(registry, |settings| {
         settings.registry.timeout_ms = 500;
         settings.consumers.retry_schedule_ms = vec![200, 200, 200, 200];
     })
@@ -165,11 +174,8 @@ async fn a_registry_rejection_is_final_and_not_retried() {
 #[tokio::test]
 async fn the_registry_is_reached_over_mutual_tls_with_the_configured_certificate() {
     let registry = RegistryStandIn::start_mutual_tls(vec![]).await;
-    let url = registry.url();
     let fixtures = registry_fixtures();
-    let app = spawn_app_with(|settings| {
-        settings.cdc.enabled = true;
-        settings.registry.url = url;
+    let app = app_for(&registry, |settings| {
         settings.registry.client_identity_file = fixtures.join("client-identity.pem");
         settings.registry.ca_file = fixtures.join("ca.pem");
     })
@@ -184,11 +190,8 @@ async fn the_registry_is_reached_over_mutual_tls_with_the_configured_certificate
 #[tokio::test]
 async fn without_a_client_certificate_the_registry_is_unreachable_and_the_document_waits() {
     let registry = RegistryStandIn::start_mutual_tls(vec![]).await;
-    let url = registry.url();
     let fixtures = registry_fixtures();
-    let app = spawn_app_with(|settings| {
-        settings.cdc.enabled = true;
-        settings.registry.url = url;
+    let app = app_for(&registry, |settings| {
         // The server is trusted, but medflow presents no certificate of its own.
         settings.registry.ca_file = fixtures.join("ca.pem");
         settings.consumers.retry_schedule_ms = vec![200, 200];

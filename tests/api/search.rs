@@ -22,6 +22,15 @@ pub(crate) async fn search_app(configure: impl FnOnce(&mut Settings)) -> TestApp
     .await
 }
 
+/// One search (`query` is the query string), its answer's body.
+pub(crate) async fn search_now(app: &TestApp, query: &str) -> Value {
+    app.get(&format!("/api/v1/search?{query}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Searches until `done` holds for the answer, and returns it.
 pub(crate) async fn search_until(
     app: &TestApp,
@@ -49,11 +58,8 @@ fn ids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-fn q(text: &str) -> String {
-    url_escape(text)
-}
-
-fn url_escape(text: &str) -> String {
+/// `text` percent-encoded for a query string.
+pub(crate) fn q(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -164,15 +170,7 @@ async fn writes_are_searchable_and_followed(app: &TestApp) {
         ("from=2000-01-01T00:00:00Z".to_owned(), 1),
         ("to=2000-01-01T00:00:00Z".to_owned(), 0),
     ] {
-        let body: Value = app
-            .get(&format!(
-                "/api/v1/search?type=document&q={}&{filter}",
-                q("груди")
-            ))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let body = search_now(app, &format!("type=document&q={}&{filter}", q("груди"))).await;
         assert_eq!(body["total"], expected, "{filter}: {body}");
     }
 
@@ -193,12 +191,7 @@ async fn writes_are_searchable_and_followed(app: &TestApp) {
     )
     .await;
     assert_eq!(found["items"][0]["version"], 2);
-    let old: Value = app
-        .get(&format!("/api/v1/search?type=patient&q={}", q("Соколова")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let old = search_now(app, &format!("type=patient&q={}", q("Соколова"))).await;
     assert_eq!(old["total"], 0, "{old}");
 
     // A replayed old event (the creation, version 1) does not regress the index.
@@ -231,20 +224,10 @@ async fn writes_are_searchable_and_followed(app: &TestApp) {
         (handled(&stats) > before).then_some(())
     })
     .await;
-    let now: Value = app
-        .get(&format!("/api/v1/search?type=patient&q={}", q("Воронова")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let now = search_now(app, &format!("type=patient&q={}", q("Воронова"))).await;
     assert_eq!(now["total"], 1, "{now}");
     assert_eq!(now["items"][0]["version"], 2);
-    let old: Value = app
-        .get(&format!("/api/v1/search?type=patient&q={}", q("Соколова")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let old = search_now(app, &format!("type=patient&q={}", q("Соколова"))).await;
     assert_eq!(old["total"], 0, "the replayed version 1 was ignored: {old}");
 
     // Archiving removes the patient from search.
