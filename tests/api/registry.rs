@@ -78,23 +78,8 @@ async fn exchange_log(app: &TestApp, id: &str) -> Vec<(i32, String, Option<i32>)
 }
 
 async fn registry_group(app: &TestApp) -> Value {
-    let body: Value = app
-        .get("/api/v1/admin/consumers")
+    crate::consumers::consumer_group(app, "medflow.registry-submitter")
         .await
-        .json()
-        .await
-        .unwrap();
-    body["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| {
-            g["group"]
-                .as_str()
-                .unwrap()
-                .ends_with("medflow.registry-submitter")
-        })
-        .cloned()
         .expect("the registry submitter runs")
 }
 

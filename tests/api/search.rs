@@ -313,16 +313,7 @@ async fn opensearch_overload_is_retried_and_a_mapping_error_is_dead_lettered() {
     )
     .await;
     let consumers = eventually(DEADLINE, "the refused document in the DLQ", || async {
-        let body: Value = app.get("/api/v1/admin/consumers").await.json().await.ok()?;
-        let group = body["groups"]
-            .as_array()?
-            .iter()
-            .find(|g| {
-                g["group"]
-                    .as_str()
-                    .is_some_and(|name| name.ends_with("medflow.search-indexer"))
-            })?
-            .clone();
+        let group = crate::consumers::consumer_group(&app, "medflow.search-indexer").await?;
         (group["deadLettered"] == 1).then_some(group)
     })
     .await;
