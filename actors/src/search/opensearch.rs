@@ -208,7 +208,7 @@ impl OpenSearchIndex {
         let mut attempt = 0;
         let text = loop {
             attempt += 1;
-            let lines: Vec<JsonBody<Value>> = body.iter().cloned().map(JsonBody::from).collect();
+            let lines: Vec<JsonBody<&Value>> = body.iter().map(JsonBody::new).collect();
             let outcome = match self.client.bulk(BulkParts::None).body(lines).send().await {
                 Ok(response) => {
                     let status = response.status_code().as_u16();
