@@ -83,7 +83,28 @@ impl Actor for AppointmentActor {
 }
 
 impl AppointmentActor {
+    /// Applies `action`, deciding again on the committed row if a cached state decided
+    /// anything but a committed write (see [`EntityState::redo_on_fresh`]).
     async fn act(
+        &self,
+        myself: &ActorRef<AppointmentMessage>,
+        state: &mut EntityState<Appointment>,
+        action: AppointmentAction,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+    ) -> Result<Arc<Appointment>> {
+        loop {
+            let cached = state.cached_version();
+            let answer = self
+                .act_once(myself, state, action.clone(), if_match, ctx.clone())
+                .await;
+            if !state.redo_on_fresh(cached, &answer) {
+                return answer;
+            }
+        }
+    }
+
+    async fn act_once(
         &self,
         myself: &ActorRef<AppointmentMessage>,
         state: &mut EntityState<Appointment>,

@@ -88,7 +88,9 @@ impl Actor for DocumentActor {
                 ctx,
                 reply,
             } => {
-                let answer = Box::pin(self.edit(&myself, state, edit, if_match, ctx)).await;
+                let answer =
+                    Box::pin(self.command(&myself, state, Command::Edit { edit, if_match }, ctx))
+                        .await;
                 let _ = reply.send(answer);
             }
             DocumentMessage::Sign {
@@ -97,7 +99,16 @@ impl Actor for DocumentActor {
                 ctx,
                 reply,
             } => {
-                let answer = Box::pin(self.sign(&myself, state, signature, if_match, ctx)).await;
+                let answer = Box::pin(self.command(
+                    &myself,
+                    state,
+                    Command::Sign {
+                        signature,
+                        if_match,
+                    },
+                    ctx,
+                ))
+                .await;
                 let _ = reply.send(answer);
             }
             DocumentMessage::Registry {
@@ -105,7 +116,9 @@ impl Actor for DocumentActor {
                 ctx,
                 reply,
             } => {
-                let answer = Box::pin(self.registry(&myself, state, outcome, ctx)).await;
+                let answer =
+                    Box::pin(self.command(&myself, state, Command::Registry { outcome }, ctx))
+                        .await;
                 let _ = reply.send(answer);
             }
         }
@@ -124,7 +137,51 @@ fn immutable(document: &Document, action: &str) -> Error {
     }
 }
 
+/// A write command on a document, kept so it can be decided again on a fresh load.
+#[derive(Clone)]
+enum Command {
+    Edit {
+        edit: DraftEdit,
+        if_match: Option<i64>,
+    },
+    Sign {
+        signature: SignatureInput,
+        if_match: Option<i64>,
+    },
+    Registry {
+        outcome: RegistryOutcome,
+    },
+}
+
 impl DocumentActor {
+    /// Runs `command`, deciding again on the committed row if a cached state decided
+    /// anything but a committed write (see [`EntityState::redo_on_fresh`]).
+    async fn command(
+        &self,
+        myself: &ActorRef<DocumentMessage>,
+        state: &mut EntityState<Document>,
+        command: Command,
+        ctx: RequestContext,
+    ) -> Result<Arc<Document>> {
+        loop {
+            let cached = state.cached_version();
+            let ctx = ctx.clone();
+            let answer = match command.clone() {
+                Command::Edit { edit, if_match } => {
+                    self.edit(myself, state, edit, if_match, ctx).await
+                }
+                Command::Sign {
+                    signature,
+                    if_match,
+                } => self.sign(myself, state, signature, if_match, ctx).await,
+                Command::Registry { outcome } => self.registry(myself, state, outcome, ctx).await,
+            };
+            if !state.redo_on_fresh(cached, &answer) {
+                return answer;
+            }
+        }
+    }
+
     async fn current(
         &self,
         myself: &ActorRef<DocumentMessage>,

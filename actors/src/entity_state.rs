@@ -1,5 +1,13 @@
-//! `EntityState`: what an entity actor knows of its entity, and the two moves every entity
-//! actor makes with it — load on first use, and settle after a write.
+//! `EntityState`: what an entity actor knows of its entity, and the moves every entity actor
+//! makes with it — load on first use, settle after a write, and redo a command whose answer
+//! a cached state decided.
+//!
+//! Several instances share one database, so a cached entity may be older than the committed
+//! row (another instance wrote since). The store checks the row's version on every write, so
+//! a write that commits was decided on current state. Any other answer decided on cached
+//! state — a refusal (412, 409, an invalid transition) or "nothing to change" — may be wrong:
+//! [`EntityState::redo_on_fresh`] drops the cache and the actor decides again on the committed
+//! row, once. A cached version never decides a 409 or 412 by itself.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -85,6 +93,75 @@ impl<T> EntityState<T> {
                 Err(Error::from_store(kind, error))
             }
         }
+    }
+}
+
+/// An entity with a row version (optimistic concurrency).
+pub trait Versioned {
+    fn id(&self) -> Uuid;
+    fn version(&self) -> i64;
+}
+
+macro_rules! versioned {
+    ($($entity:ty),*) => {$(
+        impl Versioned for $entity {
+            fn id(&self) -> Uuid {
+                self.id
+            }
+            fn version(&self) -> i64 {
+                self.version
+            }
+        }
+    )*};
+}
+
+versioned!(
+    crate::domain::Patient,
+    crate::domain::Document,
+    crate::domain::Appointment
+);
+
+impl<T: Versioned> EntityState<T> {
+    /// The id of the entity this state is about.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Live(entity) => entity.id(),
+            Self::Unloaded { id } | Self::Missing { id } => *id,
+        }
+    }
+
+    /// The version held in memory (`None`: nothing cached, the next use loads).
+    pub fn cached_version(&self) -> Option<i64> {
+        match self {
+            Self::Live(entity) => Some(entity.version()),
+            Self::Unloaded { .. } | Self::Missing { .. } => None,
+        }
+    }
+
+    /// Takes the answer to a write command on entity `id` decided on the state cached at
+    /// version `cached` (`None`: it was loaded for this command). Unless it is a committed
+    /// write, the answer may reflect a cache older than the row: the cache is dropped and
+    /// `true` says to decide again on a fresh load. A fresh decision is final.
+    pub fn redo_on_fresh(&mut self, cached: Option<i64>, answer: &Result<Arc<T>>) -> bool {
+        let Some(cached) = cached else {
+            return false;
+        };
+        let redo = match answer {
+            // A write that committed has a new version; the same version wrote nothing.
+            Ok(entity) => entity.version() == cached,
+            Err(
+                Error::PreconditionFailed { .. }
+                | Error::Conflict { .. }
+                | Error::InvalidTransition { .. }
+                | Error::Unprocessable { .. },
+            ) => true,
+            Err(_) => false,
+        };
+        if redo {
+            metrics::counter!("medflow_entity_stale_redos_total").increment(1);
+            *self = Self::Unloaded { id: self.id() };
+        }
+        redo
     }
 }
 

@@ -77,6 +77,9 @@ impl Error {
                 field,
                 message: message.into(),
             },
+            StoreError::Unstorable => Self::Invalid(crate::domain::ValidationErrors(vec![
+                crate::domain::FieldError::new("input", crate::domain::NUL_REFUSED),
+            ])),
             StoreError::Unavailable(message) => Self::unavailable(message),
             StoreError::Unexpected(error) => Self::Internal(format!("{error:#}")),
         }

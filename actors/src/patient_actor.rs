@@ -120,6 +120,7 @@ impl Actor for PatientActor {
     }
 }
 
+#[derive(Clone)]
 enum Change {
     Replace(PatientData),
     Patch(PatientPatch),
@@ -142,7 +143,28 @@ impl PatientActor {
             .await
     }
 
+    /// Applies `change`, deciding again on the committed row if a cached state decided
+    /// anything but a committed write (see [`EntityState::redo_on_fresh`]).
     async fn write(
+        &self,
+        myself: &ActorRef<PatientMessage>,
+        state: &mut EntityState<Patient>,
+        if_match: Option<i64>,
+        ctx: RequestContext,
+        change: Change,
+    ) -> Result<Arc<Patient>> {
+        loop {
+            let cached = state.cached_version();
+            let answer = self
+                .write_once(myself, state, if_match, ctx.clone(), change.clone())
+                .await;
+            if !state.redo_on_fresh(cached, &answer) {
+                return answer;
+            }
+        }
+    }
+
+    async fn write_once(
         &self,
         myself: &ActorRef<PatientMessage>,
         state: &mut EntityState<Patient>,

@@ -153,7 +153,64 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Resu
     deserializer
         .end()
         .map_err(|error| Problem::bad_request(format!("malformed JSON: {error}")))?;
+    // JSON can carry U+0000 only escaped; the exact search runs only when the escape is there.
+    if holds_nul_escape(body)
+        && let Ok(document) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(path) = nul_path(&document)
+    {
+        return Err(Problem::invalid_field(
+            path,
+            medflow_actors::domain::NUL_REFUSED,
+        ));
+    }
     Ok(value)
+}
+
+/// Whether `body` holds the JSON escape of U+0000 (or an escaped backslash before `u0000`,
+/// which the exact search then tells apart).
+fn holds_nul_escape(body: &[u8]) -> bool {
+    body.windows(6)
+        .any(|window| window.eq_ignore_ascii_case(b"\\u0000"))
+}
+
+/// The path (as `a.b[2].c`, the form field errors use) of the first string or key in
+/// `value` that holds U+0000.
+pub fn nul_path(value: &serde_json::Value) -> Option<String> {
+    fn walk(value: &serde_json::Value, path: &mut String) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(index, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{index}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then(|| {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        }
+    })
 }
 
 fn json_problem(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
@@ -252,6 +309,12 @@ impl Query {
             }
             if pairs[..index].iter().any(|(earlier, _)| earlier == key) {
                 return Err(Problem::invalid_field(key.clone(), "given more than once"));
+            }
+            if pairs[index].1.contains('\0') {
+                return Err(Problem::invalid_field(
+                    key.clone(),
+                    medflow_actors::domain::NUL_REFUSED,
+                ));
             }
         }
         Ok(Self(pairs))

@@ -1,4 +1,10 @@
-//! `/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`.
+//! `/healthz` (the process is alive), `/readyz` (this instance can serve its API) and
+//! `/metrics`.
+//!
+//! Readiness answers one question: may the Service route requests here? Only what this
+//! instance needs to serve its API decides it (PostgreSQL). What every pod shares — the
+//! broker, the CDC pipeline — would fail on all pods at once and empty the Service, so its
+//! trouble is reported as `degraded` (200, in the body and in `medflow_degraded`) instead.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +26,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// One dependency `/readyz` asks about.
 pub trait ReadinessCheck: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether a failure makes this instance unready (`true`) or only degraded.
+    fn required(&self) -> bool {
+        true
+    }
     /// Resolves to `Err(reason)` when the dependency is not usable.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
 }
@@ -37,7 +47,8 @@ impl ReadinessCheck for DatabaseCheck {
     }
 }
 
-/// The CDC pipeline streams (or stands by for another pod): events reach Kafka.
+/// The CDC pipeline streams (or stands by for another pod) and has been stable for a while:
+/// events reach Kafka. Its failure degrades the service; it does not make a pod unready.
 pub struct CdcCheck(pub CdcStatusCell);
 
 impl ReadinessCheck for CdcCheck {
@@ -45,20 +56,21 @@ impl ReadinessCheck for CdcCheck {
         "cdc"
     }
 
+    fn required(&self) -> bool {
+        false
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         let status = self.0.get();
         Box::pin(async move {
-            match status.state {
-                CdcState::Starting
-                | CdcState::Snapshotting
-                | CdcState::Streaming
-                | CdcState::Standby => Ok(()),
-                CdcState::Stopped | CdcState::Restarting => Err(format!(
-                    "cdc is {:?}: {}",
-                    status.state,
-                    status.last_error.as_deref().unwrap_or("not running")
-                )),
+            if status.healthy() {
+                return Ok(());
             }
+            let state: CdcState = status.state;
+            Err(format!(
+                "cdc is {state:?}: {}",
+                status.last_error.as_deref().unwrap_or("not streaming yet")
+            ))
         })
     }
 }
@@ -99,29 +111,30 @@ async fn readiness(state: &AppState) -> Response {
             Ok(Err(reason)) => Err(reason),
             Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
         };
-        (check.name(), outcome)
+        (check.name(), check.required(), outcome)
     }))
     .await;
-    let ready = results.iter().all(|(_, outcome)| outcome.is_ok());
+    let ready = results
+        .iter()
+        .all(|(_, required, outcome)| outcome.is_ok() || !required);
+    let degraded = results.iter().any(|(_, _, outcome)| outcome.is_err());
     let mut report = serde_json::Map::new();
-    for (name, outcome) in results {
+    for (name, required, outcome) in results {
         if let Err(reason) = &outcome {
-            tracing::warn!(check = name, reason = %reason, "readiness check failed");
+            tracing::warn!(check = name, required, reason = %reason, "readiness check failed");
         }
         // Reasons go to the log, not to an unauthenticated probe.
-        report.insert(
-            name.to_owned(),
-            json!(if outcome.is_ok() { "ok" } else { "failing" }),
-        );
+        let verdict = match (&outcome, required) {
+            (Ok(()), _) => "ok",
+            (Err(_), true) => "failing",
+            (Err(_), false) => "degraded",
+        };
+        report.insert(name.to_owned(), json!(verdict));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, word) = match (ready, degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        (true, true) => (StatusCode::OK, "degraded"),
+        (true, false) => (StatusCode::OK, "ready"),
     };
-    json_reply(
-        status,
-        &json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": report }),
-        None,
-    )
+    json_reply(status, &json!({ "status": word, "checks": report }), None)
 }

@@ -166,7 +166,7 @@ impl IntegrationSupervisor {
             state.consecutive_failures,
         );
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
-        let standby = reason.contains("is active for PID");
+        let standby = medflow_actors::cdc::slot_in_use(&reason);
         metrics::counter!("medflow_cdc_restarts_total").increment(1);
         self.status.update(|status| {
             status.state = if standby {
@@ -176,6 +176,9 @@ impl IntegrationSupervisor {
             };
             status.restarts += 1;
             status.last_error = Some(reason.clone());
+            if !standby {
+                status.failed_at = Some(std::time::Instant::now());
+            }
         });
         if standby {
             tracing::info!(slot = %self.cdc.slot, "another process streams from the slot; standing by");

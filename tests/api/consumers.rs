@@ -598,10 +598,10 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
         body["lastName"] = json!(name);
         app.create_patient(&body).await;
     }
-    // The outage shows (the CDC pipeline fails over to restarting); the admin view still
-    // answers, without the dead-letter depth it cannot read.
+    // The outage shows as degraded (the CDC pipeline fails over to restarting) while the pod
+    // stays ready; the admin view still answers, without the dead-letter depth it cannot read.
     eventually(DEADLINE, "the outage to show", || async {
-        (app.get("/readyz").await.status() == 503).then_some(())
+        (crate::cdc::cdc_readiness(&app).await == "degraded").then_some(())
     })
     .await;
     let indexer = consumer_group(&app, "medflow.search-indexer")
@@ -615,7 +615,7 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
     // The CDC pipeline reconnects first (its admin requests time out on their own clock),
     // then the indexer reads what it published.
     eventually(Duration::from_secs(60), "cdc to recover", || async {
-        (app.get("/readyz").await.status() == 200).then_some(())
+        (crate::cdc::cdc_readiness(&app).await == "ok").then_some(())
     })
     .await;
     search_until(

@@ -11,6 +11,7 @@ mod doctors;
 mod documents;
 mod graphql;
 mod helpers;
+mod instances;
 mod openapi;
 mod operations;
 mod patients;

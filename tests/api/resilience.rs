@@ -254,7 +254,13 @@ impl OwnPostgres {
     }
 
     fn pg_ctl(&self, action: &str) {
+        self.pg_ctl_within(action, 60);
+    }
+
+    /// `pg_ctl -m fast -w -t <seconds> <action>`: panics if it does not finish in time.
+    fn pg_ctl_within(&self, action: &str, seconds: u32) {
         let log = self.data.parent().unwrap().join("server.log");
+        let seconds = seconds.to_string();
         self.run(
             "pg_ctl",
             &[
@@ -266,7 +272,7 @@ impl OwnPostgres {
                 "fast",
                 "-w",
                 "-t",
-                "60",
+                &seconds,
                 action,
             ],
         );
@@ -341,5 +347,96 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
         "PostgreSQL restarted after 100 of 200 writes: {arrived} events arrived ({} duplicates)",
         arrived - ids.len()
     );
+    app.shutdown().await;
+}
+
+/// The slot's confirmed position and the server's current WAL position.
+async fn slot_positions(db: &tokio_postgres::Client, slot: &str) -> Option<(String, String, bool)> {
+    let row = db
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
+                    confirmed_flush_lsn >= pg_current_wal_lsn()
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ok()??;
+    Some((row.get(0), row.get(1), row.get(2)))
+}
+
+#[tokio::test]
+async fn a_fast_postgresql_shutdown_completes_in_seconds_while_medflow_streams() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(OwnPostgres::start)
+            .await
+            .unwrap(),
+    );
+    let app = spawn_app_on("postgres".into(), cluster.url(), |settings| {
+        settings.cdc.enabled = true;
+        // No heartbeat commit may move the slot: only keepalives can confirm the tail.
+        settings.cdc.heartbeat_ms = 3_600_000;
+        settings.cdc.status_interval_ms = 200;
+    })
+    .await;
+    wait_streaming(&app, Duration::from_secs(30)).await;
+    let done = AtomicUsize::new(0);
+    let mut ids: HashSet<String> = write_patients(&app, 50_000, 20, &done)
+        .await
+        .into_iter()
+        .collect();
+
+    // WAL that is no commit ends the stream (as the shutdown checkpoint will): a
+    // non-transactional logical message. Only a confirmed keepalive position covers it.
+    let db = app.db().await;
+    db.execute(
+        "SELECT pg_logical_emit_message(false, 'medflow.test', 'tail')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let slot = app_slot(&app);
+    let (confirmed, current, _) = eventually(
+        Duration::from_secs(30),
+        "the slot to confirm the WAL's end",
+        || async {
+            slot_positions(&db, &slot)
+                .await
+                .filter(|(_, _, caught_up)| *caught_up)
+        },
+    )
+    .await;
+    println!("idle: slot confirmed {confirmed}, WAL at {current}");
+    drop(db);
+
+    // A fast restart with the reader connected finishes within 10 s (pg_ctl -t 10).
+    let restarting = cluster.clone();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || restarting.pg_ctl_within("restart", 10))
+        .await
+        .unwrap();
+    println!("pg_ctl -m fast restart took {:?}", started.elapsed());
+
+    // The reader reconnects and streams what is written afterwards.
+    for n in 0..20u32 {
+        let body = patient_body(51_000 + n);
+        let id = eventually(
+            Duration::from_secs(30),
+            "a write after the restart",
+            || async {
+                let response = app.post_json("/api/v1/patients", &body).await;
+                match response.status().as_u16() {
+                    201 => response.json::<Value>().await.ok()?["id"]
+                        .as_str()
+                        .map(str::to_owned),
+                    503 => None,
+                    other => panic!("a write after the restart answered {other}"),
+                }
+            },
+        )
+        .await;
+        ids.insert(id);
+    }
+    wait_streaming(&app, Duration::from_secs(30)).await;
+    every_create_arrives(&app, &ids).await;
     app.shutdown().await;
 }

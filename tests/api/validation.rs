@@ -288,3 +288,128 @@ async fn doctor_input_is_validated_too() {
     assert_nothing_written(&app).await;
     app.shutdown().await;
 }
+
+/// U+0000 cannot be stored by PostgreSQL: wherever it comes in — a query parameter, a JSON
+/// body on POST or PATCH, a GraphQL variable or literal — the answer is a 400 naming the
+/// field (a GraphQL error with the same code), never a 500, and nothing is written.
+#[tokio::test]
+async fn a_nul_character_is_refused_naming_the_field_wherever_it_comes_in() {
+    let app = spawn_app().await;
+    for (path, field) in [
+        ("/api/v1/patients?lastName=a%00b", "lastName"),
+        ("/api/v1/doctors?specialty=a%00b", "specialty"),
+        ("/api/v1/doctors?lastName=%00", "lastName"),
+        ("/api/v1/search?q=a%00b", "q"),
+    ] {
+        let problem = expect_problem(app.get(path).await, 400).await;
+        assert_eq!(problem_fields(&problem), [field], "{path}: {problem}");
+    }
+
+    let patient = app.create_patient(&patient_body(1)).await;
+    let patient = patient["id"].as_str().unwrap();
+    let doctor = app.create_doctor().await;
+    let before = app.count("SELECT count(*) FROM documents").await;
+    for (field, title, body) in [
+        ("title", "Осмотр\u{0}", "Жалоб нет."),
+        ("body", "Осмотр", "Жалоб\u{0} нет."),
+    ] {
+        let response = app
+            .post_json(
+                "/api/v1/documents",
+                &json!({
+                    "patientId": patient, "authorId": doctor, "type": "consultation",
+                    "title": title, "body": body,
+                }),
+            )
+            .await;
+        let problem = expect_problem(response, 400).await;
+        assert_eq!(problem_fields(&problem), [field], "{problem}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM documents").await, before);
+
+    let document = app.create_document(patient, &doctor).await;
+    let id = document["id"].as_str().unwrap();
+    for (field, edit) in [
+        ("title", json!({"title": "\u{0}"})),
+        ("body", json!({"body": "a\u{0}"})),
+    ] {
+        let response = app
+            .client
+            .patch(app.url(&format!("/api/v1/documents/{id}")))
+            .json(&edit)
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(response, 400).await;
+        assert_eq!(problem_fields(&problem), [field], "{problem}");
+    }
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/patients/{patient}")))
+        .json(&json!({"middleName": "a\u{0}"}))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(response, 400).await;
+    assert_eq!(problem_fields(&problem), ["middleName"], "{problem}");
+    // An escaped backslash before "u0000" is text like any other.
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/documents/{id}")))
+        .json(&json!({"body": "C:\\u0000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let versions = app.count("SELECT count(*) FROM document_versions").await;
+    assert_eq!(versions, 2, "only the valid edit made a version");
+
+    // GraphQL: a variable is refused before anything runs, naming its path; a literal in
+    // the document reaches the same validation (or the store's own refusal), never a 500.
+    let graphql = |query: &'static str, variables: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(app.url("/graphql"))
+                .json(&json!({"query": query, "variables": variables}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let body = graphql(
+        "query($p: String) { doctors(filter: {lastNamePrefix: $p}) { totalCount } }",
+        json!({"p": "a\u{0}"}),
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "validation-error",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["fields"][0]["field"], "variables.p",
+        "{body}"
+    );
+    for query in [
+        r#"{ doctors(filter: {lastNamePrefix: "a\u0000"}) { totalCount } }"#,
+        r#"{ doctors(filter: {specialty: "a\u0000"}) { totalCount } }"#,
+        r#"{ patients(filter: {lastNamePrefix: "a\u0000"}) { totalCount } }"#,
+    ] {
+        let body = graphql(query, json!({})).await;
+        let code = body["errors"][0]["extensions"]["code"].clone();
+        assert_eq!(code, "validation-error", "{query}: {body}");
+    }
+    let body = graphql(
+        "mutation($input: PatientInput!) { createPatient(input: $input) { patient { id } error { code } } }",
+        json!({"input": {"firstName": "Анна", "lastName": "Ив\u{0}", "birthDate": "1990-01-01"}}),
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "validation-error",
+        "{body}"
+    );
+    app.shutdown().await;
+}

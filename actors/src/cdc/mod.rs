@@ -10,9 +10,23 @@ pub mod pgoutput;
 pub mod reader;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
+
+/// SQLSTATE `object_in_use`: PostgreSQL's answer to a second reader of an active slot.
+const OBJECT_IN_USE: &str = "55006";
+
+/// Returns whether a pipeline failure (`reason`, as reported) says that another process
+/// streams from the slot: a standby, not a fault. Decided by the SQLSTATE the replication
+/// client reports (`… (SQLSTATE 55006)`), never by the message text, which follows the
+/// server's `lc_messages`.
+pub fn slot_in_use(reason: &str) -> bool {
+    reason
+        .match_indices("SQLSTATE ")
+        .any(|(at, tag)| reason[at + tag.len()..].starts_with(OBJECT_IN_USE))
+}
 
 /// What the change-data-capture pipeline is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +56,28 @@ pub struct CdcStatus {
     pub lag_ms: Option<i64>,
     pub restarts: u64,
     pub last_error: Option<String>,
+    /// When the pipeline last failed (not a standby's refusal).
+    #[serde(skip)]
+    pub failed_at: Option<Instant>,
+}
+
+/// How long after a failure a streaming pipeline still counts as degraded: a pipeline that
+/// fails right after every start must not look healthy between its attempts.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+impl CdcStatus {
+    /// Returns whether events flow (or another instance streams them) and the pipeline has
+    /// not failed within [`STABLE_AFTER`]; anything else is a degraded pipeline.
+    pub fn healthy(&self) -> bool {
+        let running = matches!(
+            self.state,
+            CdcState::Snapshotting | CdcState::Streaming | CdcState::Standby
+        );
+        running
+            && self
+                .failed_at
+                .is_none_or(|failed_at| failed_at.elapsed() >= STABLE_AFTER)
+    }
 }
 
 /// A shared, observable [`CdcStatus`]; cheap to clone.
@@ -57,6 +93,7 @@ impl CdcStatusCell {
             lag_ms: None,
             restarts: 0,
             last_error: None,
+            failed_at: None,
         })))
     }
 
@@ -66,9 +103,44 @@ impl CdcStatusCell {
 
     pub fn update(&self, change: impl FnOnce(&mut CdcStatus)) {
         self.0.send_modify(change);
+        let degraded = !matches!(
+            self.0.borrow().state,
+            CdcState::Snapshotting | CdcState::Streaming | CdcState::Standby
+        );
+        metrics::gauge!("medflow_degraded", "component" => "cdc")
+            .set(f64::from(u8::from(degraded)));
     }
 
     pub fn subscribe(&self) -> watch::Receiver<CdcStatus> {
         self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_in_use;
+
+    #[test]
+    fn a_slot_in_use_is_told_by_its_sqlstate_in_any_language() {
+        let english =
+            "server error: replication slot \"medflow\" is active for PID 4242 (SQLSTATE 55006)";
+        let russian =
+            "server error: слот репликации \"medflow\" занят процессом с PID 4242 (SQLSTATE 55006)";
+        assert!(slot_in_use(english));
+        assert!(slot_in_use(russian));
+        assert!(slot_in_use(&format!("startup failed: {russian}")));
+    }
+
+    #[test]
+    fn other_failures_are_faults_even_when_they_mention_an_active_slot() {
+        for reason in [
+            "server error: replication slot \"medflow\" is active for PID 4242",
+            "server error: could not connect (SQLSTATE 57P03)",
+            "server error: canceling statement due to conflict (SQLSTATE 40001)",
+            "io error: connection reset by peer",
+            "SQLSTATE 5500",
+        ] {
+            assert!(!slot_in_use(reason), "{reason}");
+        }
     }
 }

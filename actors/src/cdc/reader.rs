@@ -13,9 +13,19 @@
 //! - on its first start with a new slot the reader publishes a consistent snapshot of the
 //!   existing rows (`op: "r"`) taken at the slot's creation point, then streams from there;
 //!   a crash mid-snapshot drops the slot and redoes it;
-//! - only commit positions are confirmed; on an idle database a heartbeat (a transactional
-//!   logical message, as Debezium's heartbeat query) makes one, so the slot keeps advancing
-//!   and does not hold the WAL other databases write.
+//! - commit positions are confirmed once their batches are acknowledged; so is a keepalive's
+//!   position received between transactions once everything before it is (as pg_recvlogical
+//!   and Debezium do). The server sends in WAL order, so a keepalive's position covers only
+//!   what already reached the reader. Without it a fast shutdown of PostgreSQL waits for ever:
+//!   the walsender exits only when the client has confirmed everything it was sent, the
+//!   shutdown checkpoint included, which is no commit. On an idle database a heartbeat (a
+//!   transactional logical message, as Debezium's heartbeat query) makes a commit too, so the
+//!   slot keeps advancing and does not hold the WAL other databases write.
+//!
+//! - published outbox rows are deleted once Kafka acknowledged their events; a failed delete
+//!   keeps their ids for the next attempt, and a reader resuming a slot deletes the rows
+//!   present at its start once it has confirmed past that point (each was delivered by then,
+//!   before or after the restart), so the outbox stays bounded after outages and crashes.
 //!
 //! Each step is one `Poll` message the actor sends itself: collect events for up to
 //! `batch_wait` or `batch_max` records while confirming batches as Kafka acknowledges them,
@@ -37,7 +47,7 @@ use super::pgoutput::{Column, Datum, PgOutput, Relation, decode};
 use super::{CdcState, CdcStatusCell};
 use crate::bus::KafkaSettings;
 use crate::bus::producer::{OutgoingRecord, ProduceError, ProducerMessage};
-use crate::bus::topics::ensure_topics;
+use crate::bus::topics::{create_topics, missing_topics};
 
 /// How often the slot's lag in bytes is measured for the `medflow_cdc_lag_bytes` gauge.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -54,11 +64,20 @@ enum Step {
     Elapsed,
 }
 
+/// A position the reader may confirm once everything before it is acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Checkpoint {
+    lsn: Lsn,
+    /// The commit's time (microseconds since 2000-01-01), for the lag; `None` for a
+    /// keepalive's position between transactions.
+    commit_time: Option<i64>,
+}
+
 /// A batch handed to the producer, waiting for Kafka's acknowledgement.
 struct InFlight {
     ack: Ack,
-    /// The commit it ends at (`None`: part of a transaction larger than a batch).
-    commit: Option<(Lsn, i64)>,
+    /// The position it ends at (`None`: part of a transaction larger than a batch).
+    checkpoint: Option<Checkpoint>,
     /// Outbox rows whose events it carries, pruned once acknowledged.
     outbox_ids: Vec<uuid::Uuid>,
 }
@@ -144,11 +163,17 @@ pub struct CdcReaderState {
     /// Records of transactions being read; `committed` of them end at a commit.
     pending: Vec<OutgoingRecord>,
     committed: usize,
-    /// The end LSN and time of the last commit whose records are in `pending[..committed]`.
-    commit: Option<(Lsn, i64)>,
+    /// The end of the last commit whose records are in `pending[..committed]`.
+    commit: Option<Checkpoint>,
     tx: Option<(u32, i64)>,
+    /// The newest keepalive position received between transactions, not yet queued.
+    keepalive: Option<Lsn>,
+    /// The newest position queued for confirmation (a commit or a keepalive).
+    queued_through: Lsn,
     /// Batches handed to the producer, oldest first.
     in_flight: std::collections::VecDeque<InFlight>,
+    /// Deletes published outbox rows, retrying what failed.
+    pruner: OutboxPruner,
     confirmed: Lsn,
     last_confirm: Instant,
     last_lag_check: Instant,
@@ -198,7 +223,16 @@ impl Actor for CdcReader {
             .map(|table| self.settings.change_topic(&self.kafka, table))
             .collect();
         topics.extend(EVENT_TYPES.iter().map(|name| self.kafka.topic(name)));
-        ensure_topics(&self.kafka, &topics).await?;
+        // Only missing topics are created, so a restart against a slow broker makes no admin
+        // request; a broker that cannot even list its topics in time does not hold up the
+        // start either (the producer reports a topic that is really missing).
+        match missing_topics(&self.kafka, &topics).await {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => create_topics(&self.kafka, &missing).await?,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot list the kafka topics; streaming on");
+            }
+        }
         let (control, connection) =
             tokio_postgres::connect(self.settings.database_url.expose_secret(), NoTls).await?;
         let connection = tokio::spawn(connection);
@@ -243,6 +277,24 @@ impl Actor for CdcReader {
         for table in PUBLISHED_TABLES {
             tables.push(describe(&control, table).await?);
         }
+        let mut pruner = OutboxPruner::default();
+        if slot_exists && snapshot_done {
+            // Rows present now were committed before this point: once the reader confirms
+            // past it, each has been delivered (before the restart or by the replay).
+            let row = control
+                .query_one(
+                    "SELECT coalesce(array_agg(id), '{}'),
+                            (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8
+                       FROM outbox",
+                    &[],
+                )
+                .await?;
+            let ids: Vec<uuid::Uuid> = row.get(0);
+            if !ids.is_empty() {
+                let at = Lsn::from_u64(u64::try_from(row.get::<_, i64>(1)).unwrap_or_default());
+                pruner.at_start = Some((at, ids));
+            }
+        }
         let mut client = ReplicationClient::connect_gated(config).await?;
         if !(slot_exists && snapshot_done) {
             let rows = client
@@ -256,8 +308,10 @@ impl Actor for CdcReader {
                 .and_then(|row| row.get(2).cloned().flatten())
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .ok_or("CREATE_REPLICATION_SLOT returned no snapshot")?;
-            self.snapshot(&control, &tables, &info.dbname, &snapshot_name)
+            let delivered = self
+                .snapshot(&control, &tables, &info.dbname, &snapshot_name)
                 .await?;
+            pruner.backlog.extend(delivered);
             control
                 .execute(
                     "INSERT INTO cdc_snapshots (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -295,7 +349,10 @@ impl Actor for CdcReader {
             committed: 0,
             commit: None,
             tx: None,
+            keepalive: None,
+            queued_through: Lsn::from_u64(0),
             in_flight: std::collections::VecDeque::new(),
+            pruner,
             confirmed: Lsn::from_u64(0),
             last_confirm: Instant::now(),
             last_lag_check: Instant::now(),
@@ -365,7 +422,7 @@ impl CdcReader {
         tables: &[Relation],
         db: &str,
         snapshot_name: &str,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<Vec<uuid::Uuid>, ActorProcessingErr> {
         control
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
@@ -439,8 +496,7 @@ impl CdcReader {
             tracing::info!(table, rows = rows.len(), "snapshot of table published");
         }
         control.batch_execute("COMMIT").await?;
-        prune_outbox(control, &delivered).await;
-        Ok(())
+        Ok(delivered)
     }
 
     /// The business event of an outbox row, or `ErrorOccurred` when the row is unusable.
@@ -486,12 +542,15 @@ impl CdcReader {
         &self,
         state: &mut CdcReaderState,
         records: Vec<OutgoingRecord>,
-        commit: Option<(Lsn, i64)>,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(checkpoint) = checkpoint {
+            state.queued_through = state.queued_through.max(checkpoint.lsn);
+        }
         let outbox_ids = outbox_event_ids(&records);
         let ack = if records.is_empty() {
-            // Nothing to publish (a heartbeat's commit): acknowledged as soon as the
-            // batches before it are.
+            // Nothing to publish (a heartbeat's commit, a keepalive): acknowledged as soon
+            // as the batches before it are.
             let (reply, ack) = tokio::sync::oneshot::channel();
             let _ = reply.send(Ok(0));
             ack
@@ -500,7 +559,7 @@ impl CdcReader {
         };
         state.in_flight.push_back(InFlight {
             ack,
-            commit,
+            checkpoint,
             outbox_ids,
         });
         Ok(())
@@ -522,21 +581,28 @@ impl CdcReader {
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => return Err("the producer went away before acknowledging a batch".into()),
         }
-        if !batch.outbox_ids.is_empty() {
-            let control = state.control.clone();
-            tokio::spawn(async move { prune_outbox(&control, &batch.outbox_ids).await });
-        }
-        if let Some((lsn, commit_time)) = batch.commit {
+        state.pruner.backlog.extend(batch.outbox_ids);
+        let Some(checkpoint) = batch.checkpoint else {
+            return Ok(());
+        };
+        state.client.update_applied_lsn(checkpoint.lsn);
+        state.confirmed = state.confirmed.max(checkpoint.lsn);
+        state.pruner.confirmed(state.confirmed);
+        let lag = checkpoint.commit_time.map(|commit_time| {
             let lag = chrono::Utc::now().timestamp_millis() - pg_time_to_unix_ms(commit_time);
             metrics::gauge!("medflow_cdc_lag_ms").set(lag as f64);
-            state.client.update_applied_lsn(lsn);
-            state.confirmed = lsn;
+            // Only a commit resets the heartbeat's clock: a keepalive is no proof that this
+            // database's slot can advance past other databases' WAL.
             state.last_confirm = Instant::now();
-            self.status.update(|status| {
-                status.lag_ms = Some(lag);
-                status.confirmed_lsn = Some(lsn.to_string());
-            });
-        }
+            lag
+        });
+        let confirmed = state.confirmed.to_string();
+        self.status.update(|status| {
+            if lag.is_some() {
+                status.lag_ms = lag;
+            }
+            status.confirmed_lsn = Some(confirmed);
+        });
         Ok(())
     }
 
@@ -592,16 +658,24 @@ impl CdcReader {
                 } => {
                     state.tx = None;
                     state.committed = state.pending.len();
-                    state.commit = Some((end_lsn, commit_time_micros));
+                    state.commit = Some(Checkpoint {
+                        lsn: end_lsn,
+                        commit_time: Some(commit_time_micros),
+                    });
                 }
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => {
                     self.apply(state, wal_start, data);
                 }
-                // A keepalive's position may run ahead of events still on their way to us;
-                // only commits are confirmed (heartbeats make commits on an idle database).
-                ReplicationEvent::KeepAlive { .. } => {}
+                // Between transactions, everything up to a keepalive's position has reached
+                // the reader (the server sends in WAL order): it is confirmed once what came
+                // before is acknowledged. Inside a transaction it is not a safe point.
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if state.tx.is_none() {
+                        state.keepalive = Some(wal_end);
+                    }
+                }
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => {
                     return Err("the replication stream stopped".into());
@@ -618,6 +692,17 @@ impl CdcReader {
             // confirming; after a crash it is read and published again from its start.
             let partial = std::mem::take(&mut state.pending);
             self.dispatch(state, partial, None)?;
+        }
+        if let Some(lsn) = state.keepalive.take()
+            && state.tx.is_none()
+            && state.pending.is_empty()
+            && lsn > state.queued_through
+        {
+            let checkpoint = Checkpoint {
+                lsn,
+                commit_time: None,
+            };
+            self.dispatch(state, Vec::new(), Some(checkpoint))?;
         }
         if state.pending.is_empty()
             && state.tx.is_none()
@@ -638,8 +723,16 @@ impl CdcReader {
                 tracing::warn!(error = %error, "cannot write the cdc heartbeat");
             }
         }
+        state.pruner.step(&state.control);
         if state.last_lag_check.elapsed() >= LAG_CHECK_INTERVAL {
             state.last_lag_check = Instant::now();
+            if let Ok(row) = state
+                .control
+                .query_one("SELECT count(*) FROM outbox", &[])
+                .await
+            {
+                metrics::gauge!("medflow_cdc_outbox_rows").set(row.get::<_, i64>(0) as f64);
+            }
             let lag = state
                 .control
                 .query_opt(
@@ -743,16 +836,77 @@ fn outbox_event_ids(records: &[OutgoingRecord]) -> Vec<uuid::Uuid> {
 }
 
 /// Deletes outbox rows whose events Kafka acknowledged, so the outbox does not accumulate.
-/// A failure only leaves rows behind (they are never re-published: the LSN moved on).
-async fn prune_outbox(control: &tokio_postgres::Client, ids: &[uuid::Uuid]) {
-    if ids.is_empty() {
-        return;
+/// One delete runs at a time; the ids of a failed one return to the backlog and go with the
+/// next attempt (the reader polls at least every `batch_wait`).
+#[derive(Default)]
+struct OutboxPruner {
+    /// Ids of delivered events whose rows are still to be deleted.
+    backlog: Vec<uuid::Uuid>,
+    /// Rows present when the reader resumed its slot, and the WAL position past which all of
+    /// them are delivered.
+    at_start: Option<(Lsn, Vec<uuid::Uuid>)>,
+    running: Option<tokio::task::JoinHandle<Result<u64, Vec<uuid::Uuid>>>>,
+    /// After a failed delete, the next waits until then.
+    retry_at: Option<Instant>,
+}
+
+/// The pause after a failed delete of published outbox rows.
+const PRUNE_RETRY: Duration = Duration::from_secs(1);
+
+/// Ids deleted per statement at most.
+const PRUNE_CHUNK: usize = 10_000;
+
+impl OutboxPruner {
+    /// Everything up to `confirmed` is in Kafka.
+    fn confirmed(&mut self, confirmed: Lsn) {
+        if self
+            .at_start
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= confirmed)
+            && let Some((_, ids)) = self.at_start.take()
+        {
+            self.backlog.extend(ids);
+        }
     }
-    if let Err(error) = control
-        .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
-        .await
-    {
-        tracing::warn!(rows = ids.len(), error = %error, "cannot prune published outbox rows");
+
+    /// Takes the outcome of a finished delete, and starts the next one if there is work.
+    fn step(&mut self, control: &std::sync::Arc<tokio_postgres::Client>) {
+        if let Some(running) = &mut self.running {
+            if !running.is_finished() {
+                return;
+            }
+            let outcome = futures::FutureExt::now_or_never(running).unwrap_or(Ok(Ok(0)));
+            self.running = None;
+            match outcome {
+                Ok(Ok(deleted)) => {
+                    metrics::counter!("medflow_cdc_outbox_pruned_total").increment(deleted);
+                }
+                Ok(Err(ids)) => {
+                    self.backlog.extend(ids);
+                    self.retry_at = Some(Instant::now() + PRUNE_RETRY);
+                }
+                Err(_) => {}
+            }
+        }
+        if self.backlog.is_empty() || self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.retry_at = None;
+        let take = self.backlog.len().min(PRUNE_CHUNK);
+        let ids: Vec<uuid::Uuid> = self.backlog.drain(..take).collect();
+        let control = control.clone();
+        self.running = Some(tokio::spawn(async move {
+            match control
+                .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+                .await
+            {
+                Ok(deleted) => Ok(deleted),
+                Err(error) => {
+                    tracing::warn!(rows = ids.len(), error = %error, "cannot prune published outbox rows yet; retrying");
+                    Err(ids)
+                }
+            }
+        }));
     }
 }
 

@@ -65,12 +65,22 @@ fn parse_title(raw: &str) -> Result<String, FieldError> {
     if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
         return Err(FieldError::new("title", "must be 1–300 characters"));
     }
+    if title.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "title",
+            "must not contain control characters",
+        ));
+    }
     Ok(title.to_owned())
 }
 
 fn parse_body(raw: &str) -> Result<String, FieldError> {
     if raw.len() > MAX_BODY_BYTES {
         return Err(FieldError::new("body", "must be at most 1 MiB (UTF-8)"));
+    }
+    // Clinical text keeps its line breaks and tabs; only what PostgreSQL cannot store is out.
+    if raw.contains('\0') {
+        return Err(FieldError::new("body", super::NUL_REFUSED));
     }
     Ok(raw.to_owned())
 }

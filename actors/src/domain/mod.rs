@@ -26,6 +26,10 @@ pub use values::{BirthDate, Email, OmsPolicy, PersonName, Snils, Specialty};
 
 use serde::Serialize;
 
+/// Why a text holding U+0000 is refused: PostgreSQL cannot store that character in text or
+/// JSON columns, so it is rejected at every boundary instead of failing in the database.
+pub const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
+
 /// One invalid field: its wire name (a JSON pointer-like path such as `birthDate`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {

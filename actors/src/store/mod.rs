@@ -69,6 +69,10 @@ pub enum StoreError {
         field: &'static str,
         message: &'static str,
     },
+    /// A text value holds a character PostgreSQL cannot store (U+0000). Every boundary
+    /// refuses such input naming its field; this catches what one of them missed, as a 400.
+    #[error("a value holds a character that cannot be stored")]
+    Unstorable,
     /// PostgreSQL could not be reached or the connection broke; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -94,6 +98,11 @@ impl From<tokio_postgres::Error> for StoreError {
         }
         if *code == SqlState::EXCLUSION_VIOLATION {
             return Self::Overlap;
+        }
+        if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *code == SqlState::UNTRANSLATABLE_CHARACTER
+        {
+            return Self::Unstorable;
         }
         if *code == SqlState::FOREIGN_KEY_VIOLATION {
             let field = match db_error.constraint() {

@@ -134,6 +134,17 @@ pub(crate) fn page_size(
     Ok(first)
 }
 
+/// Refuses variables holding U+0000 (which PostgreSQL cannot store) before anything runs,
+/// naming the variable's path; literals in the document are caught where they are parsed.
+fn nul_in_variables(request: &async_graphql::Request) -> Option<Problem> {
+    let variables = request.variables.clone().into_value().into_json().ok()?;
+    let path = crate::extract::nul_path(&variables)?;
+    Some(Problem::invalid_field(
+        format!("variables.{path}"),
+        medflow_actors::domain::NUL_REFUSED,
+    ))
+}
+
 /// `POST /graphql`, the WebSocket at `/graphql/ws` and, when enabled, GraphiQL on
 /// `GET /graphql`.
 pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Response,)> {
@@ -156,6 +167,11 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
                     Ok(caller) => caller,
                     Err(problem) => return outcome(Err(problem)),
                 };
+                if let Some(problem) = nul_in_variables(&request) {
+                    let mut error = gql_error(problem).into_server_error(Default::default());
+                    classify(&mut error);
+                    return json_response(&async_graphql::Response::from_errors(vec![error]));
+                }
                 let loader = DataLoader::new(
                     loaders::StoreLoader::new(state, caller.clone()),
                     tokio::spawn,

@@ -1,0 +1,183 @@
+//! Several instances on one database (as `k8s/` runs three pods): an entity actor's cached
+//! state may be older than the committed row, and it never decides a refusal by itself.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, hours_ahead, patient_body, spawn_app, spawn_app_on};
+
+/// A second application on `first`'s database (its own actors and caches).
+async fn another_instance(first: &TestApp) -> TestApp {
+    spawn_app_on(first.db_name.clone(), first.db_url.clone(), |_| {}).await
+}
+
+async fn patch(
+    app: &TestApp,
+    path: &str,
+    body: &Value,
+    if_match: Option<i64>,
+) -> reqwest::Response {
+    let mut request = app.client.patch(app.url(path)).json(body);
+    if let Some(version) = if_match {
+        request = request.header("If-Match", format!("\"{version}\""));
+    }
+    request.send().await.unwrap()
+}
+
+async fn version_of(response: reqwest::Response, what: &str) -> i64 {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{what}: {body}");
+    body["version"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn writes_through_any_instance_are_decided_on_the_committed_row() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let instances = [&a, &b];
+    let created = a.create_patient(&patient_body(1)).await;
+    let path = format!("/api/v1/patients/{}", created["id"].as_str().unwrap());
+    // Both instances now hold the patient at version 1 in an actor.
+    for app in instances {
+        assert_eq!(app.get(&path).await.status(), 200);
+    }
+
+    // Sequential unconditional writes alternating between instances never answer 409.
+    let mut version = 1;
+    for n in 0..10 {
+        let app = instances[n % 2];
+        let body = json!({"email": format!("n{n}@example.org")});
+        let next = version_of(patch(app, &path, &body, None).await, "a plain PATCH").await;
+        assert_eq!(next, version + 1, "write {n}");
+        version = next;
+    }
+    // The version a client has just received is current on every instance.
+    for (n, app) in [&b, &a, &b].into_iter().enumerate() {
+        let body = json!({"firstName": format!("Анна{}", "я".repeat(n + 1))});
+        let next = version_of(
+            patch(app, &path, &body, Some(version)).await,
+            "If-Match current",
+        )
+        .await;
+        assert_eq!(next, version + 1);
+        version = next;
+    }
+    // A stale one is refused by both, with the committed version.
+    for app in instances {
+        let response = patch(
+            app,
+            &path,
+            &json!({"firstName": "Ольга"}),
+            Some(version - 1),
+        )
+        .await;
+        let problem = crate::helpers::expect_problem(response, 412).await;
+        assert_eq!(problem["currentVersion"], version, "{problem}");
+    }
+    // Writing what another instance already wrote is a no-op only if it really is one.
+    let body = json!({"firstName": "Вера"});
+    let on_a = version_of(patch(&a, &path, &body, None).await, "write on a").await;
+    let back = json!({"firstName": "Анна"});
+    let on_b = version_of(patch(&b, &path, &back, None).await, "write back on b").await;
+    let again = version_of(
+        patch(&a, &path, &body, None).await,
+        "the first value again on a",
+    )
+    .await;
+    assert_eq!(
+        (on_b, again),
+        (on_a + 1, on_a + 2),
+        "a stale cache skipped a real change"
+    );
+
+    // N concurrent conditional writes on different instances: exactly one wins.
+    let attempts = (0..6).map(|n| {
+        let app = instances[n % 2];
+        let path = path.clone();
+        async move {
+            let body = json!({"middleName": format!("Гонка{n}")});
+            patch(app, &path, &body, Some(again))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let winners = statuses.iter().filter(|status| **status == 200).count();
+    assert_eq!(winners, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|status| matches!(status, 200 | 409 | 412)),
+        "{statuses:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn lifecycle_steps_taken_on_another_instance_are_seen_before_refusing() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let patient = a.create_patient(&patient_body(2)).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let doctor = a.create_doctor().await;
+
+    // An appointment started on one instance is completed on the other, whose actor last
+    // saw it scheduled.
+    let booked: Value = a
+        .book(&patient, &doctor, &hours_ahead(3), 30)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let appointment = format!("/api/v1/appointments/{}", booked["id"].as_str().unwrap());
+    assert_eq!(b.get(&appointment).await.status(), 200);
+    let started = a
+        .post_json(&format!("{appointment}/start"), &json!({}))
+        .await;
+    assert_eq!(started.status(), 200);
+    let completed = b
+        .post_json(&format!("{appointment}/complete"), &json!({}))
+        .await;
+    let body: Value = completed.json().await.unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+
+    // A draft edited on one instance is edited and signed on the other with the version
+    // the client holds.
+    let document = a.create_document(&patient, &doctor).await;
+    let path = format!("/api/v1/documents/{}", document["id"].as_str().unwrap());
+    assert_eq!(b.get(&path).await.status(), 200);
+    let edited = version_of(
+        patch(
+            &a,
+            &path,
+            &json!({"body": "Жалоб нет. АД 130/85."}),
+            Some(1),
+        )
+        .await,
+        "an edit on a",
+    )
+    .await;
+    let edited = version_of(
+        patch(
+            &b,
+            &path,
+            &json!({"title": "Повторный осмотр"}),
+            Some(edited),
+        )
+        .await,
+        "an edit on b with the current version",
+    )
+    .await;
+    assert_eq!(edited, 3);
+    let signed = b.sign(document["id"].as_str().unwrap(), &doctor).await;
+    let body: Value = signed.json().await.unwrap();
+    assert_eq!(body["status"], "signed", "{body}");
+    assert_eq!(
+        body["title"], "Повторный осмотр",
+        "signed what was committed: {body}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
