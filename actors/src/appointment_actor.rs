@@ -25,6 +25,13 @@ pub enum AppointmentMessage {
     Get {
         reply: RpcReplyPort<Result<Arc<Appointment>>>,
     },
+    /// Returns the appointment at `at_least` or newer: a committed version read after the
+    /// caller's read began, newer than the one the caller was answered (another instance
+    /// wrote), reloads the state first.
+    Refresh {
+        at_least: i64,
+        reply: RpcReplyPort<Result<Arc<Appointment>>>,
+    },
     Act {
         action: AppointmentAction,
         if_match: Option<i64>,
@@ -62,6 +69,13 @@ impl Actor for AppointmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            AppointmentMessage::Refresh { at_least, reply } => {
+                state.refresh_below(at_least);
+                let answer =
+                    Box::pin(state.loaded(&myself, KIND, |id| self.store.load_appointment(id)))
+                        .await;
+                let _ = reply.send(answer);
+            }
             AppointmentMessage::Get { reply } => {
                 let answer =
                     Box::pin(state.loaded(&myself, KIND, |id| self.store.load_appointment(id)))

@@ -36,6 +36,25 @@ impl Appointments {
             .map_err(|error| Error::from_store("appointment", error))
     }
 
+    /// Returns `appointment` unless `committed` (its committed version, read after the read
+    /// began) is newer; then the actor reloads and answers the committed row.
+    pub async fn at_least(
+        &self,
+        appointment: Arc<Appointment>,
+        committed: Option<i64>,
+    ) -> Result<Arc<Appointment>> {
+        match committed {
+            Some(at_least) if at_least > appointment.version => {
+                self.client
+                    .ask(appointment.id, Retry::Idempotent, |reply| {
+                        AppointmentMessage::Refresh { at_least, reply }
+                    })
+                    .await
+            }
+            _ => Ok(appointment),
+        }
+    }
+
     pub async fn get(&self, id: Uuid) -> Result<Arc<Appointment>> {
         self.client
             .ask(id, Retry::Idempotent, |reply| AppointmentMessage::Get {

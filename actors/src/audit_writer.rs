@@ -8,10 +8,13 @@
 //! A failed batch is answered with the error to each of its callers (they answer 503); the
 //! actor itself only fails if its mailbox is gone.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::{AuditAppend, PgStore};
@@ -19,11 +22,25 @@ use crate::store::{AuditAppend, PgStore};
 /// Rows written per statement at most.
 const MAX_BATCH_ROWS: usize = 1_000;
 
+/// The committed versions of the entities whose reads a batch recorded, read by the batch's
+/// statement — after each of those reads began.
+#[derive(Debug, Clone, Default)]
+pub struct CommittedVersions(Arc<HashMap<Uuid, i64>>);
+
+impl CommittedVersions {
+    /// The committed version of `id`, if the batch recorded a read of it.
+    pub fn of(&self, id: Uuid) -> Option<i64> {
+        self.0.get(&id).copied()
+    }
+}
+
+type Reply = RpcReplyPort<Result<CommittedVersions>>;
+
 #[derive(Debug)]
 pub enum AuditMessage {
     Append {
         rows: Vec<AuditAppend>,
-        reply: RpcReplyPort<Result<()>>,
+        reply: Reply,
     },
     /// Writes what is pending (sent by the actor to itself).
     Flush,
@@ -36,7 +53,7 @@ pub struct AuditWriter {
 
 #[derive(Default)]
 pub struct AuditWriterState {
-    pending: Vec<(Vec<AuditAppend>, RpcReplyPort<Result<()>>)>,
+    pending: Vec<(Vec<AuditAppend>, Reply)>,
     flush_queued: bool,
 }
 
@@ -79,7 +96,7 @@ impl Actor for AuditWriter {
 }
 
 impl AuditWriter {
-    async fn write(&self, pending: Vec<(Vec<AuditAppend>, RpcReplyPort<Result<()>>)>) {
+    async fn write(&self, pending: Vec<(Vec<AuditAppend>, Reply)>) {
         let mut batch: Vec<AuditAppend> = Vec::new();
         let mut waiting = Vec::new();
         for (rows, reply) in pending {
@@ -93,12 +110,13 @@ impl AuditWriter {
         self.commit(batch, waiting).await;
     }
 
-    async fn commit(&self, batch: Vec<AuditAppend>, waiting: Vec<RpcReplyPort<Result<()>>>) {
+    async fn commit(&self, batch: Vec<AuditAppend>, waiting: Vec<Reply>) {
         if waiting.is_empty() {
             return;
         }
         let outcome = Box::pin(self.store.append_audit(&batch))
             .await
+            .map(|versions| CommittedVersions(Arc::new(versions.into_iter().collect())))
             .map_err(|error| Error::from_store("audit log", error));
         metrics::histogram!("medflow_audit_batch_rows").record(batch.len() as f64);
         if let Err(error) = &outcome {
@@ -146,10 +164,11 @@ impl AuditTrail {
         Self { slot, timeout }
     }
 
-    /// Appends `rows` and returns once they are committed.
-    pub async fn record(&self, rows: Vec<AuditAppend>) -> Result<()> {
+    /// Appends `rows` and returns once they are committed, with the committed versions of
+    /// the entities whose reads they record.
+    pub async fn record(&self, rows: Vec<AuditAppend>) -> Result<CommittedVersions> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(CommittedVersions::default());
         }
         let writer = self.slot.get()?;
         match writer

@@ -29,6 +29,13 @@ pub enum DocumentMessage {
     Get {
         reply: RpcReplyPort<Result<Arc<Document>>>,
     },
+    /// Returns the document at `at_least` or newer: a committed version read after the
+    /// caller's read began, newer than the one the caller was answered (another instance
+    /// wrote), reloads the state first.
+    Refresh {
+        at_least: i64,
+        reply: RpcReplyPort<Result<Arc<Document>>>,
+    },
     Edit {
         edit: DraftEdit,
         if_match: Option<i64>,
@@ -78,6 +85,11 @@ impl Actor for DocumentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            DocumentMessage::Refresh { at_least, reply } => {
+                state.refresh_below(at_least);
+                let answer = Box::pin(self.current(&myself, state)).await;
+                let _ = reply.send(answer);
+            }
             DocumentMessage::Get { reply } => {
                 let answer = Box::pin(self.current(&myself, state)).await;
                 let _ = reply.send(answer);

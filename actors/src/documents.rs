@@ -31,6 +31,25 @@ impl Documents {
             .map_err(|error| Error::from_store("document", error))
     }
 
+    /// Returns `document` unless `committed` (its committed version, read after the read
+    /// began) is newer; then the actor reloads and answers the committed row.
+    pub async fn at_least(
+        &self,
+        document: Arc<Document>,
+        committed: Option<i64>,
+    ) -> Result<Arc<Document>> {
+        match committed {
+            Some(at_least) if at_least > document.version => {
+                self.client
+                    .ask(document.id, Retry::Idempotent, |reply| {
+                        DocumentMessage::Refresh { at_least, reply }
+                    })
+                    .await
+            }
+            _ => Ok(document),
+        }
+    }
+
     pub async fn get(&self, id: Uuid) -> Result<Arc<Document>> {
         self.client
             .ask(id, Retry::Idempotent, |reply| DocumentMessage::Get {

@@ -138,6 +138,15 @@ impl<T: Versioned> EntityState<T> {
         }
     }
 
+    /// Drops a cached state older than `version` (the committed row's, read after the
+    /// caller's read began), so the next use reloads.
+    pub fn refresh_below(&mut self, version: i64) {
+        if self.cached_version().is_some_and(|cached| cached < version) {
+            metrics::counter!("medflow_entity_stale_refreshes_total").increment(1);
+            *self = Self::Unloaded { id: self.id() };
+        }
+    }
+
     /// Takes the answer to a write command on entity `id` decided on the state cached at
     /// version `cached` (`None`: it was loaded for this command). Unless it is a committed
     /// write, the answer may reflect a cache older than the row: the cache is dropped and

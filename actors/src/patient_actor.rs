@@ -34,6 +34,13 @@ pub enum PatientMessage {
     Get {
         reply: RpcReplyPort<Result<Arc<Patient>>>,
     },
+    /// Returns the patient at `at_least` or newer: a committed version read after the
+    /// caller's read began, newer than the one the caller was answered (another instance
+    /// wrote), reloads the state first.
+    Refresh {
+        at_least: i64,
+        reply: RpcReplyPort<Result<Arc<Patient>>>,
+    },
     Replace {
         data: PatientData,
         if_match: Option<i64>,
@@ -81,6 +88,11 @@ impl Actor for PatientActor {
     ) -> Result<(), ActorProcessingErr> {
         // The store futures are boxed so this actor's task stays small while it idles.
         match message {
+            PatientMessage::Refresh { at_least, reply } => {
+                state.refresh_below(at_least);
+                let answer = Box::pin(self.loaded(&myself, state)).await;
+                let _ = reply.send(answer);
+            }
             PatientMessage::Get { reply } => {
                 let answer = Box::pin(self.loaded(&myself, state)).await;
                 let _ = reply.send(answer);

@@ -39,6 +39,25 @@ impl Patients {
             .map_err(|error| Error::from_store("patient", error))
     }
 
+    /// Returns `patient` unless `committed` (its committed version, read after the read
+    /// began) is newer; then the actor reloads and answers the committed row.
+    pub async fn at_least(
+        &self,
+        patient: Arc<Patient>,
+        committed: Option<i64>,
+    ) -> Result<Arc<Patient>> {
+        match committed {
+            Some(at_least) if at_least > patient.version => {
+                self.client
+                    .ask(patient.id, Retry::Idempotent, |reply| {
+                        PatientMessage::Refresh { at_least, reply }
+                    })
+                    .await
+            }
+            _ => Ok(patient),
+        }
+    }
+
     pub async fn get(&self, id: Uuid) -> Result<Arc<Patient>> {
         self.client
             .ask(id, Retry::Idempotent, |reply| PatientMessage::Get { reply })

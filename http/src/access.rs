@@ -146,15 +146,16 @@ impl Caller {
     }
 }
 
-/// Records the caller's read of `objects` and returns once it is committed: a read that
-/// cannot be audited is not answered (503).
+/// Records the caller's read of `objects` and returns once it is committed, with the
+/// committed versions of the entities read (see [`crate::reads`]): a read that cannot be
+/// audited is not answered (503).
 pub async fn audit_read(
     state: &AppState,
     caller: &Caller,
     action: &'static str,
     object_type: &'static str,
     objects: impl IntoIterator<Item = Uuid>,
-) -> Result<(), Problem> {
+) -> Result<medflow_actors::audit_writer::CommittedVersions, Problem> {
     state
         .audit
         .record(caller.read_rows(action, object_type, objects))

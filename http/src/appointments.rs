@@ -308,13 +308,7 @@ pub async fn get_appointment(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize_some(Action::AppointmentRead)?;
-    let appointment = state.appointments.get(id).await?;
-    caller.authorize(
-        Action::AppointmentRead,
-        Target::Patient(appointment.patient_id),
-    )?;
-    access::audit_read(state, &caller, "appointment.read", "appointment", [id]).await?;
+    let appointment = crate::reads::appointment(state, &caller, id).await?;
     if if_none_match_hits(headers, appointment.version) {
         return Ok(not_modified(&etag(appointment.version)));
     }

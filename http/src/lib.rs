@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod patients;
 pub mod policy;
 pub mod problem;
+pub mod reads;
 pub mod search;
 pub mod server;
 

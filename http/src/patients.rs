@@ -381,9 +381,7 @@ pub async fn get_patient(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize(Action::PatientRead, Target::Patient(id))?;
-    let patient = state.patients.get(id).await?;
-    access::audit_read(state, &caller, "patient.read", "patient", [id]).await?;
+    let patient = crate::reads::patient(state, &caller, id).await?;
     if if_none_match_hits(headers, patient.version) {
         return Ok(not_modified(&etag(patient.version)));
     }

@@ -868,12 +868,13 @@ async fn medflow_stopped_mid_stream_and_started_again_loses_no_event() {
 /// Makes every delete from the outbox fail (as a lost connection would), or lets them pass.
 async fn block_outbox_pruning(app: &TestApp, blocked: bool) {
     let sql = if blocked {
-        "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS
+        "CREATE OR REPLACE FUNCTION test_refuse_outbox_delete() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'deletes refused by the test'; END $$;
+         DROP TRIGGER IF EXISTS refuse_outbox_delete ON outbox;
          CREATE TRIGGER refuse_outbox_delete BEFORE DELETE ON outbox
-           FOR EACH ROW EXECUTE FUNCTION refuse_delete();"
+           FOR EACH ROW EXECUTE FUNCTION test_refuse_outbox_delete();"
     } else {
-        "DROP TRIGGER refuse_outbox_delete ON outbox; DROP FUNCTION refuse_delete();"
+        "DROP TRIGGER IF EXISTS refuse_outbox_delete ON outbox; DROP FUNCTION IF EXISTS test_refuse_outbox_delete();"
     };
     app.db().await.batch_execute(sql).await.unwrap();
 }

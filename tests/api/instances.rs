@@ -181,3 +181,69 @@ async fn lifecycle_steps_taken_on_another_instance_are_seen_before_refusing() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_read_on_any_instance_reflects_every_write_acknowledged_before_it() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let c = another_instance(&a).await;
+    let instances = [&a, &b, &c];
+    let patient = a.create_patient(&patient_body(3)).await;
+    let id = patient["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/patients/{id}");
+    let doctor = a.create_doctor().await;
+    let document = a.create_document(&id, &doctor).await;
+    let document = format!("/api/v1/documents/{}", document["id"].as_str().unwrap());
+    for app in instances {
+        assert_eq!(app.get(&path).await.status(), 200);
+        assert_eq!(app.get(&document).await.status(), 200);
+    }
+
+    // An interleaving of writes and reads spread over the three instances (a fixed
+    // pseudo-random walk, so a failure can be replayed).
+    let (mut acknowledged, mut document_version) = (1, 1);
+    let mut step: usize = 7;
+    for n in 0..90 {
+        step = (step * 31 + 17) % 101;
+        let app = instances[step % 3];
+        match step % 4 {
+            0 => {
+                let body = json!({"email": format!("w{n}@example.org")});
+                acknowledged = version_of(patch(app, &path, &body, None).await, "a write").await;
+            }
+            1 => {
+                let body = json!({"body": format!("Запись {n}.")});
+                let response = patch(app, &document, &body, None).await;
+                document_version = version_of(response, "a document edit").await;
+            }
+            2 => {
+                let read: Value = app.get(&document).await.json().await.unwrap();
+                assert_eq!(read["version"], document_version, "step {n}: {read}");
+            }
+            _ => {
+                let response = app.get(&path).await;
+                let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+                let read: Value = response.json().await.unwrap();
+                assert_eq!(read["version"], acknowledged, "step {n}: {read}");
+                assert_eq!(etag, format!("\"{acknowledged}\""));
+                // GraphQL answers the same on the same instance.
+                let query = format!(r#"{{ patient(id: "{id}") {{ version email }} }}"#);
+                let body: Value = app
+                    .client
+                    .post(app.url("/graphql"))
+                    .json(&json!({"query": query}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(body["data"]["patient"]["version"], acknowledged, "{body}");
+                assert_eq!(body["data"]["patient"]["email"], read["email"], "{body}");
+            }
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}

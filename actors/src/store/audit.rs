@@ -233,10 +233,11 @@ pub struct AuditAppend {
 
 impl PgStore {
     /// Appends `rows` in one statement and one transaction, so a batch takes the hash
-    /// chain's lock once.
-    pub async fn append_audit(&self, rows: &[AuditAppend]) -> StoreResult<()> {
+    /// chain's lock once. Returns the committed version of each patient, appointment and
+    /// document whose read (`*.read`) the rows record, as of the statement's start.
+    pub async fn append_audit(&self, rows: &[AuditAppend]) -> StoreResult<Vec<(Uuid, i64)>> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let client = self.client().await?;
         let statement = client
@@ -249,13 +250,26 @@ impl PgStore {
         let addrs: Vec<Option<&str>> = rows.iter().map(|r| r.client_addr.as_deref()).collect();
         let requests: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
         let details: Vec<&Value> = rows.iter().map(|r| &r.details).collect();
-        client
-            .execute(
+        let read: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| {
+                r.action.ends_with(".read")
+                    && matches!(r.object_type, "patient" | "appointment" | "document")
+            })
+            .filter_map(|r| r.object_id)
+            .collect();
+        let versions = client
+            .query(
                 &statement,
-                &[&actors, &actions, &types, &ids, &addrs, &requests, &details],
+                &[
+                    &actors, &actions, &types, &ids, &addrs, &requests, &details, &read,
+                ],
             )
             .await?;
-        Ok(())
+        Ok(versions
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
     }
 
     /// Returns one page of audit rows matching `filter`, newest first.

@@ -51,7 +51,9 @@ impl StoreLoader {
         object_type: &'static str,
         ids: impl IntoIterator<Item = Uuid>,
     ) -> Result<(), Problem> {
-        access::audit_read(&self.state, &self.caller, action, object_type, ids).await
+        access::audit_read(&self.state, &self.caller, action, object_type, ids)
+            .await
+            .map(|_| ())
     }
 }
 

@@ -23,7 +23,7 @@ use crate::access;
 use crate::appointments::AppointmentView;
 use crate::audit::AuditEntryView;
 use crate::doctors::DoctorView;
-use crate::documents::{DocumentSummaryView, DocumentVersionView, DocumentView, readable_document};
+use crate::documents::{DocumentSummaryView, DocumentVersionView, DocumentView};
 use crate::patients::PatientView;
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
@@ -92,11 +92,11 @@ fn invalid(field: &str, message: &str) -> async_graphql::Error {
 }
 
 /// `None` for a missing object, an error otherwise.
-fn found<T>(result: medflow_actors::Result<T>) -> async_graphql::Result<Option<T>> {
+fn found<T>(result: Result<T, Problem>) -> async_graphql::Result<Option<T>> {
     match result {
         Ok(value) => Ok(Some(value)),
-        Err(Error::NotFound { .. }) => Ok(None),
-        Err(error) => Err(error).gql(),
+        Err(problem) if problem.status == 404 => Ok(None),
+        Err(problem) => Err(super::gql_error(problem)),
     }
 }
 
@@ -263,15 +263,9 @@ impl QueryRoot {
         id: Uuid,
     ) -> async_graphql::Result<Option<PatientView>> {
         let (state, caller) = request(ctx)?;
-        caller
-            .authorize(Action::PatientRead, Target::Patient(id))
-            .gql()?;
-        let Some(patient) = found(state.patients.get(id).await)? else {
+        let Some(patient) = found(crate::reads::patient(state, caller, id).await)? else {
             return Ok(None);
         };
-        access::audit_read(state, caller, "patient.read", "patient", [id])
-            .await
-            .gql()?;
         Ok(Some(PatientView::from(patient.as_ref())))
     }
 
@@ -374,19 +368,9 @@ impl QueryRoot {
         id: Uuid,
     ) -> async_graphql::Result<Option<AppointmentView>> {
         let (state, caller) = request(ctx)?;
-        caller.authorize_some(Action::AppointmentRead).gql()?;
-        let Some(appointment) = found(state.appointments.get(id).await)? else {
+        let Some(appointment) = found(crate::reads::appointment(state, caller, id).await)? else {
             return Ok(None);
         };
-        caller
-            .authorize(
-                Action::AppointmentRead,
-                Target::Patient(appointment.patient_id),
-            )
-            .gql()?;
-        access::audit_read(state, caller, "appointment.read", "appointment", [id])
-            .await
-            .gql()?;
         Ok(Some(AppointmentView::from(appointment.as_ref())))
     }
 
@@ -460,14 +444,9 @@ impl QueryRoot {
         id: Uuid,
     ) -> async_graphql::Result<Option<DocumentView>> {
         let (state, caller) = request(ctx)?;
-        let document = match readable_document(state, caller, id).await {
-            Ok(document) => document,
-            Err(problem) if problem.status == 404 => return Ok(None),
-            Err(problem) => return Err(super::gql_error(problem)),
+        let Some(document) = found(crate::reads::document(state, caller, id).await)? else {
+            return Ok(None);
         };
-        access::audit_read(state, caller, "document.read", "document", [id])
-            .await
-            .gql()?;
         Ok(Some(DocumentView::from(document.as_ref())))
     }
 
