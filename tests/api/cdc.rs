@@ -172,6 +172,17 @@ async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events
         .await;
     let snapshot = ops(&pipeline.seen, &patients);
     assert!(snapshot.iter().all(|v| v["op"] == "r"), "{snapshot:?}");
+    // Debezium's markers and positions: the first row `first`, the last `last` (only the two
+    // patients exist), every row at the slot's consistent point, with a `sequence`.
+    let markers: Vec<&Value> = snapshot.iter().map(|v| &v["source"]["snapshot"]).collect();
+    assert_eq!(markers, [&json!("first"), &json!("last")], "{snapshot:?}");
+    let lsn = &snapshot[0]["source"]["lsn"];
+    assert!(lsn.as_u64().is_some_and(|lsn| lsn > 0), "{snapshot:?}");
+    assert!(
+        snapshot.iter().all(|v| &v["source"]["lsn"] == lsn),
+        "{snapshot:?}"
+    );
+    assert!(snapshot.iter().all(|v| v["source"]["sequence"].is_string()));
     let keyed = pipeline
         .seen
         .iter()
@@ -266,6 +277,16 @@ async fn existing_rows_are_snapshotted_and_writes_stream_as_envelopes_and_events
     assert_eq!(source["table"], "patients");
     assert_eq!(source["snapshot"], "false");
     assert!(source["lsn"].as_u64().unwrap() > 0);
+    // `sequence`: the previous commit's end (the create's) and this change's position.
+    let sequence: Vec<Option<String>> =
+        serde_json::from_str(source["sequence"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sequence[1].as_deref(),
+        Some(source["lsn"].as_u64().unwrap().to_string().as_str())
+    );
+    assert!(sequence[0].is_some(), "{source}");
+    assert!(source["version"].as_str().unwrap().ends_with(".Final"));
+    assert_eq!(source["xmin"], Value::Null);
     let source = source.clone();
     // Dates as days since the epoch, like Debezium.
     assert!(changes[0]["after"]["birth_date"].is_i64());

@@ -85,6 +85,10 @@ pub fn row_json(relation: &Relation, values: &[Datum]) -> Map<String, Value> {
         .collect()
 }
 
+/// The Debezium release whose PostgreSQL envelope the change records follow, in Debezium's
+/// own form (`source.version`); medflow's version travels in the `medflow-version` header.
+pub const DEBEZIUM_VERSION: &str = "2.7.0.Final";
+
 /// Where a change happened, for the envelope's `source`.
 #[derive(Debug, Clone)]
 pub struct SourceInfo<'a> {
@@ -92,9 +96,13 @@ pub struct SourceInfo<'a> {
     pub name: &'a str,
     pub db: &'a str,
     pub lsn: u64,
+    /// The end of the last transaction committed before this change (Debezium's
+    /// `lastCommitLsn`, the first half of `sequence`); `None` when not known.
+    pub last_commit_lsn: Option<u64>,
     pub tx_id: u32,
     pub ts_ms: i64,
-    /// `"true"` while snapshotting, `"last"` on the snapshot's last row, else `"false"`.
+    /// `"first"` on the snapshot's first row, `"true"` while snapshotting, `"last"` on its
+    /// last row, `"false"` when streaming (Debezium's markers).
     pub snapshot: &'a str,
 }
 
@@ -147,7 +155,7 @@ pub fn change_records(
         "before": before,
         "after": after,
         "source": {
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": DEBEZIUM_VERSION,
             "connector": "postgresql",
             "name": source.name,
             "ts_ms": source.ts_ms,
@@ -155,8 +163,11 @@ pub fn change_records(
             "db": source.db,
             "schema": relation.schema,
             "table": relation.table,
+            "sequence": sequence(source.last_commit_lsn, source.lsn),
             "txId": source.tx_id,
             "lsn": source.lsn,
+            // Debezium fills it only with `xmin.fetch.interval.ms` set; pgoutput never says.
+            "xmin": Value::Null,
         },
         "op": op.code(),
         "ts_ms": now_ms,
@@ -165,7 +176,10 @@ pub fn change_records(
         topic: topic.clone(),
         key: key.clone(),
         payload: serde_json::to_vec(&envelope).ok(),
-        headers: Vec::new(),
+        headers: vec![(
+            "medflow-version".to_owned(),
+            env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        )],
     }];
     if op == Op::Delete {
         records.push(OutgoingRecord {
@@ -176,6 +190,16 @@ pub fn change_records(
         });
     }
     records
+}
+
+/// Debezium's `source.sequence`: a JSON array of two decimal LSN strings, as a string —
+/// the last commit's end (or null) and this change's position.
+fn sequence(last_commit_lsn: Option<u64>, lsn: u64) -> String {
+    let pair = [
+        last_commit_lsn.map(|lsn| lsn.to_string()),
+        Some(lsn.to_string()),
+    ];
+    serde_json::to_string(&pair).unwrap_or_default()
 }
 
 /// Why an outbox row cannot become an event.
@@ -271,6 +295,7 @@ mod tests {
             name: "medflow",
             db: "medflow",
             lsn: 100,
+            last_commit_lsn: Some(90),
             tx_id: 7,
             ts_ms: 1,
             snapshot: "false",
@@ -297,6 +322,99 @@ mod tests {
         assert_eq!(envelope["before"]["last_name"], "Иванова");
         assert_eq!(envelope["source"]["table"], "patients");
         assert_eq!(envelope["source"]["lsn"], 100);
+    }
+
+    /// The `source` block of Debezium 2.x's PostgreSQL connector, field by field as its
+    /// documentation lists them (`ts_us`/`ts_ns` of 2.6+ aside), with the value types a
+    /// consumer parses: `sequence` a string holding a JSON array of two LSN strings.
+    #[test]
+    fn the_source_block_has_debeziums_fields_and_types() {
+        let crate::cdc::pgoutput::PgOutput::Relation(relation) =
+            decode(crate::cdc::pgoutput::tests::relation_message()).unwrap()
+        else {
+            panic!()
+        };
+        let after = row_json(
+            &relation,
+            &[Datum::Text("p-1".into()), Datum::Text("Иванова".into())],
+        );
+        for (snapshot, last_commit_lsn, sequence) in [
+            ("false", Some(24_023_119), r#"["24023119","24023128"]"#),
+            ("first", None, r#"[null,"24023128"]"#),
+            ("last", None, r#"[null,"24023128"]"#),
+        ] {
+            let source = SourceInfo {
+                name: "fulfillment",
+                db: "postgres",
+                lsn: 24_023_128,
+                last_commit_lsn,
+                tx_id: 555,
+                ts_ms: 1_559_033_904_863,
+                snapshot,
+            };
+            let records = change_records(
+                "fulfillment.public.patients".into(),
+                &relation,
+                Op::Create,
+                None,
+                Some(after.clone()),
+                &source,
+                1_559_033_904_863,
+            );
+            let envelope: Value =
+                serde_json::from_slice(records[0].payload.as_ref().unwrap()).unwrap();
+            let documented = [
+                "version",
+                "connector",
+                "name",
+                "ts_ms",
+                "snapshot",
+                "db",
+                "sequence",
+                "schema",
+                "table",
+                "txId",
+                "lsn",
+                "xmin",
+            ];
+            let source = envelope["source"].as_object().unwrap();
+            let mut keys: Vec<&str> = source.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let mut expected = documented.to_vec();
+            expected.sort_unstable();
+            assert_eq!(keys, expected);
+            let version = source["version"].as_str().unwrap();
+            assert!(version.ends_with(".Final"), "Debezium's form: {version}");
+            assert_eq!(source["connector"], "postgresql");
+            assert_eq!(source["name"], "fulfillment");
+            assert_eq!(source["ts_ms"], 1_559_033_904_863_i64);
+            assert_eq!(source["snapshot"], snapshot);
+            assert_eq!(source["db"], "postgres");
+            assert_eq!(source["sequence"], sequence);
+            let pair: Vec<Option<String>> =
+                serde_json::from_str(source["sequence"].as_str().unwrap()).unwrap();
+            assert_eq!(pair.len(), 2);
+            assert_eq!(source["schema"], "public");
+            assert_eq!(source["table"], "patients");
+            assert_eq!(source["txId"], 555);
+            assert_eq!(source["lsn"], 24_023_128);
+            assert_eq!(source["xmin"], Value::Null);
+            let mut top: Vec<&str> = envelope
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            top.sort_unstable();
+            assert_eq!(top, ["after", "before", "op", "source", "ts_ms"]);
+            assert_eq!(envelope["op"], "c");
+            let headers: Vec<&str> = records[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                headers,
+                ["medflow-version"],
+                "medflow names itself in a header"
+            );
+        }
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub struct CdcReaderState {
     /// The end of the last commit whose records are in `pending[..committed]`.
     commit: Option<Checkpoint>,
     tx: Option<(u32, i64)>,
+    /// The end of the last transaction read (`source.sequence`'s first half).
+    last_commit_lsn: Option<u64>,
     /// The newest keepalive position received between transactions, not yet queued.
     keepalive: Option<Lsn>,
     /// The newest position queued for confirmation (a commit or a keepalive).
@@ -303,13 +305,24 @@ impl Actor for CdcReader {
                     self.settings.slot.replace('"', "")
                 ))
                 .await?;
-            let snapshot_name = rows
-                .first()
-                .and_then(|row| row.get(2).cloned().flatten())
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                .ok_or("CREATE_REPLICATION_SLOT returned no snapshot")?;
+            let column = |index: usize| {
+                rows.first()
+                    .and_then(|row| row.get(index).cloned().flatten())
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            };
+            let snapshot_name = column(2).ok_or("CREATE_REPLICATION_SLOT returned no snapshot")?;
+            // The slot's consistent point: the position every snapshot record carries.
+            let consistent_point = column(1)
+                .and_then(|text| Lsn::parse(&text).ok())
+                .map_or(0, Lsn::as_u64);
             let delivered = self
-                .snapshot(&control, &tables, &info.dbname, &snapshot_name)
+                .snapshot(
+                    &control,
+                    &tables,
+                    &info.dbname,
+                    &snapshot_name,
+                    consistent_point,
+                )
                 .await?;
             pruner.backlog.extend(delivered);
             control
@@ -349,6 +362,7 @@ impl Actor for CdcReader {
             committed: 0,
             commit: None,
             tx: None,
+            last_commit_lsn: None,
             keepalive: None,
             queued_through: Lsn::from_u64(0),
             in_flight: std::collections::VecDeque::new(),
@@ -415,13 +429,15 @@ async fn ensure_publication(
 }
 
 impl CdcReader {
-    /// Publishes every existing row of the published tables as seen by `snapshot_name`.
+    /// Publishes every existing row of the published tables as seen by `snapshot_name`
+    /// (taken at `lsn`), marked as Debezium marks them: `first`, `true`, …, `last`.
     async fn snapshot(
         &self,
         control: &tokio_postgres::Client,
         tables: &[Relation],
         db: &str,
         snapshot_name: &str,
+        lsn: u64,
     ) -> Result<Vec<uuid::Uuid>, ActorProcessingErr> {
         control
             .batch_execute(&format!(
@@ -431,6 +447,15 @@ impl CdcReader {
             .await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut delivered = Vec::new();
+        // Counted in the same snapshot, so the first and last rows can be marked.
+        let mut total: u64 = 0;
+        for relation in tables.iter().filter(|relation| relation.table != "outbox") {
+            let count = control
+                .query_one(&format!("SELECT count(*) FROM {}", relation.table), &[])
+                .await?;
+            total += u64::try_from(count.get::<_, i64>(0)).unwrap_or_default();
+        }
+        let mut published: u64 = 0;
         for relation in tables {
             let table = relation.table.as_str();
             let order = if table == "outbox" {
@@ -467,16 +492,22 @@ impl CdcReader {
                 continue;
             }
             let topic = self.settings.change_topic(&self.kafka, table);
-            let source = SourceInfo {
-                name: &self.settings.server_name,
-                db,
-                lsn: 0,
-                tx_id: 0,
-                ts_ms: now,
-                snapshot: "true",
-            };
             let mut records = Vec::new();
             for row in &rows {
+                published += 1;
+                let source = SourceInfo {
+                    name: &self.settings.server_name,
+                    db,
+                    lsn,
+                    last_commit_lsn: None,
+                    tx_id: 0,
+                    ts_ms: now,
+                    snapshot: match published {
+                        1 => "first",
+                        n if n >= total => "last",
+                        _ => "true",
+                    },
+                };
                 let after = row_json(relation, &text_values(row, relation));
                 records.extend(change_records(
                     topic.clone(),
@@ -657,6 +688,7 @@ impl CdcReader {
                     ..
                 } => {
                     state.tx = None;
+                    state.last_commit_lsn = Some(end_lsn.as_u64());
                     state.committed = state.pending.len();
                     state.commit = Some(Checkpoint {
                         lsn: end_lsn,
@@ -801,6 +833,7 @@ impl CdcReader {
             name: &self.settings.server_name,
             db: &state.db,
             lsn: lsn.as_u64(),
+            last_commit_lsn: state.last_commit_lsn,
             tx_id: xid,
             ts_ms: pg_time_to_unix_ms(commit_time),
             snapshot: "false",
