@@ -320,8 +320,24 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
         .unwrap();
 
     // Writes answer again once the pool has reconnected (503 meanwhile, nothing written).
-    for n in 0..100u32 {
-        let body = patient_body(41_000 + n);
+    ids.extend(write_after_restart(&app, 41_000, 100).await);
+    let status = wait_streaming(&app, Duration::from_secs(30)).await;
+    assert!(status["confirmedLsn"].is_string(), "{status}");
+
+    let arrived = every_create_arrives(&app, &ids).await;
+    println!(
+        "PostgreSQL restarted after 100 of 200 writes: {arrived} events arrived ({} duplicates)",
+        arrived - ids.len()
+    );
+    app.shutdown().await;
+}
+
+/// Creates `count` patients one by one after a PostgreSQL restart, each retried while the
+/// pool reconnects (503, nothing written); returns their ids.
+async fn write_after_restart(app: &TestApp, from: u32, count: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in from..from + count {
+        let body = patient_body(n);
         let id = eventually(
             Duration::from_secs(30),
             "a write after the restart",
@@ -337,17 +353,9 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
             },
         )
         .await;
-        ids.insert(id);
+        ids.push(id);
     }
-    let status = wait_streaming(&app, Duration::from_secs(30)).await;
-    assert!(status["confirmedLsn"].is_string(), "{status}");
-
-    let arrived = every_create_arrives(&app, &ids).await;
-    println!(
-        "PostgreSQL restarted after 100 of 200 writes: {arrived} events arrived ({} duplicates)",
-        arrived - ids.len()
-    );
-    app.shutdown().await;
+    ids
 }
 
 /// The slot's confirmed position and the server's current WAL position.
@@ -431,25 +439,7 @@ async fn a_fast_postgresql_shutdown_completes_in_seconds_while_medflow_streams()
     println!("pg_ctl -m fast restart took {:?}", started.elapsed());
 
     // The reader reconnects and streams what is written afterwards.
-    for n in 0..20u32 {
-        let body = patient_body(51_000 + n);
-        let id = eventually(
-            Duration::from_secs(30),
-            "a write after the restart",
-            || async {
-                let response = app.post_json("/api/v1/patients", &body).await;
-                match response.status().as_u16() {
-                    201 => response.json::<Value>().await.ok()?["id"]
-                        .as_str()
-                        .map(str::to_owned),
-                    503 => None,
-                    other => panic!("a write after the restart answered {other}"),
-                }
-            },
-        )
-        .await;
-        ids.insert(id);
-    }
+    ids.extend(write_after_restart(&app, 51_000, 20).await);
     wait_streaming(&app, Duration::from_secs(30)).await;
     every_create_arrives(&app, &ids).await;
     app.shutdown().await;
