@@ -16,9 +16,10 @@
 //! - commit positions are confirmed once their batches are acknowledged; so is a keepalive's
 //!   position received between transactions once everything before it is (as pg_recvlogical
 //!   and Debezium do). The server sends in WAL order, so a keepalive's position covers only
-//!   what already reached the reader. Without it a fast shutdown of PostgreSQL waits for ever:
-//!   the walsender exits only when the client has confirmed everything it was sent, the
-//!   shutdown checkpoint included, which is no commit. On an idle database a heartbeat (a
+//!   what already reached the reader. Without it a fast shutdown of PostgreSQL can wait for
+//!   ever: the walsender exits only when the client has confirmed everything it was sent, and
+//!   WAL that is no commit (checkpoints, aborts, non-transactional messages) would never be
+//!   confirmed. On an idle database a heartbeat (a
 //!   transactional logical message, as Debezium's heartbeat query) makes a commit too, so the
 //!   slot keeps advancing and does not hold the WAL other databases write.
 //!
