@@ -22,14 +22,11 @@ const KIND: &str = "appointment";
 
 #[derive(Debug)]
 pub enum AppointmentMessage {
+    /// Returns the appointment. With `at_least` (a committed version read after the caller's
+    /// read began), a cached state older than that — another instance wrote — is reloaded
+    /// first.
     Get {
-        reply: RpcReplyPort<Result<Arc<Appointment>>>,
-    },
-    /// Returns the appointment at `at_least` or newer: a committed version read after the
-    /// caller's read began, newer than the one the caller was answered (another instance
-    /// wrote), reloads the state first.
-    Refresh {
-        at_least: i64,
+        at_least: Option<i64>,
         reply: RpcReplyPort<Result<Arc<Appointment>>>,
     },
     Act {
@@ -69,14 +66,10 @@ impl Actor for AppointmentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AppointmentMessage::Refresh { at_least, reply } => {
-                state.refresh_below(at_least);
-                let answer =
-                    Box::pin(state.loaded(&myself, KIND, |id| self.store.load_appointment(id)))
-                        .await;
-                let _ = reply.send(answer);
-            }
-            AppointmentMessage::Get { reply } => {
+            AppointmentMessage::Get { at_least, reply } => {
+                if let Some(at_least) = at_least {
+                    state.refresh_below(at_least);
+                }
                 let answer =
                     Box::pin(state.loaded(&myself, KIND, |id| self.store.load_appointment(id)))
                         .await;

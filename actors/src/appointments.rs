@@ -47,7 +47,10 @@ impl Appointments {
             Some(at_least) if at_least > appointment.version => {
                 self.client
                     .ask(appointment.id, Retry::Idempotent, |reply| {
-                        AppointmentMessage::Refresh { at_least, reply }
+                        AppointmentMessage::Get {
+                            at_least: Some(at_least),
+                            reply,
+                        }
                     })
                     .await
             }
@@ -58,6 +61,7 @@ impl Appointments {
     pub async fn get(&self, id: Uuid) -> Result<Arc<Appointment>> {
         self.client
             .ask(id, Retry::Idempotent, |reply| AppointmentMessage::Get {
+                at_least: None,
                 reply,
             })
             .await

@@ -26,14 +26,11 @@ const KIND: &str = "document";
 
 #[derive(Debug)]
 pub enum DocumentMessage {
+    /// Returns the document. With `at_least` (a committed version read after the caller's
+    /// read began), a cached state older than that — another instance wrote — is reloaded
+    /// first.
     Get {
-        reply: RpcReplyPort<Result<Arc<Document>>>,
-    },
-    /// Returns the document at `at_least` or newer: a committed version read after the
-    /// caller's read began, newer than the one the caller was answered (another instance
-    /// wrote), reloads the state first.
-    Refresh {
-        at_least: i64,
+        at_least: Option<i64>,
         reply: RpcReplyPort<Result<Arc<Document>>>,
     },
     Edit {
@@ -85,12 +82,10 @@ impl Actor for DocumentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            DocumentMessage::Refresh { at_least, reply } => {
-                state.refresh_below(at_least);
-                let answer = Box::pin(self.current(&myself, state)).await;
-                let _ = reply.send(answer);
-            }
-            DocumentMessage::Get { reply } => {
+            DocumentMessage::Get { at_least, reply } => {
+                if let Some(at_least) = at_least {
+                    state.refresh_below(at_least);
+                }
                 let answer = Box::pin(self.current(&myself, state)).await;
                 let _ = reply.send(answer);
             }

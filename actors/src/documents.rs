@@ -42,7 +42,10 @@ impl Documents {
             Some(at_least) if at_least > document.version => {
                 self.client
                     .ask(document.id, Retry::Idempotent, |reply| {
-                        DocumentMessage::Refresh { at_least, reply }
+                        DocumentMessage::Get {
+                            at_least: Some(at_least),
+                            reply,
+                        }
                     })
                     .await
             }
@@ -53,6 +56,7 @@ impl Documents {
     pub async fn get(&self, id: Uuid) -> Result<Arc<Document>> {
         self.client
             .ask(id, Retry::Idempotent, |reply| DocumentMessage::Get {
+                at_least: None,
                 reply,
             })
             .await

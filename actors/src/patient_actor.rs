@@ -31,14 +31,11 @@ const KIND: &str = "patient";
 /// Commands and queries for one patient.
 #[derive(Debug)]
 pub enum PatientMessage {
+    /// Returns the patient. With `at_least` (a committed version read after the caller's
+    /// read began), a cached state older than that — another instance wrote — is reloaded
+    /// first.
     Get {
-        reply: RpcReplyPort<Result<Arc<Patient>>>,
-    },
-    /// Returns the patient at `at_least` or newer: a committed version read after the
-    /// caller's read began, newer than the one the caller was answered (another instance
-    /// wrote), reloads the state first.
-    Refresh {
-        at_least: i64,
+        at_least: Option<i64>,
         reply: RpcReplyPort<Result<Arc<Patient>>>,
     },
     Replace {
@@ -88,12 +85,10 @@ impl Actor for PatientActor {
     ) -> Result<(), ActorProcessingErr> {
         // The store futures are boxed so this actor's task stays small while it idles.
         match message {
-            PatientMessage::Refresh { at_least, reply } => {
-                state.refresh_below(at_least);
-                let answer = Box::pin(self.loaded(&myself, state)).await;
-                let _ = reply.send(answer);
-            }
-            PatientMessage::Get { reply } => {
+            PatientMessage::Get { at_least, reply } => {
+                if let Some(at_least) = at_least {
+                    state.refresh_below(at_least);
+                }
                 let answer = Box::pin(self.loaded(&myself, state)).await;
                 let _ = reply.send(answer);
             }

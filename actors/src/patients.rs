@@ -49,8 +49,9 @@ impl Patients {
         match committed {
             Some(at_least) if at_least > patient.version => {
                 self.client
-                    .ask(patient.id, Retry::Idempotent, |reply| {
-                        PatientMessage::Refresh { at_least, reply }
+                    .ask(patient.id, Retry::Idempotent, |reply| PatientMessage::Get {
+                        at_least: Some(at_least),
+                        reply,
                     })
                     .await
             }
@@ -60,7 +61,10 @@ impl Patients {
 
     pub async fn get(&self, id: Uuid) -> Result<Arc<Patient>> {
         self.client
-            .ask(id, Retry::Idempotent, |reply| PatientMessage::Get { reply })
+            .ask(id, Retry::Idempotent, |reply| PatientMessage::Get {
+                at_least: None,
+                reply,
+            })
             .await
     }
 
