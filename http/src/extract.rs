@@ -169,8 +169,7 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Resu
 /// Whether `body` holds the JSON escape of U+0000 (or an escaped backslash before `u0000`,
 /// which the exact search then tells apart).
 fn holds_nul_escape(body: &[u8]) -> bool {
-    body.windows(6)
-        .any(|window| window.eq_ignore_ascii_case(b"\\u0000"))
+    body.windows(6).any(|window| window == b"\\u0000")
 }
 
 /// The path (as `a.b[2].c`, the form field errors use) of the first string or key in

@@ -44,6 +44,13 @@ pub enum CdcState {
     Restarting,
 }
 
+impl CdcState {
+    /// Whether events flow, or another instance streams them.
+    pub fn running(self) -> bool {
+        matches!(self, Self::Snapshotting | Self::Streaming | Self::Standby)
+    }
+}
+
 /// The pipeline's state as the readiness probe and `GET /api/v1/admin/cdc` report it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -69,11 +76,7 @@ impl CdcStatus {
     /// Returns whether events flow (or another instance streams them) and the pipeline has
     /// not failed within [`STABLE_AFTER`]; anything else is a degraded pipeline.
     pub fn healthy(&self) -> bool {
-        let running = matches!(
-            self.state,
-            CdcState::Snapshotting | CdcState::Streaming | CdcState::Standby
-        );
-        running
+        self.state.running()
             && self
                 .failed_at
                 .is_none_or(|failed_at| failed_at.elapsed() >= STABLE_AFTER)
@@ -103,10 +106,7 @@ impl CdcStatusCell {
 
     pub fn update(&self, change: impl FnOnce(&mut CdcStatus)) {
         self.0.send_modify(change);
-        let degraded = !matches!(
-            self.0.borrow().state,
-            CdcState::Snapshotting | CdcState::Streaming | CdcState::Standby
-        );
+        let degraded = !self.0.borrow().state.running();
         metrics::gauge!("medflow_degraded", "component" => "cdc")
             .set(f64::from(u8::from(degraded)));
     }

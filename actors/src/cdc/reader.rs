@@ -19,10 +19,9 @@
 //!   what already reached the reader. Without it a fast shutdown of PostgreSQL can wait for
 //!   ever: the walsender exits only when the client has confirmed everything it was sent, and
 //!   WAL that is no commit (checkpoints, aborts, non-transactional messages) would never be
-//!   confirmed. On an idle database a heartbeat (a
-//!   transactional logical message, as Debezium's heartbeat query) makes a commit too, so the
-//!   slot keeps advancing and does not hold the WAL other databases write.
-//!
+//!   confirmed. On an idle database a heartbeat (a transactional logical message, as
+//!   Debezium's heartbeat query) makes a commit too, so the slot keeps advancing and does not
+//!   hold the WAL other databases write;
 //! - published outbox rows are deleted once Kafka acknowledged their events; a failed delete
 //!   keeps their ids for the next attempt, and a reader resuming a slot deletes the rows
 //!   present at its start once it has confirmed past that point (each was delivered by then,

@@ -137,6 +137,20 @@ pub(crate) fn page_size(
 /// Refuses variables holding U+0000 (which PostgreSQL cannot store) before anything runs,
 /// naming the variable's path; literals in the document are caught where they are parsed.
 fn nul_in_variables(request: &async_graphql::Request) -> Option<Problem> {
+    fn holds_nul(value: &async_graphql::Value) -> bool {
+        match value {
+            async_graphql::Value::String(text) => text.contains('\0'),
+            async_graphql::Value::List(items) => items.iter().any(holds_nul),
+            async_graphql::Value::Object(fields) => fields
+                .iter()
+                .any(|(key, item)| key.contains('\0') || holds_nul(item)),
+            _ => false,
+        }
+    }
+    // The common case scans without copying; only a hit is converted to name the path.
+    if !request.variables.values().any(holds_nul) {
+        return None;
+    }
     let variables = request.variables.clone().into_value().into_json().ok()?;
     let path = crate::extract::nul_path(&variables)?;
     Some(Problem::invalid_field(
