@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, hours_ahead, patient_body, spawn_app, spawn_app_with};
 
 /// Runs `query` with the staff token (or `token`) and returns the whole response body.
-async fn gql(app: &TestApp, token: Option<&str>, query: &str, variables: Value) -> Value {
+pub(crate) async fn gql(
+    app: &TestApp,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
     let request = match token {
         Some(token) => app.anonymous.post(app.url("/graphql")).bearer_auth(token),
         None => app.client.post(app.url("/graphql")),

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::graphql::gql;
 use crate::helpers::{TestApp, hours_ahead, patient_body, spawn_app, spawn_app_on};
 
 /// A second application on `first`'s database (its own actors and caches).
@@ -228,16 +229,7 @@ async fn a_read_on_any_instance_reflects_every_write_acknowledged_before_it() {
                 assert_eq!(etag, format!("\"{acknowledged}\""));
                 // GraphQL answers the same on the same instance.
                 let query = format!(r#"{{ patient(id: "{id}") {{ version email }} }}"#);
-                let body: Value = app
-                    .client
-                    .post(app.url("/graphql"))
-                    .json(&json!({"query": query}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let body = gql(app, None, &query, json!({})).await;
                 assert_eq!(body["data"]["patient"]["version"], acknowledged, "{body}");
                 assert_eq!(body["data"]["patient"]["email"], read["email"], "{body}");
             }

@@ -295,8 +295,11 @@ impl Drop for OwnPostgres {
     }
 }
 
-#[tokio::test]
-async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
+/// A cluster of the test's own and an application streaming its CDC (configured further by
+/// `configure`).
+async fn streaming_on_own_cluster(
+    configure: impl FnOnce(&mut medflow::config::Settings),
+) -> (Arc<OwnPostgres>, TestApp) {
     let cluster = Arc::new(
         tokio::task::spawn_blocking(OwnPostgres::start)
             .await
@@ -304,9 +307,16 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
     );
     let app = spawn_app_on("postgres".into(), cluster.url(), |settings| {
         settings.cdc.enabled = true;
+        configure(settings);
     })
     .await;
     wait_streaming(&app, Duration::from_secs(30)).await;
+    (cluster, app)
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
+    let (cluster, app) = streaming_on_own_cluster(|_| {}).await;
     let done = AtomicUsize::new(0);
     let mut ids: HashSet<String> = write_patients(&app, 40_000, 100, &done)
         .await
@@ -374,19 +384,12 @@ async fn slot_positions(db: &tokio_postgres::Client, slot: &str) -> Option<(Stri
 
 #[tokio::test]
 async fn a_fast_postgresql_shutdown_completes_in_seconds_while_medflow_streams() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(OwnPostgres::start)
-            .await
-            .unwrap(),
-    );
-    let app = spawn_app_on("postgres".into(), cluster.url(), |settings| {
-        settings.cdc.enabled = true;
+    let (cluster, app) = streaming_on_own_cluster(|settings| {
         // No heartbeat commit may move the slot: only keepalives can confirm the tail.
         settings.cdc.heartbeat_ms = 3_600_000;
         settings.cdc.status_interval_ms = 200;
     })
     .await;
-    wait_streaming(&app, Duration::from_secs(30)).await;
     let done = AtomicUsize::new(0);
     let mut ids: HashSet<String> = write_patients(&app, 50_000, 20, &done)
         .await

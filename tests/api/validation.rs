@@ -4,6 +4,7 @@
 use chrono::{Days, Utc};
 use serde_json::{Value, json};
 
+use crate::graphql::gql;
 use crate::helpers::{
     TestApp, WRITE_AUDIT_ROWS, expect_problem, patient_body, problem_fields, spawn_app,
 };
@@ -366,21 +367,9 @@ async fn a_nul_character_is_refused_naming_the_field_wherever_it_comes_in() {
 
     // GraphQL: a variable is refused before anything runs, naming its path; a literal in
     // the document reaches the same validation (or the store's own refusal), never a 500.
-    let graphql = |query: &'static str, variables: Value| {
-        let app = &app;
-        async move {
-            let response = app
-                .client
-                .post(app.url("/graphql"))
-                .json(&json!({"query": query, "variables": variables}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response.json::<Value>().await.unwrap()
-        }
-    };
-    let body = graphql(
+    let body = gql(
+        &app,
+        None,
         "query($p: String) { doctors(filter: {lastNamePrefix: $p}) { totalCount } }",
         json!({"p": "a\u{0}"}),
     )
@@ -398,11 +387,13 @@ async fn a_nul_character_is_refused_naming_the_field_wherever_it_comes_in() {
         r#"{ doctors(filter: {specialty: "a\u0000"}) { totalCount } }"#,
         r#"{ patients(filter: {lastNamePrefix: "a\u0000"}) { totalCount } }"#,
     ] {
-        let body = graphql(query, json!({})).await;
+        let body = gql(&app, None, query, json!({})).await;
         let code = body["errors"][0]["extensions"]["code"].clone();
         assert_eq!(code, "validation-error", "{query}: {body}");
     }
-    let body = graphql(
+    let body = gql(
+        &app,
+        None,
         "mutation($input: PatientInput!) { createPatient(input: $input) { patient { id } error { code } } }",
         json!({"input": {"firstName": "Анна", "lastName": "Ив\u{0}", "birthDate": "1990-01-01"}}),
     )
