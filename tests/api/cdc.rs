@@ -654,7 +654,7 @@ pub(crate) async fn consume_until(
 
 /// Consumes `topics` from the beginning until `done` holds for the (topic, key, value)
 /// triples seen.
-async fn consume_topics_until(
+pub(crate) async fn consume_topics_until(
     brokers: &str,
     topics: &[&str],
     what: &str,
@@ -679,7 +679,7 @@ async fn consume_topics_until(
                     seen.iter().map(|(_, k, _)| k).collect();
                 let summary: Vec<(&String, &Value, &Value)> = seen
                     .iter()
-                    .map(|(t, _, v)| (t, &v["op"], &v["eventType"]))
+                    .map(|(t, _, v)| (t, &v["op"], &v["source"]["snapshot"]))
                     .collect();
                 panic!(
                     "timed out waiting for {what}: {} seen, {} distinct keys: {summary:?}",

@@ -20,4 +20,5 @@ mod resilience;
 mod search;
 mod standins;
 mod subscriptions;
+mod switchover;
 mod validation;

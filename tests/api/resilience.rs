@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::cdc::{app_slot, app_topic_prefix, consume_until, drop_slot, wait_streaming};
 use crate::helpers::{TestApp, eventually, patient_body, spawn_app_on, spawn_app_with};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn test_work_dir(name: &str) -> PathBuf {
+pub(crate) fn test_work_dir(name: &str) -> PathBuf {
     let work = std::env::var("MEDFLOW_TEST_WORK").expect("run through scripts/test");
     let dir = Path::new(&work).join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -32,13 +32,13 @@ fn test_work_dir(name: &str) -> PathBuf {
 
 /// The medflow binary running only the CDC pipeline for `app`'s database, slot and topics,
 /// as a separate process that can be killed without warning.
-struct MedflowProcess {
+pub(crate) struct MedflowProcess {
     child: Child,
     address: String,
 }
 
 impl MedflowProcess {
-    async fn start(app: &TestApp, log: &Path) -> Self {
+    pub(crate) async fn start(app: &TestApp, log: &Path) -> Self {
         let port = free_port();
         let settings = app.app().settings();
         let log = std::fs::OpenOptions::new()
@@ -86,7 +86,7 @@ impl MedflowProcess {
     }
 
     /// SIGKILL: no shutdown hook runs, nothing queued is flushed.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -100,7 +100,12 @@ impl Drop for MedflowProcess {
 }
 
 /// Creates `count` patients through `app`, 8 at a time, counting completed writes in `done`.
-async fn write_patients(app: &TestApp, from: u32, count: u32, done: &AtomicUsize) -> Vec<String> {
+pub(crate) async fn write_patients(
+    app: &TestApp,
+    from: u32,
+    count: u32,
+    done: &AtomicUsize,
+) -> Vec<String> {
     futures::stream::iter(from..from + count)
         .map(|n| async move {
             let created = app.create_patient(&patient_body(n)).await;
@@ -113,7 +118,7 @@ async fn write_patients(app: &TestApp, from: u32, count: u32, done: &AtomicUsize
 }
 
 /// Consumes `PatientCreated` until every id in `ids` was seen; returns how many arrived.
-async fn every_create_arrives(app: &TestApp, ids: &HashSet<String>) -> usize {
+pub(crate) async fn every_create_arrives(app: &TestApp, ids: &HashSet<String>) -> usize {
     let brokers = app.app().settings().kafka.brokers.clone();
     let topic = format!("{}PatientCreated", app_topic_prefix(app));
     let seen = consume_until(&brokers, &topic, "every create", |seen| {
@@ -165,14 +170,14 @@ async fn medflow_killed_abruptly_mid_stream_and_restarted_loses_no_event() {
 }
 
 /// A PostgreSQL cluster of the test's own, which it may restart.
-struct OwnPostgres {
+pub(crate) struct OwnPostgres {
     data: PathBuf,
     port: u16,
     bin: PathBuf,
 }
 
 impl OwnPostgres {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let bin =
             PathBuf::from(std::env::var("MEDFLOW_TEST_PG_BIN").expect("run through scripts/test"));
         let port = free_port();
@@ -193,23 +198,80 @@ impl OwnPostgres {
                 "--locale=C.UTF-8",
             ],
         );
-        let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
-             wal_level = logical\nmax_replication_slots = 8\nmax_wal_senders = 8\n\
-             fsync = off\nsynchronous_commit = off\n",
-            cluster.port,
-            cluster.data.display()
+        cluster.configure(
+            "listen_addresses = '127.0.0.1'\nwal_level = logical\nmax_replication_slots = 8\n\
+             max_wal_senders = 8\nfsync = off\nsynchronous_commit = off\n",
         );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(cluster.data.join("postgresql.conf"))
-            .unwrap();
-        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
         cluster.pg_ctl("start");
         cluster
     }
 
-    fn url(&self) -> String {
+    /// A streaming replica of this cluster (`pg_basebackup -R`, a hot standby), started on a
+    /// port of its own.
+    pub(crate) fn start_standby(&self) -> Self {
+        let port = free_port();
+        let data = test_work_dir(&format!("pg-own-{port}")).join("data");
+        let standby = Self {
+            data,
+            port,
+            bin: self.bin.clone(),
+        };
+        standby.chown();
+        let source = format!("host=127.0.0.1 port={} user=postgres", self.port);
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                standby.data.to_str().unwrap(),
+                "-d",
+                &source,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        // The copied configuration names the primary's port and socket directory.
+        standby.configure("");
+        standby.pg_ctl("start");
+        standby
+    }
+
+    /// Appends `settings` and this cluster's port and socket directory to its configuration.
+    fn configure(&self, settings: &str) {
+        let conf = format!(
+            "{settings}port = {}\nunix_socket_directories = '{}'\n",
+            self.port,
+            self.data.display()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Promotes this standby to a primary, waiting until it accepts writes.
+    pub(crate) fn promote(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "promote",
+            ],
+        );
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -253,12 +315,12 @@ impl OwnPostgres {
         );
     }
 
-    fn pg_ctl(&self, action: &str) {
+    pub(crate) fn pg_ctl(&self, action: &str) {
         self.pg_ctl_within(action, 60);
     }
 
     /// `pg_ctl -m fast -w -t <seconds> <action>`: panics if it does not finish in time.
-    fn pg_ctl_within(&self, action: &str, seconds: u32) {
+    pub(crate) fn pg_ctl_within(&self, action: &str, seconds: u32) {
         let log = self.data.parent().unwrap().join("server.log");
         let seconds = seconds.to_string();
         self.run(
@@ -344,7 +406,7 @@ async fn a_postgresql_restart_mid_stream_delays_events_but_loses_none() {
 
 /// Creates `count` patients one by one after a PostgreSQL restart, each retried while the
 /// pool reconnects (503, nothing written); returns their ids.
-async fn write_after_restart(app: &TestApp, from: u32, count: u32) -> Vec<String> {
+pub(crate) async fn write_after_restart(app: &TestApp, from: u32, count: u32) -> Vec<String> {
     let mut ids = Vec::new();
     for n in from..from + count {
         let body = patient_body(n);
@@ -369,7 +431,10 @@ async fn write_after_restart(app: &TestApp, from: u32, count: u32) -> Vec<String
 }
 
 /// The slot's confirmed position and the server's current WAL position.
-async fn slot_positions(db: &tokio_postgres::Client, slot: &str) -> Option<(String, String, bool)> {
+pub(crate) async fn slot_positions(
+    db: &tokio_postgres::Client,
+    slot: &str,
+) -> Option<(String, String, bool)> {
     let row = db
         .query_opt(
             "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text,

@@ -13,6 +13,10 @@
 //! - on its first start with a new slot the reader publishes a consistent snapshot of the
 //!   existing rows (`op: "r"`) taken at the slot's creation point, then streams from there;
 //!   a crash mid-snapshot drops the slot and redoes it;
+//! - a slot that is gone although its snapshot was done (a switchover or failover to a
+//!   standby: PostgreSQL 15 does not carry logical slots over) is recreated the same way: a
+//!   new snapshot, and the outbox's undelivered events published again. A standby still in
+//!   recovery is refused (logical decoding needs the primary) and retried with backoff;
 //! - commit positions are confirmed once their batches are acknowledged; so is a keepalive's
 //!   position received between transactions once everything before it is (as pg_recvlogical
 //!   and Debezium do). The server sends in WAL order, so a keepalive's position covers only
@@ -238,6 +242,15 @@ impl Actor for CdcReader {
         let (control, connection) =
             tokio_postgres::connect(self.settings.database_url.expose_secret(), NoTls).await?;
         let connection = tokio::spawn(connection);
+        let in_recovery: bool = control
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        if in_recovery {
+            // The service still points at a standby (a switchover or failover under way):
+            // logical decoding needs the primary; the supervisor retries with backoff.
+            return Err("the database is a standby in recovery; waiting for a primary".into());
+        }
         ensure_publication(&control, &self.settings.publication).await?;
         let slot_exists = control
             .query_opt(
@@ -246,13 +259,32 @@ impl Actor for CdcReader {
             )
             .await?
             .is_some();
-        let snapshot_done = control
+        let mut snapshot_done = control
             .query_opt(
                 "SELECT 1 FROM cdc_snapshots WHERE slot_name = $1",
                 &[&self.settings.slot],
             )
             .await?
             .is_some();
+        if !slot_exists && snapshot_done {
+            // The slot was streamed from before and is gone: a switchover or failover to a
+            // standby (PostgreSQL 15 does not carry logical slots over), or an operator
+            // dropped it. Changes since the last confirmed position cannot be replayed, so the
+            // reader starts over: a new slot, the undelivered outbox events and a snapshot.
+            metrics::counter!("medflow_cdc_slot_recreated_total").increment(1);
+            tracing::warn!(
+                slot = %self.settings.slot,
+                "the replication slot is gone (a switchover or failover to a standby, or a dropped slot): recreating it, re-publishing undelivered outbox events and re-snapshotting the change topics"
+            );
+            // The record goes first, so a crash before the new snapshot completes redoes it.
+            control
+                .execute(
+                    "DELETE FROM cdc_snapshots WHERE slot_name = $1",
+                    &[&self.settings.slot],
+                )
+                .await?;
+            snapshot_done = false;
+        }
         if slot_exists && !snapshot_done {
             tracing::warn!(slot = %self.settings.slot, "the initial snapshot did not complete; redoing it");
             control

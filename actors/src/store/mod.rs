@@ -119,9 +119,14 @@ impl From<tokio_postgres::Error> for StoreError {
             };
         }
         // Connection trouble (08), resources (53), operator intervention such as shutdown or
-        // statement timeout (57), system errors (58) and a missing database are outages.
+        // statement timeout (57), system errors (58) and a missing database are outages; so
+        // is a write reaching a read-only standby (25006) while a switchover moves the
+        // primary: the client retries once the service points at the new one.
         let class = &code.code()[..2];
-        if matches!(class, "08" | "53" | "57" | "58") || *code == SqlState::INVALID_CATALOG_NAME {
+        if matches!(class, "08" | "53" | "57" | "58")
+            || *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        {
             return Self::Unavailable(db_error.message().to_owned());
         }
         Self::Unexpected(anyhow::Error::new(error))
