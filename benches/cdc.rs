@@ -67,6 +67,7 @@ async fn run() {
         batch_wait: Duration::from_millis(5),
         status_interval: Duration::from_millis(50),
         heartbeat: Duration::from_secs(1),
+        transaction_metadata: false,
     };
     let (producer, _) = Actor::spawn(
         None,

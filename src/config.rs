@@ -107,6 +107,7 @@ pub struct CdcConfig {
     pub batch_wait_ms: u64,
     pub status_interval_ms: u64,
     pub heartbeat_ms: u64,
+    pub provide_transaction_metadata: bool,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
 }
@@ -603,6 +604,7 @@ impl Settings {
                 batch_wait: ms(self.cdc.batch_wait_ms),
                 status_interval: ms(self.cdc.status_interval_ms),
                 heartbeat: ms(self.cdc.heartbeat_ms),
+                transaction_metadata: self.cdc.provide_transaction_metadata,
             },
             kafka: self.kafka(),
             backoff_initial: ms(self.cdc.backoff_initial_ms),

@@ -56,6 +56,7 @@ impl Pipeline {
             batch_wait: Duration::from_millis(50),
             status_interval: Duration::from_millis(200),
             heartbeat: Duration::from_secs(1),
+            transaction_metadata: false,
         };
         let mut topics: Vec<String> = PUBLISHED_TABLES
             .iter()
@@ -955,4 +956,87 @@ async fn count_on(db_url: &str, sql: &str) -> i64 {
         .unwrap();
     tokio::spawn(connection);
     db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn transaction_metadata_marks_each_transaction_and_places_its_change_events() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.cdc.enabled = true;
+        settings.cdc.provide_transaction_metadata = true;
+    })
+    .await;
+    wait_streaming(&app, Duration::from_secs(30)).await;
+    let patient = app.create_patient(&patient_body(71)).await;
+    let doctor = app.create_doctor().await;
+    // One transaction writes the document and its first version: two tables.
+    let document = app
+        .create_document(patient["id"].as_str().unwrap(), &doctor)
+        .await;
+    let document_id = document["id"].as_str().unwrap().to_owned();
+
+    let prefix = app_topic_prefix(&app);
+    let transactions = format!("{prefix}medflow.transaction");
+    let documents = format!("{prefix}medflow.public.documents");
+    let versions = format!("{prefix}medflow.public.document_versions");
+    let brokers = app.app().settings().kafka.brokers.clone();
+    let is_document = |value: &Value| value["after"]["id"] == document_id.as_str();
+    let is_version = |value: &Value| value["after"]["document_id"] == document_id.as_str();
+    let seen = consume_topics_until(
+        &brokers,
+        &[&transactions, &documents, &versions],
+        "the document's transaction",
+        |seen| {
+            let change = seen.iter().find(|(_, _, value)| is_document(value));
+            let Some(id) = change.map(|(_, _, value)| &value["transaction"]["id"]) else {
+                return false;
+            };
+            seen.iter()
+                .any(|(_, _, value)| value["status"] == "END" && &value["id"] == id)
+                && seen.iter().any(|(_, _, value)| is_version(value))
+        },
+    )
+    .await;
+    let document_change = &seen.iter().find(|(_, _, v)| is_document(v)).unwrap().2;
+    let version_change = &seen.iter().find(|(_, _, v)| is_version(v)).unwrap().2;
+    let id = document_change["transaction"]["id"].as_str().unwrap();
+    // Debezium's form: `<txId>:<LSN>`, the txId being the envelope's own.
+    let (tx_id, _lsn) = id.split_once(':').unwrap();
+    assert_eq!(tx_id, document_change["source"]["txId"].to_string());
+    assert_eq!(version_change["transaction"]["id"], id);
+    let mut orders = [
+        document_change["transaction"]["total_order"]
+            .as_u64()
+            .unwrap(),
+        version_change["transaction"]["total_order"]
+            .as_u64()
+            .unwrap(),
+    ];
+    orders.sort_unstable();
+    assert_eq!(orders, [1, 2]);
+    assert_eq!(document_change["transaction"]["data_collection_order"], 1);
+    assert_eq!(version_change["transaction"]["data_collection_order"], 1);
+
+    let boundaries: Vec<(&String, &Value)> = seen
+        .iter()
+        .filter(|(topic, _, value)| topic == &transactions && value["id"] == id)
+        .map(|(_, key, value)| (key, value))
+        .collect();
+    assert_eq!(boundaries.len(), 2, "{boundaries:?}");
+    let (key, begin) = boundaries[0];
+    assert_eq!(key, &json!({ "id": id }).to_string());
+    assert_eq!(begin["status"], "BEGIN");
+    assert_eq!(begin["event_count"], Value::Null);
+    assert_eq!(begin["data_collections"], Value::Null);
+    let end = boundaries[1].1;
+    assert_eq!(end["status"], "END");
+    assert_eq!(end["event_count"], 2);
+    assert_eq!(
+        end["data_collections"],
+        json!([
+            {"data_collection": "public.document_versions", "event_count": 1},
+            {"data_collection": "public.documents", "event_count": 1},
+        ])
+    );
+    assert_eq!(end["ts_ms"], document_change["source"]["ts_ms"]);
+    shutdown_dropping_slot(app).await;
 }

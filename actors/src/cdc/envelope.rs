@@ -104,6 +104,19 @@ pub struct SourceInfo<'a> {
     /// `"first"` on the snapshot's first row, `"true"` while snapshotting, `"last"` on its
     /// last row, `"false"` when streaming (Debezium's markers).
     pub snapshot: &'a str,
+    /// The change's place in its transaction, with transaction metadata enabled.
+    pub transaction: Option<TransactionPosition<'a>>,
+}
+
+/// The envelope's `transaction` block (Debezium's `provide.transaction.metadata`).
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionPosition<'a> {
+    /// `<txId>:<commit LSN>`, the same on the transaction's `BEGIN` and `END` records.
+    pub id: &'a str,
+    /// The change's position among all of its transaction's changes, from 1.
+    pub total_order: u64,
+    /// Its position among its transaction's changes of the same table, from 1.
+    pub data_collection_order: u64,
 }
 
 /// The Debezium operation.
@@ -151,7 +164,7 @@ pub fn change_records(
         })
         .collect();
     let key = serde_json::to_vec(&key).ok();
-    let envelope = json!({
+    let mut envelope = json!({
         "before": before,
         "after": after,
         "source": {
@@ -172,6 +185,16 @@ pub fn change_records(
         "op": op.code(),
         "ts_ms": now_ms,
     });
+    if let (Some(position), Some(object)) = (source.transaction, envelope.as_object_mut()) {
+        object.insert(
+            "transaction".into(),
+            json!({
+                "id": position.id,
+                "total_order": position.total_order,
+                "data_collection_order": position.data_collection_order,
+            }),
+        );
+    }
     let mut records = vec![OutgoingRecord {
         topic: topic.clone(),
         key: key.clone(),
@@ -190,6 +213,46 @@ pub fn change_records(
         });
     }
     records
+}
+
+/// A transaction's boundary on the transaction topic (`<server_name>.transaction`), as
+/// Debezium writes it: `BEGIN` with null counts, `END` with the number of change events and
+/// their count per table (`<schema>.<table>`). The key is `{"id": …}`.
+pub fn transaction_record(
+    topic: String,
+    id: &str,
+    ts_ms: i64,
+    end: Option<&std::collections::BTreeMap<String, u64>>,
+) -> OutgoingRecord {
+    let (status, event_count, data_collections) = match end {
+        None => ("BEGIN", Value::Null, Value::Null),
+        Some(counts) => (
+            "END",
+            Value::from(counts.values().sum::<u64>()),
+            counts
+                .iter()
+                .map(|(collection, count)| {
+                    json!({"data_collection": collection, "event_count": count})
+                })
+                .collect(),
+        ),
+    };
+    let value = json!({
+        "status": status,
+        "id": id,
+        "ts_ms": ts_ms,
+        "event_count": event_count,
+        "data_collections": data_collections,
+    });
+    OutgoingRecord {
+        topic,
+        key: serde_json::to_vec(&json!({ "id": id })).ok(),
+        payload: serde_json::to_vec(&value).ok(),
+        headers: vec![(
+            "medflow-version".to_owned(),
+            env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        )],
+    }
 }
 
 /// Debezium's `source.sequence`: a JSON array of two decimal LSN strings, as a string —
@@ -299,6 +362,7 @@ mod tests {
             tx_id: 7,
             ts_ms: 1,
             snapshot: "false",
+            transaction: None,
         };
         let records = change_records(
             "medflow.public.patients".into(),
@@ -351,6 +415,7 @@ mod tests {
                 tx_id: 555,
                 ts_ms: 1_559_033_904_863,
                 snapshot,
+                transaction: None,
             };
             let records = change_records(
                 "fulfillment.public.patients".into(),
@@ -415,6 +480,80 @@ mod tests {
                 "medflow names itself in a header"
             );
         }
+    }
+
+    /// Debezium's transaction metadata, as its documentation shows it: the envelope's
+    /// `transaction` block, and `BEGIN`/`END` records keyed by the transaction id.
+    #[test]
+    fn transaction_metadata_has_debeziums_fields() {
+        let crate::cdc::pgoutput::PgOutput::Relation(relation) =
+            decode(crate::cdc::pgoutput::tests::relation_message()).unwrap()
+        else {
+            panic!()
+        };
+        let after = row_json(
+            &relation,
+            &[Datum::Text("p-1".into()), Datum::Text("Иванова".into())],
+        );
+        let source = SourceInfo {
+            name: "fulfillment",
+            db: "postgres",
+            lsn: 53_195_829,
+            last_commit_lsn: None,
+            tx_id: 571,
+            ts_ms: 1_580_390_884_335,
+            snapshot: "false",
+            transaction: Some(TransactionPosition {
+                id: "571:53195832",
+                total_order: 1,
+                data_collection_order: 1,
+            }),
+        };
+        let records = change_records(
+            "fulfillment.public.patients".into(),
+            &relation,
+            Op::Create,
+            None,
+            Some(after),
+            &source,
+            1_580_390_884_335,
+        );
+        let envelope: Value = serde_json::from_slice(records[0].payload.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            envelope["transaction"],
+            json!({"id": "571:53195832", "total_order": 1, "data_collection_order": 1})
+        );
+
+        let begin = transaction_record("fulfillment.transaction".into(), "571:53195832", 1, None);
+        let mut counts = std::collections::BTreeMap::new();
+        counts.insert("s1.a".to_owned(), 1);
+        counts.insert("s2.a".to_owned(), 1);
+        let end = transaction_record(
+            "fulfillment.transaction".into(),
+            "571:53195832",
+            2,
+            Some(&counts),
+        );
+        let value = |record: &OutgoingRecord| -> Value {
+            serde_json::from_slice(record.payload.as_ref().unwrap()).unwrap()
+        };
+        assert_eq!(
+            value(&begin),
+            json!({"status": "BEGIN", "id": "571:53195832", "ts_ms": 1,
+                   "event_count": null, "data_collections": null})
+        );
+        assert_eq!(
+            value(&end),
+            json!({"status": "END", "id": "571:53195832", "ts_ms": 2, "event_count": 2,
+                   "data_collections": [
+                       {"data_collection": "s1.a", "event_count": 1},
+                       {"data_collection": "s2.a", "event_count": 1}]})
+        );
+        assert_eq!(
+            begin.key.as_deref(),
+            Some(br#"{"id":"571:53195832"}"#.as_slice())
+        );
+        assert_eq!(end.key, begin.key);
     }
 
     #[test]

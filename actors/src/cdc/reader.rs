@@ -45,7 +45,8 @@ use serde_json::{Map, Value};
 use tokio_postgres::NoTls;
 
 use super::envelope::{
-    Op, SourceInfo, change_records, outbox_record, pg_time_to_unix_ms, row_json,
+    Op, SourceInfo, TransactionPosition, change_records, outbox_record, pg_time_to_unix_ms,
+    row_json, transaction_record,
 };
 use super::pgoutput::{Column, Datum, PgOutput, Relation, decode};
 use super::{CdcState, CdcStatusCell};
@@ -125,6 +126,9 @@ pub struct CdcSettings {
     pub status_interval: Duration,
     /// On an idle database, a heartbeat commit after this long keeps the slot advancing.
     pub heartbeat: Duration,
+    /// Debezium's `provide.transaction.metadata`: a `transaction` block in every change
+    /// event, and `BEGIN`/`END` records on `<server_name>.transaction`.
+    pub transaction_metadata: bool,
 }
 
 impl CdcSettings {
@@ -132,6 +136,19 @@ impl CdcSettings {
     pub fn change_topic(&self, kafka: &KafkaSettings, table: &str) -> String {
         change_topic(kafka, &self.server_name, table)
     }
+
+    /// The transaction metadata topic: `<prefix><server_name>.transaction`.
+    pub fn transaction_topic(&self, kafka: &KafkaSettings) -> String {
+        kafka.topic(&format!("{}.transaction", self.server_name))
+    }
+}
+
+/// The transaction being read, for its metadata: its id and its change events so far.
+struct TransactionMeta {
+    id: String,
+    ts_ms: i64,
+    /// Change events per table (`<schema>.<table>`); empty until the first one.
+    counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// The CDC topic of `table` for the logical server `server_name` (Debezium's naming):
@@ -170,6 +187,8 @@ pub struct CdcReaderState {
     /// The end of the last commit whose records are in `pending[..committed]`.
     commit: Option<Checkpoint>,
     tx: Option<(u32, i64)>,
+    /// With transaction metadata enabled, the transaction being read.
+    tx_meta: Option<TransactionMeta>,
     /// The end of the last transaction read (`source.sequence`'s first half).
     last_commit_lsn: Option<u64>,
     /// The newest keepalive position received between transactions, not yet queued.
@@ -229,6 +248,9 @@ impl Actor for CdcReader {
             .map(|table| self.settings.change_topic(&self.kafka, table))
             .collect();
         topics.extend(EVENT_TYPES.iter().map(|name| self.kafka.topic(name)));
+        if self.settings.transaction_metadata {
+            topics.push(self.settings.transaction_topic(&self.kafka));
+        }
         // Only missing topics are created, so a restart against a slow broker makes no admin
         // request; a broker that cannot even list its topics in time does not hold up the
         // start either (the producer reports a topic that is really missing).
@@ -394,6 +416,7 @@ impl Actor for CdcReader {
             committed: 0,
             commit: None,
             tx: None,
+            tx_meta: None,
             last_commit_lsn: None,
             keepalive: None,
             queued_through: Lsn::from_u64(0),
@@ -539,6 +562,7 @@ impl CdcReader {
                         n if n >= total => "last",
                         _ => "true",
                     },
+                    transaction: None,
                 };
                 let after = row_json(relation, &text_values(row, relation));
                 records.extend(change_records(
@@ -710,16 +734,33 @@ impl CdcReader {
             };
             match event {
                 ReplicationEvent::Begin {
+                    final_lsn,
                     xid,
                     commit_time_micros,
-                    ..
-                } => state.tx = Some((xid, commit_time_micros)),
+                } => {
+                    state.tx = Some((xid, commit_time_micros));
+                    state.tx_meta = self.settings.transaction_metadata.then(|| TransactionMeta {
+                        id: format!("{xid}:{}", final_lsn.as_u64()),
+                        ts_ms: pg_time_to_unix_ms(commit_time_micros),
+                        counts: std::collections::BTreeMap::new(),
+                    });
+                }
                 ReplicationEvent::Commit {
                     end_lsn,
                     commit_time_micros,
                     ..
                 } => {
                     state.tx = None;
+                    if let Some(meta) = state.tx_meta.take()
+                        && !meta.counts.is_empty()
+                    {
+                        state.pending.push(transaction_record(
+                            self.settings.transaction_topic(&self.kafka),
+                            &meta.id,
+                            meta.ts_ms,
+                            Some(&meta.counts),
+                        ));
+                    }
                     state.last_commit_lsn = Some(end_lsn.as_u64());
                     state.committed = state.pending.len();
                     state.commit = Some(Checkpoint {
@@ -861,6 +902,28 @@ impl CdcReader {
             }
             return;
         }
+        // Transaction metadata: a BEGIN record before the transaction's first change event
+        // (transactions without one, such as heartbeats, have none), then its place in it.
+        let position = match &mut state.tx_meta {
+            Some(meta) => {
+                if meta.counts.is_empty() {
+                    state.pending.push(transaction_record(
+                        self.settings.transaction_topic(&self.kafka),
+                        &meta.id,
+                        meta.ts_ms,
+                        None,
+                    ));
+                }
+                let collection = format!("{}.{}", relation.schema, relation.table);
+                let in_collection = {
+                    let count = meta.counts.entry(collection).or_default();
+                    *count += 1;
+                    *count
+                };
+                Some((meta.id.clone(), meta.counts.values().sum(), in_collection))
+            }
+            None => None,
+        };
         let source = SourceInfo {
             name: &self.settings.server_name,
             db: &state.db,
@@ -869,6 +932,15 @@ impl CdcReader {
             tx_id: xid,
             ts_ms: pg_time_to_unix_ms(commit_time),
             snapshot: "false",
+            transaction: position
+                .as_ref()
+                .map(
+                    |(id, total_order, data_collection_order)| TransactionPosition {
+                        id,
+                        total_order: *total_order,
+                        data_collection_order: *data_collection_order,
+                    },
+                ),
         };
         let topic = self.settings.change_topic(&self.kafka, &relation.table);
         let records = change_records(
