@@ -497,7 +497,12 @@ impl OwnBroker {
     pub(crate) fn resume(&mut self) {
         let tansu = std::env::var("MEDFLOW_TEST_TANSU").expect("run through scripts/test");
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        // Appended across restarts, so a panic before a restart is still found.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
         let child = std::process::Command::new(tansu)
             .current_dir(&self.dir)
             .args([
@@ -518,6 +523,19 @@ impl OwnBroker {
             assert!(std::time::Instant::now() < deadline, "tansu did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    /// The broker's own panic, if it had one (tansu 0.6.0 can panic after a restart under
+    /// load and then fail every request): a fault test must not blame medflow for it.
+    pub(crate) fn panic(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let at = lines.iter().position(|line| line.contains("panicked at"))?;
+        Some(lines[at.saturating_sub(8)..(at + 3).min(lines.len())].join("\n"))
     }
 
     pub(crate) fn stop(&mut self) {

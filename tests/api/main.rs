@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod bus;
 mod cdc;
+mod chaos;
 mod consumers;
 mod doctors;
 mod documents;

@@ -34,11 +34,20 @@ pub(crate) fn test_work_dir(name: &str) -> PathBuf {
 /// as a separate process that can be killed without warning.
 pub(crate) struct MedflowProcess {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl MedflowProcess {
     pub(crate) async fn start(app: &TestApp, log: &Path) -> Self {
+        Self::start_with(app, log, &[]).await
+    }
+
+    /// As [`MedflowProcess::start`], with `settings` (environment variables) on top.
+    pub(crate) async fn start_with(
+        app: &TestApp,
+        log: &Path,
+        settings_env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let settings = app.app().settings();
         let log = std::fs::OpenOptions::new()
@@ -61,6 +70,7 @@ impl MedflowProcess {
             .env("MEDFLOW__CDC__BACKOFF_INITIAL_MS", "100")
             .env("MEDFLOW__CDC__BACKOFF_MAX_MS", "1000")
             .env("MEDFLOW__LOG__LEVEL", "info")
+            .envs(settings_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

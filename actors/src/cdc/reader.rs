@@ -23,7 +23,10 @@
 //!   what already reached the reader. Without it a fast shutdown of PostgreSQL can wait for
 //!   ever: the walsender exits only when the client has confirmed everything it was sent, and
 //!   WAL that is no commit (checkpoints, aborts, non-transactional messages) would never be
-//!   confirmed. On an idle database a heartbeat (a transactional logical message, as
+//!   confirmed. And when the server terminates the plain control connection (it does so
+//!   first at a shutdown) the reader leaves the stream at once rather than wait for Kafka to
+//!   acknowledge its backlog: under load that wait outlasts an operator's `pg_ctl -t`, and
+//!   what was not confirmed is streamed again after the restart. On an idle database a heartbeat (a transactional logical message, as
 //!   Debezium's heartbeat query) makes a commit too, so the slot keeps advancing and does not
 //!   hold the WAL other databases write;
 //! - published outbox rows are deleted once Kafka acknowledged their events; a failed delete
@@ -66,6 +69,8 @@ type Ack = tokio::sync::oneshot::Receiver<Result<usize, ProduceError>>;
 enum Step {
     Acknowledged(Result<Result<usize, ProduceError>, tokio::sync::oneshot::error::RecvError>),
     Event(Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>),
+    /// The plain connection ended: the server terminates it first when it shuts down.
+    ControlClosed(String),
     Elapsed,
 }
 
@@ -698,23 +703,42 @@ impl CdcReader {
         let ack_limit = self.kafka.message_timeout + Duration::from_secs(5);
         while state.pending.len() < self.settings.batch_max {
             if state.in_flight.len() >= MAX_IN_FLIGHT_BATCHES {
-                // Backpressure: read on only once the oldest batch is acknowledged.
-                let front = state.in_flight.front_mut().expect("in flight");
-                let outcome = tokio::time::timeout(ack_limit, &mut front.ack)
-                    .await
-                    .map_err(|_| {
-                        format!("no acknowledgement from the producer within {ack_limit:?}")
-                    })?;
+                // Backpressure: read on only once the oldest batch is acknowledged (or leave
+                // at once when the server shuts down, as below).
+                let CdcReaderState {
+                    in_flight,
+                    control_connection,
+                    ..
+                } = &mut *state;
+                let front = in_flight.front_mut().expect("in flight");
+                let outcome = tokio::select! {
+                    biased;
+                    ended = control_connection => {
+                        return Err(format!(
+                            "the database closed the control connection ({}); leaving the replication stream so a shutdown is not held up",
+                            control_ended(ended)
+                        )
+                        .into());
+                    }
+                    outcome = tokio::time::timeout(ack_limit, &mut front.ack) => outcome,
+                };
+                let outcome = outcome.map_err(|_| {
+                    format!("no acknowledgement from the producer within {ack_limit:?}")
+                })?;
                 self.settle(state, outcome)?;
                 continue;
             }
             let step = {
                 let CdcReaderState {
-                    in_flight, client, ..
+                    in_flight,
+                    client,
+                    control_connection,
+                    ..
                 } = &mut *state;
                 let oldest = in_flight.front_mut().map(|batch| &mut batch.ack);
                 tokio::select! {
                     biased;
+                    ended = control_connection => Step::ControlClosed(control_ended(ended)),
                     outcome = async { oldest.expect("guarded").await }, if oldest.is_some() => {
                         Step::Acknowledged(outcome)
                     }
@@ -729,6 +753,17 @@ impl CdcReader {
                 }
                 Step::Event(Ok(Some(event))) => event,
                 Step::Event(Ok(None)) => return Err("the replication stream ended".into()),
+                // A fast shutdown terminates ordinary connections first and keeps the
+                // walsender until its client has confirmed everything it was sent — which,
+                // with batches still waiting for Kafka, can take longer than an operator's
+                // `pg_ctl -t`. Leaving at once lets the shutdown finish; what was not
+                // confirmed is streamed again after the restart (at-least-once).
+                Step::ControlClosed(reason) => {
+                    return Err(format!(
+                        "the database closed the control connection ({reason}); leaving the replication stream so a shutdown is not held up"
+                    )
+                    .into());
+                }
                 Step::Event(Err(error)) => return Err(error.into()),
                 Step::Elapsed => break,
             };
@@ -953,6 +988,17 @@ impl CdcReader {
             chrono::Utc::now().timestamp_millis(),
         );
         state.pending.extend(records);
+    }
+}
+
+/// Why the control connection's task ended.
+fn control_ended(
+    ended: Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>,
+) -> String {
+    match ended {
+        Ok(Ok(())) => "closed".to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
     }
 }
 
