@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::cdc::{OwnBroker, app_slot, app_topic_prefix};
 use crate::helpers::{TestApp, eventually, patient_body, spawn_app_on};
-use crate::resilience::{MedflowProcess, OwnPostgres, slot_positions, test_work_dir};
+use crate::own_postgres::{OwnPostgres, test_work_dir};
+use crate::resilience::{MedflowProcess, slot_positions};
 
 const WRITES: usize = 10_000;
 const CONCURRENCY: usize = 32;

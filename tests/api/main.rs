@@ -15,6 +15,7 @@ mod helpers;
 mod instances;
 mod openapi;
 mod operations;
+mod own_postgres;
 mod patients;
 mod registry;
 mod resilience;

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 
 use crate::cdc::{OwnBroker, app_slot, app_topic_prefix, consume_topics_until, wait_streaming};
 use crate::helpers::{eventually, patient_body, spawn_app_on};
-use crate::resilience::{OwnPostgres, every_create_arrives, write_after_restart, write_patients};
+use crate::own_postgres::OwnPostgres;
+use crate::resilience::{every_create_arrives, write_after_restart, write_patients};
 
 /// A TCP forwarder standing in for a Kubernetes Service in front of the primary: clients
 /// connect to it and reach the current backend; switching the backend cuts every open
