@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::cdc::{app_slot, drop_slot, wait_streaming};
-use crate::helpers::{TestApp, eventually, patient_body, spawn_app_on, spawn_app_with};
+use crate::helpers::{TestApp, eventually, patient_body, spawn_app, spawn_app_on, spawn_app_with};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -412,4 +412,56 @@ async fn the_hub_is_supervised_and_its_loss_stops_the_application() {
         }
         other => panic!("expected a fatal stop, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_subscribe_before_connection_init_closes_with_4401() {
+    let app = spawn_app().await;
+    let mut socket = connect(&app, "graphql-transport-ws", None).await;
+    send(
+        &mut socket,
+        subscribe_message(
+            "graphql-transport-ws",
+            "1",
+            "subscription { patientChanged(id: \"00000000-0000-0000-0000-000000000000\") { eventType } }",
+        ),
+    )
+    .await;
+    let closed = next_json(&mut socket).await;
+    assert_eq!(
+        closed,
+        Some(json!({"type": "closed", "code": 4401})),
+        "{closed:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nul_in_subscription_variables_is_refused_naming_the_variable() {
+    let app = spawn_app().await;
+    let token = app.token(&[Role::Admin], None);
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut socket = open(&app, protocol, &token).await;
+        let mut message = subscribe_message(
+            protocol,
+            "7",
+            "subscription($id: UUID!) { patientChanged(id: $id) { eventType } }",
+        );
+        message["payload"]["variables"] = json!({"id": "a\u{0}b"});
+        send(&mut socket, message).await;
+        let reply = next_json(&mut socket).await.expect("an answer");
+        assert_eq!(reply["id"], "7", "{reply}");
+        assert_eq!(reply["type"], "error", "{reply}");
+        let error = if protocol == "graphql-ws" {
+            &reply["payload"]
+        } else {
+            &reply["payload"][0]
+        };
+        assert_eq!(error["extensions"]["code"], "validation-error", "{reply}");
+        assert_eq!(
+            error["extensions"]["fields"][0]["field"], "variables.id",
+            "{reply}"
+        );
+    }
+    app.shutdown().await;
 }

@@ -430,6 +430,74 @@ fn init_authorization(payload: &serde_json::Value) -> Option<String> {
     })
 }
 
+/// Checks each client message before async-graphql reads it:
+/// - graphql-transport-ws: a `subscribe` before `connection_init` ends the connection, and
+///   the caller closes it with 4401 Unauthorized (as the protocol specifies; async-graphql
+///   itself would answer 1011);
+/// - a `subscribe` (or legacy `start`) whose variables hold U+0000 is answered with an
+///   `error` for its id naming the variable, as `POST /graphql` refuses it, and dropped.
+fn guard_incoming(
+    incoming: impl Stream<Item = Result<Message, warp::Error>> + Send + Unpin + 'static,
+    mut out: futures::channel::mpsc::Sender<Message>,
+    legacy: bool,
+    unauthorized: Arc<std::sync::atomic::AtomicBool>,
+) -> impl Stream<Item = Result<Message, warp::Error>> + Send + Unpin + 'static {
+    let mut initialised = false;
+    Box::pin(
+        incoming
+            .take_while(move |message| {
+                let premature = !legacy
+                    && !initialised
+                    && message
+                        .as_ref()
+                        .ok()
+                        .and_then(|message| message.to_str().ok())
+                        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                        .is_some_and(|value| {
+                            if value["type"] == "connection_init" {
+                                initialised = true;
+                            }
+                            value["type"] == "subscribe"
+                        });
+                if premature {
+                    unauthorized.store(true, Ordering::Relaxed);
+                }
+                futures::future::ready(!premature)
+            })
+            .filter(move |message| {
+                let refusal = message
+                    .as_ref()
+                    .ok()
+                    .and_then(|message| message.to_str().ok())
+                    .filter(|text| text.contains("\\u0000"))
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                    .filter(|value| matches!(value["type"].as_str(), Some("subscribe" | "start")))
+                    .and_then(|value| {
+                        let path = crate::extract::nul_path(&value["payload"]["variables"])?;
+                        let problem = Problem::invalid_field(
+                            format!("variables.{path}"),
+                            medflow_actors::domain::NUL_REFUSED,
+                        );
+                        let error = serde_json::to_value(
+                            gql_error(problem).into_server_error(Default::default()),
+                        )
+                        .ok()?;
+                        let payload = if legacy { error } else { serde_json::json!([error]) };
+                        Some(serde_json::json!({"id": value["id"], "type": "error", "payload": payload}))
+                    });
+                let keep = match refusal {
+                    Some(reply) => {
+                        // A full queue means the connection is being closed for lag anyway.
+                        let _ = out.try_send(Message::text(reply.to_string()));
+                        false
+                    }
+                    None => true,
+                };
+                futures::future::ready(keep)
+            }),
+    )
+}
+
 /// `GET /graphql/ws`: the WebSocket endpoint.
 pub fn routes(state: AppState, schema: MedflowSchema) -> BoxedFilter<(Response,)> {
     let settings = state.graphql.clone();
@@ -478,6 +546,9 @@ async fn serve_connection(
     // async-graphql writes into a bounded queue; this task drains it to the socket and adds
     // keep-alives, so a stalled socket is noticed here and not inside the executor.
     let (out, mut outgoing) = futures::channel::mpsc::channel::<Message>(16);
+    let legacy = protocol == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS;
+    let unauthorized = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ws_stream = guard_incoming(ws_stream, out.clone(), legacy, unauthorized.clone());
     let init_state = state.clone();
     // A refused `connection_init` closes with 4403 Forbidden, as graphql-transport-ws
     // specifies (async-graphql itself says 1002).
@@ -508,7 +579,6 @@ async fn serve_connection(
         Ok(data)
     })
     .serve();
-    let legacy = protocol == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS;
     let keepalive = settings.keepalive;
     let write = async {
         let mut ticker = tokio::time::interval(keepalive);
@@ -539,6 +609,11 @@ async fn serve_connection(
         _ = futures::future::join(serve, write) => false,
         () = too_slow.notified() => true,
     };
+    if unauthorized.load(Ordering::Relaxed) {
+        // graphql-transport-ws: a `subscribe` before `connection_init` closes with 4401.
+        let close = Message::close_with(4401u16, "Unauthorized");
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws_sink.send(close)).await;
+    }
     if closed_for_lag {
         metrics::counter!("medflow_graphql_ws_closed_slow_total").increment(1);
         tracing::info!("closing a websocket whose subscriber cannot keep up");
