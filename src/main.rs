@@ -33,6 +33,8 @@ enum Command {
     CheckConfig,
     /// Prints a development token signed with auth.dev_hs256_secret.
     Token(TokenArgs),
+    /// Prints the GraphQL schema (SDL), as committed in `http/schema.graphql`.
+    GraphqlSchema,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +63,11 @@ fn parse_role(name: &str) -> Result<Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::GraphqlSchema)) {
+        // Needs no configuration: the schema is the code's.
+        print!("{}", medflow_http::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(settings),
         Command::Token(args) => token(&settings, args),
+        Command::GraphqlSchema => unreachable!("handled before the configuration is loaded"),
     }
 }
 

@@ -75,9 +75,11 @@ impl From<&Patient> for PatientView {
     }
 }
 
-/// A whole patient record, to create a patient or replace one (`PUT`).
+/// A whole patient record, to create a patient or replace one (`PUT`). In GraphQL it is
+/// the profile's `PatientCreateInput`.
 #[derive(Debug, Deserialize, ToSchema, async_graphql::InputObject)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[graphql(name = "PatientCreateInput")]
 pub struct PatientInput {
     /// 1–100 characters.
     #[schema(example = "Анна")]
@@ -164,6 +166,50 @@ impl PatientPatchInput {
             snils: self.snils,
             oms_policy: self.oms_policy,
         })
+    }
+}
+
+/// GraphQL's `PatientUpdateInput` (the profile's name): a partial update like `PATCH` —
+/// an absent field is unchanged, `null` clears an optional one and is refused for a
+/// required one.
+#[derive(Debug, Default, async_graphql::InputObject)]
+pub struct PatientUpdateInput {
+    pub first_name: async_graphql::MaybeUndefined<String>,
+    pub middle_name: async_graphql::MaybeUndefined<String>,
+    pub last_name: async_graphql::MaybeUndefined<String>,
+    pub birth_date: async_graphql::MaybeUndefined<NaiveDate>,
+    pub email: async_graphql::MaybeUndefined<String>,
+    pub snils: async_graphql::MaybeUndefined<String>,
+    pub oms_policy: async_graphql::MaybeUndefined<String>,
+}
+
+impl PatientUpdateInput {
+    /// The same partial update as the REST merge patch.
+    pub fn into_patch(self) -> Result<PatientPatch, Problem> {
+        fn merge<T>(value: async_graphql::MaybeUndefined<T>) -> Option<Option<T>> {
+            match value {
+                async_graphql::MaybeUndefined::Undefined => None,
+                async_graphql::MaybeUndefined::Null => Some(None),
+                async_graphql::MaybeUndefined::Value(value) => Some(Some(value)),
+            }
+        }
+        PatientPatchInput {
+            first_name: merge(self.first_name),
+            middle_name: merge(self.middle_name),
+            last_name: merge(self.last_name),
+            birth_date: merge(self.birth_date),
+            email: merge(self.email),
+            snils: merge(self.snils),
+            oms_policy: merge(self.oms_policy),
+        }
+        .into_patch()
+    }
+}
+
+impl PatientPatchInput {
+    /// Validates the patch as a whole.
+    fn into_patch(self) -> Result<PatientPatch, Problem> {
+        PatientPatch::parse(self.into_fields()?, today()).map_err(Problem::validation)
     }
 }
 
@@ -444,7 +490,7 @@ pub async fn patch_patient(
     let body = body?;
     let expected = if_match(headers)?;
     let input: PatientPatchInput = json_body(headers, &body)?;
-    let patch = PatientPatch::parse(input.into_fields()?, today()).map_err(Problem::validation)?;
+    let patch = input.into_patch()?;
     let patient = state.patients.patch(id, patch, expected, ctx).await?;
     Ok(patient_reply(StatusCode::OK, &patient))
 }

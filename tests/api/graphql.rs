@@ -318,7 +318,11 @@ async fn tokens_and_permissions_apply_to_every_field() {
     let node = &body["data"]["appointments"]["edges"][0]["node"];
     assert!(node["id"].is_string(), "{body}");
     assert!(node["patient"]["lastName"].is_string(), "{body}");
-    assert_eq!(node["documents"], Value::Null, "{body}");
+    // Spec-correct: the refused field is present as `null` (it is nullable).
+    assert!(
+        node.as_object().unwrap().contains_key("documents") && node["documents"].is_null(),
+        "{body}"
+    );
     assert_eq!(error_codes(&body), ["forbidden"], "{body}");
     assert_eq!(
         body["errors"][0]["path"],
@@ -338,7 +342,8 @@ async fn tokens_and_permissions_apply_to_every_field() {
 #[tokio::test]
 async fn mutations_write_through_the_actors_and_report_refusals_in_the_payload() {
     let app = spawn_app().await;
-    let create = r#"mutation($input: PatientInput!) {
+    // The integration profile's names: PatientCreateInput, PatientUpdateInput, ID.
+    let create = r#"mutation($input: PatientCreateInput!) {
         createPatient(input: $input) { patient { id version lastName } error { code message fields } }
     }"#;
     let body = gql(&app, None, create, json!({"input": patient_body(53_000)})).await;
@@ -359,11 +364,11 @@ async fn mutations_write_through_the_actors_and_report_refusals_in_the_payload()
         "nothing half-written"
     );
 
-    let update = r#"mutation($id: UUID!, $input: PatientInput!, $v: Int) {
+    let update = r#"mutation($id: ID!, $input: PatientUpdateInput!, $v: Int) {
         updatePatient(id: $id, input: $input, expectedVersion: $v) {
-            patient { version lastName } error { code currentVersion } } }"#;
-    let mut changed = patient_body(53_000);
-    changed["lastName"] = json!("Новикова");
+            patient { version lastName firstName email } error { code currentVersion fields } } }"#;
+    // A partial update: only the fields given change.
+    let changed = json!({"lastName": "Новикова"});
     let body = gql(
         &app,
         None,
@@ -391,6 +396,37 @@ async fn mutations_write_through_the_actors_and_report_refusals_in_the_payload()
         body["data"]["updatePatient"]["patient"]["lastName"],
         "Новикова"
     );
+    assert_eq!(
+        body["data"]["updatePatient"]["patient"]["firstName"],
+        patient_body(53_000)["firstName"]
+    );
+    // `null` clears an optional field and is refused for a required one.
+    let body = gql(
+        &app,
+        None,
+        update,
+        json!({"id": id, "input": {"email": null}}),
+    )
+    .await;
+    assert_eq!(
+        body["data"]["updatePatient"]["patient"]["email"],
+        Value::Null,
+        "{body}"
+    );
+    let body = gql(
+        &app,
+        None,
+        update,
+        json!({"id": id, "input": {"lastName": null}}),
+    )
+    .await;
+    let error = &body["data"]["updatePatient"]["error"];
+    assert_eq!(error["code"], "validation-error", "{body}");
+    assert_eq!(error["fields"], json!(["lastName"]), "{body}");
+    let body = gql(&app, None, update, json!({"id": "no-such-id", "input": {}})).await;
+    let error = &body["data"]["updatePatient"]["error"];
+    assert_eq!(error["code"], "validation-error", "{body}");
+    assert_eq!(error["fields"], json!(["id"]), "{body}");
 
     let doctor = app.create_doctor().await;
     let book = r#"mutation($input: AppointmentInput!) {
@@ -414,10 +450,18 @@ async fn mutations_write_through_the_actors_and_report_refusals_in_the_payload()
         "{body}"
     );
 
-    let delete = r#"mutation($id: UUID!) { deletePatient(id: $id) { patient { archived } error { code } } }"#;
+    let delete = r#"mutation($id: ID!) { deletePatient(id: $id) { success patient { archived } error { code message } } }"#;
     let body = gql(&app, None, delete, json!({"id": id})).await;
+    assert_eq!(body["data"]["deletePatient"]["success"], true, "{body}");
     assert_eq!(
         body["data"]["deletePatient"]["patient"]["archived"], true,
+        "{body}"
+    );
+    // Archiving twice is a business refusal: `success: false` and the error.
+    let body = gql(&app, None, delete, json!({"id": id})).await;
+    assert_eq!(body["data"]["deletePatient"]["success"], false, "{body}");
+    assert_eq!(
+        body["data"]["deletePatient"]["error"]["code"], "conflict",
         "{body}"
     );
 
@@ -426,14 +470,14 @@ async fn mutations_write_through_the_actors_and_report_refusals_in_the_payload()
     let body = gql(&app, Some(&accountant), delete, json!({"id": id})).await;
     assert_eq!(error_codes(&body), ["forbidden"], "{body}");
 
-    // Every GraphQL write is in the outbox and audit like a REST one.
+    // Every GraphQL write is in the outbox and audit like a REST one (two updates took).
     assert_eq!(
         app.count("SELECT count(*) FROM outbox WHERE event_type = 'PatientUpdated'")
             .await
             + app
                 .count("SELECT count(*) FROM audit_log WHERE action = 'patient.update'")
                 .await,
-        2
+        4
     );
     app.shutdown().await;
 }
@@ -446,6 +490,22 @@ async fn introspection_and_graphiql_follow_the_configuration() {
     let page = app.anonymous.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("graphiql"));
+    // The served SDL is the one committed in the repository.
+    let served = app
+        .anonymous
+        .get(app.url("/graphql/schema.graphql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let served = served.text().await.unwrap();
+    assert_eq!(
+        served,
+        include_str!("../../http/schema.graphql"),
+        "the served schema differs from http/schema.graphql"
+    );
+    assert!(served.contains("createPatient(input: PatientCreateInput!): PatientPayload!"));
+    assert!(served.contains("deletePatient(id: ID!, expectedVersion: Int): DeletePatientPayload!"));
     app.shutdown().await;
 
     let app = spawn_app_with(|settings| {
@@ -458,6 +518,13 @@ async fn introspection_and_graphiql_follow_the_configuration() {
     // Only POST is left on /graphql.
     let page = app.anonymous.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 405);
+    let served = app
+        .anonymous
+        .get(app.url("/graphql/schema.graphql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 404, "no SDL without introspection");
     app.shutdown().await;
 }
 

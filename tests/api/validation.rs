@@ -394,7 +394,7 @@ async fn a_nul_character_is_refused_naming_the_field_wherever_it_comes_in() {
     let body = gql(
         &app,
         None,
-        "mutation($input: PatientInput!) { createPatient(input: $input) { patient { id } error { code } } }",
+        "mutation($input: PatientCreateInput!) { createPatient(input: $input) { patient { id } error { code } } }",
         json!({"input": {"firstName": "Анна", "lastName": "Ив\u{0}", "birthDate": "1990-01-01"}}),
     )
     .await;

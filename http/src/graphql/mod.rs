@@ -9,9 +9,11 @@
 
 pub mod loaders;
 mod mutation;
+mod nulls;
 mod query;
 pub mod subscription;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
@@ -53,13 +55,22 @@ pub struct GraphqlSettings {
 
 pub type MedflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
+/// The schema's SDL, as committed in `http/schema.graphql` (a test keeps them equal) and
+/// served at `GET /graphql/schema.graphql` when introspection is enabled.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
 /// Builds the schema with its limits.
 pub fn schema(state: &AppState, settings: &GraphqlSettings) -> MedflowSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state.clone())
         .data(settings.clone())
         .limit_depth(settings.max_depth)
-        .limit_complexity(settings.max_complexity);
+        .limit_complexity(settings.max_complexity)
+        .extension(nulls::FieldErrorNulls);
     if !settings.introspection {
         builder = builder.disable_introspection();
     }
@@ -230,7 +241,47 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
             );
             Ok::<_, warp::Rejection>(response)
         });
-    websocket.or(execute).unify().or(graphiql).unify().boxed()
+    let introspection = settings.introspection;
+    let served_sdl = Arc::new(sdl());
+    let schema_file = warp::path!("graphql" / "schema.graphql")
+        .and(warp::get())
+        .and_then(move || {
+            let served_sdl = served_sdl.clone();
+            async move {
+                if !introspection {
+                    return Err(warp::reject::not_found());
+                }
+                let mut response = Response::new(served_sdl.as_str().to_owned().into());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                Ok::<_, warp::Rejection>(response)
+            }
+        });
+    websocket
+        .or(execute)
+        .unify()
+        .or(graphiql)
+        .unify()
+        .or(schema_file)
+        .unify()
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed SDL is the schema served: a change to the schema shows in review.
+    /// Regenerate with `cargo run -q -- graphql-schema > http/schema.graphql`.
+    #[test]
+    fn the_committed_sdl_is_the_schema() {
+        let committed = include_str!("../../schema.graphql");
+        assert!(
+            super::sdl() == committed,
+            "http/schema.graphql differs from the schema: regenerate it with \
+             `cargo run -q -- graphql-schema > http/schema.graphql` and review the diff"
+        );
+    }
 }
 
 /// Gives the errors async-graphql raises itself (parsing, validation, limits) a code too.

@@ -1,6 +1,8 @@
-//! Mutations, as the integration profile's schema has them for patients
-//! (`createPatient`/`updatePatient`/`deletePatient` returning `{patient, error}`), plus
-//! booking and the appointment lifecycle. Signing and registry operations stay REST-only.
+//! Mutations, as the integration profile's schema has them for patients:
+//! `createPatient(input: PatientCreateInput!)` and `updatePatient(id: ID!, input:
+//! PatientUpdateInput!)` returning `{patient, error}`, `deletePatient(id: ID!)` returning
+//! `{success, error}` (and the archived `patient`); plus booking and the appointment
+//! lifecycle. Signing and registry operations stay REST-only.
 //!
 //! A refused permission is an error on the field; a domain refusal (validation, conflict,
 //! stale version, unknown id) is the payload's `error`, with the REST problem's code.
@@ -12,7 +14,7 @@ use uuid::Uuid;
 
 use super::{OrGql, request};
 use crate::appointments::{AppointmentInput, AppointmentView};
-use crate::patients::{PatientInput, PatientView};
+use crate::patients::{PatientInput, PatientUpdateInput, PatientView};
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
 
@@ -54,6 +56,21 @@ impl From<Problem> for UserError {
 pub struct PatientPayload {
     pub patient: Option<PatientView>,
     pub error: Option<UserError>,
+}
+
+/// What `deletePatient` answers (the profile's `{success, error}`).
+#[derive(SimpleObject)]
+pub struct DeletePatientPayload {
+    /// Whether the patient is archived now.
+    pub success: bool,
+    /// The archived record, when it was archived.
+    pub patient: Option<PatientView>,
+    pub error: Option<UserError>,
+}
+
+/// A GraphQL `ID` as the entity's UUID; anything else is a validation error naming `field`.
+fn entity_id(id: &async_graphql::ID, field: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id).map_err(|_| Problem::invalid_field(field, "is not a valid id"))
 }
 
 #[derive(SimpleObject)]
@@ -112,23 +129,28 @@ impl MutationRoot {
         Ok(patient_payload(result))
     }
 
-    /// Replaces a patient's data; `expectedVersion` guards against lost updates.
+    /// Changes a patient's data: absent fields stay, `null` clears an optional one;
+    /// `expectedVersion` guards against lost updates.
     async fn update_patient(
         &self,
         ctx: &Context<'_>,
-        id: Uuid,
-        input: PatientInput,
+        id: async_graphql::ID,
+        input: PatientUpdateInput,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<PatientPayload> {
         let (state, caller) = request(ctx)?;
+        let id = match entity_id(&id, "id") {
+            Ok(id) => id,
+            Err(problem) => return Ok(patient_payload(Err(problem))),
+        };
         caller
             .authorize(Action::PatientUpdate, Target::Patient(id))
             .gql()?;
         let result = async {
-            let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
+            let patch = input.into_patch()?;
             let patient = state
                 .patients
-                .replace(id, data, expected_version, &caller.ctx)
+                .patch(id, patch, expected_version, &caller.ctx)
                 .await?;
             Ok(PatientView::from(patient.as_ref()))
         }
@@ -136,26 +158,40 @@ impl MutationRoot {
         Ok(patient_payload(result))
     }
 
-    /// Archives a patient (records are never erased); the archived record is returned.
+    /// Archives a patient (records are never erased).
     async fn delete_patient(
         &self,
         ctx: &Context<'_>,
-        id: Uuid,
+        id: async_graphql::ID,
         expected_version: Option<i64>,
-    ) -> async_graphql::Result<PatientPayload> {
+    ) -> async_graphql::Result<DeletePatientPayload> {
         let (state, caller) = request(ctx)?;
+        let refused = |problem: Problem| DeletePatientPayload {
+            success: false,
+            patient: None,
+            error: Some(problem.into()),
+        };
+        let id = match entity_id(&id, "id") {
+            Ok(id) => id,
+            Err(problem) => return Ok(refused(problem)),
+        };
         caller
             .authorize(Action::PatientArchive, Target::Patient(id))
             .gql()?;
-        let result = async {
-            let patient = state
+        Ok(
+            match state
                 .patients
                 .archive(id, expected_version, &caller.ctx)
-                .await?;
-            Ok(PatientView::from(patient.as_ref()))
-        }
-        .await;
-        Ok(patient_payload(result))
+                .await
+            {
+                Ok(patient) => DeletePatientPayload {
+                    success: true,
+                    patient: Some(PatientView::from(patient.as_ref())),
+                    error: None,
+                },
+                Err(error) => refused(error.into()),
+            },
+        )
     }
 
     async fn book_appointment(

@@ -677,13 +677,14 @@ impl QueryRoot {
 
 #[ComplexObject]
 impl PatientView {
-    /// The patient's appointments, newest first (at most 100).
+    /// The patient's appointments, newest first (at most 100); `null` with an error when
+    /// the caller may not list them (the rest of the answer stands).
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn appointments(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
-    ) -> async_graphql::Result<Vec<AppointmentView>> {
+    ) -> async_graphql::Result<Option<Vec<AppointmentView>>> {
         let (_, caller) = request(ctx)?;
         caller
             .authorize(Action::AppointmentList, Target::Patient(self.id))
@@ -695,16 +696,17 @@ impl PatientView {
             .gql()?
             .unwrap_or_default();
         list.truncate(first);
-        Ok(list)
+        Ok(Some(list))
     }
 
-    /// The patient's documents (without bodies), newest first (at most 100).
+    /// The patient's documents (without bodies), newest first (at most 100); `null` with
+    /// an error when the caller may not list them.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn documents(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
-    ) -> async_graphql::Result<Vec<DocumentSummaryView>> {
+    ) -> async_graphql::Result<Option<Vec<DocumentSummaryView>>> {
         let (_, caller) = request(ctx)?;
         caller
             .authorize(Action::DocumentList, Target::Patient(self.id))
@@ -716,7 +718,7 @@ impl PatientView {
             .gql()?
             .unwrap_or_default();
         list.truncate(first);
-        Ok(list)
+        Ok(Some(list))
     }
 }
 
@@ -739,20 +741,23 @@ impl AppointmentView {
         loader(ctx)?.load_one(DoctorId(self.doctor_id)).await.gql()
     }
 
-    /// Documents written for this appointment, newest first.
+    /// Documents written for this appointment, newest first; `null` with an error when the
+    /// caller may not list them (a registrar, say: the rest of the answer stands).
     async fn documents(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<Vec<DocumentSummaryView>> {
+    ) -> async_graphql::Result<Option<Vec<DocumentSummaryView>>> {
         let (_, caller) = request(ctx)?;
         caller
             .authorize(Action::DocumentList, Target::Patient(self.patient_id))
             .gql()?;
-        Ok(loader(ctx)?
-            .load_one(DocumentsOfAppointment(self.id))
-            .await
-            .gql()?
-            .unwrap_or_default())
+        Ok(Some(
+            loader(ctx)?
+                .load_one(DocumentsOfAppointment(self.id))
+                .await
+                .gql()?
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -778,7 +783,10 @@ impl DocumentView {
 
     /// Every content version, oldest first (titles and sizes; read a version's body through
     /// REST `…/versions/{n}`).
-    async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DocumentVersionView>> {
+    async fn versions(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<Vec<DocumentVersionView>>> {
         let (state, caller) = request(ctx)?;
         caller
             .authorize(Action::DocumentRead, Target::Patient(self.patient_id))
@@ -791,10 +799,12 @@ impl DocumentView {
         access::audit_read(state, caller, "document.versions", "document", [self.id])
             .await
             .gql()?;
-        Ok(versions
-            .into_iter()
-            .map(DocumentVersionView::from)
-            .collect())
+        Ok(Some(
+            versions
+                .into_iter()
+                .map(DocumentVersionView::from)
+                .collect(),
+        ))
     }
 
     async fn patient(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PatientView>> {
