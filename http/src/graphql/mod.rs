@@ -269,21 +269,6 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
         .boxed()
 }
 
-#[cfg(test)]
-mod tests {
-    /// The committed SDL is the schema served: a change to the schema shows in review.
-    /// Regenerate with `cargo run -q -- graphql-schema > http/schema.graphql`.
-    #[test]
-    fn the_committed_sdl_is_the_schema() {
-        let committed = include_str!("../../schema.graphql");
-        assert!(
-            super::sdl() == committed,
-            "http/schema.graphql differs from the schema: regenerate it with \
-             `cargo run -q -- graphql-schema > http/schema.graphql` and review the diff"
-        );
-    }
-}
-
 /// Gives the errors async-graphql raises itself (parsing, validation, limits) a code too.
 fn classify(error: &mut async_graphql::ServerError) {
     let coded = error
@@ -318,4 +303,19 @@ fn json_response(response: &async_graphql::Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed SDL is the schema served: a change to the schema shows in review.
+    /// Regenerate with `cargo run -q -- graphql-schema > http/schema.graphql`.
+    #[test]
+    fn the_committed_sdl_is_the_schema() {
+        let committed = include_str!("../../schema.graphql");
+        assert!(
+            super::sdl() == committed,
+            "http/schema.graphql differs from the schema: regenerate it with \
+             `cargo run -q -- graphql-schema > http/schema.graphql` and review the diff"
+        );
+    }
 }
