@@ -61,7 +61,13 @@ async fn confirmed_at_least(db: &tokio_postgres::Client, slot: &str, mark: &str)
 
 async fn run() {
     // The schema, from the application's migrations; the pipeline runs on its own below.
-    let app = helpers::spawn_app_with(|settings| settings.cdc.enabled = false).await;
+    let app = helpers::spawn_app_with(|settings| {
+        settings.cdc.enabled = false;
+        // As in production (30 s) or longer: a batch timing out under the bulk load makes
+        // librdkafka bump its producer epoch, after which tansu 0.6.0 panics (lite.rs:503).
+        settings.kafka.message_timeout_ms = 60_000;
+    })
+    .await;
     let settings = app.app().settings().clone();
     let kafka = settings.kafka();
     let slot = format!("bench_{}", app.db_name);

@@ -646,6 +646,7 @@ impl Settings {
             ),
             max_batch: max_batch.min(self.consumers.max_batch),
             batch_wait: ms(self.consumers.batch_wait_ms),
+            needs_every_partition: false,
         }
     }
 

@@ -292,15 +292,25 @@ async fn start_consumers(
     let search = if settings.search.enabled {
         let index = open_search_index(settings).await?;
         tracing::info!(adapter = index.name(), "search index ready");
+        let mut spec = settings.consumer_spec(
+            search_indexer::GROUP,
+            vec![
+                settings.change_topic("patients"),
+                settings.change_topic("documents"),
+            ],
+            settings.consumers.max_batch,
+        );
+        // The embedded index is this instance's own: complete only while this instance is
+        // the group's only member.
+        spec.needs_every_partition = index.name() == "embedded";
+        if spec.needs_every_partition {
+            tracing::warn!(
+                data_dir = %settings.search.data_dir.display(),
+                "search uses the embedded index, which serves ONE instance: with several, each holds only the partitions the consumer group assigns it and its searches miss the rest — run several instances with OpenSearch (search.opensearch_url)"
+            );
+        }
         child(
-            settings.consumer_spec(
-                search_indexer::GROUP,
-                vec![
-                    settings.change_topic("patients"),
-                    settings.change_topic("documents"),
-                ],
-                settings.consumers.max_batch,
-            ),
+            spec,
             Arc::new(SearchIndexer {
                 index: index.clone(),
                 store: store.clone(),

@@ -538,6 +538,27 @@ impl OwnBroker {
         Some(lines[at.saturating_sub(8)..(at + 3).min(lines.len())].join("\n"))
     }
 
+    /// Stops the broker process (SIGSTOP): connections stay open and nothing answers.
+    #[cfg_attr(not(feature = "chaos"), allow(dead_code))]
+    pub(crate) fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run on (SIGCONT).
+    #[cfg_attr(not(feature = "chaos"), allow(dead_code))]
+    pub(crate) fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker runs");
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -548,6 +569,9 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.thaw();
+        }
         self.stop();
     }
 }
@@ -627,6 +651,10 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         let message = tokio::time::timeout(left, consumer.recv())
             .await
             .unwrap_or_else(|_| {
+                // A broker that panicked after its restart is a broker fault, said as such.
+                if let Some(panic) = broker.panic() {
+                    panic!("BROKER FAULT (tansu panicked; not a medflow failure): {panic}");
+                }
                 panic!(
                     "{} of 1000 events missing after the outage",
                     ids.difference(&seen).count()

@@ -1,5 +1,5 @@
 //! Ten thousand REST writes while, in turn, the medflow process is killed with SIGKILL,
-//! PostgreSQL restarts with `-m fast` and the broker is down for 15 s: every acknowledged write
+//! PostgreSQL restarts with `-m fast` and the broker is stopped for 15 s: every acknowledged write
 //! has its business event and its change event, and the slot ends confirmed at the WAL's end.
 
 use std::collections::HashSet;
@@ -199,12 +199,17 @@ async fn ten_thousand_writes_through_a_kill_a_broker_outage_and_a_fast_restart_l
             .unwrap();
         let restart_took = restart_started.elapsed();
 
+        // The broker is stopped (SIGSTOP) for 15 s: every request to it hangs, as in a
+        // network partition. (Killing and restarting tansu 0.6.0 under this load makes it
+        // panic in most runs — `lite.rs:503`, an idempotent producer outliving the restart;
+        // `cdc::a_broker_outage_during_a_thousand_writes_…` covers a broker killed and
+        // started again.)
         acknowledged_at_least(&tally, 5_000).await;
-        broker.lock().unwrap().stop();
+        broker.lock().unwrap().freeze();
         let stopped_at = tally.acknowledged.load(Ordering::Relaxed);
-        // The outage's length, not synchronisation: the broker stays down for 15 s.
+        // The outage's length, not synchronisation: the broker stays stopped for 15 s.
         tokio::time::sleep(Duration::from_secs(15)).await;
-        broker.lock().unwrap().resume();
+        broker.lock().unwrap().thaw();
         (killed_at, restarted_at, restart_took, stopped_at)
     };
     let (ids, (killed_at, restarted_at, restart_took, stopped_at)) = tokio::join!(writes, faults);

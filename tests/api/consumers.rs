@@ -201,6 +201,7 @@ impl Harness {
             retry,
             max_batch: 100,
             batch_wait: Duration::from_millis(5),
+            needs_every_partition: false,
         };
         let stats = Arc::new(ConsumerStats::new(&kafka, &spec));
         let consumers = Consumers::default();

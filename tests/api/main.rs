@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod bus;
 mod cdc;
+#[cfg(feature = "chaos")]
 mod chaos;
 mod consumers;
 mod doctors;

@@ -483,3 +483,58 @@ async fn a_real_opensearch_cluster_when_configured() {
     writes_are_searchable_and_followed(&app).await;
     shutdown_dropping_slot(app).await;
 }
+
+/// This instance's search-indexer group, as `GET /api/v1/admin/consumers` shows it.
+async fn indexer_group(app: &TestApp) -> Option<Value> {
+    let body: Value = app.get("/api/v1/admin/consumers").await.json().await.ok()?;
+    body["groups"]
+        .as_array()?
+        .iter()
+        .find(|group| {
+            group["group"]
+                .as_str()
+                .is_some_and(|name| name.ends_with("search-indexer"))
+        })
+        .cloned()
+}
+
+#[tokio::test]
+async fn two_instances_with_the_embedded_index_each_hold_part_of_it_and_say_so() {
+    // The README's rule: the embedded index serves one instance; with several, the group
+    // splits the partitions and each instance's copy is partial — which each one reports.
+    let a = search_app(|_| {}).await;
+    let prefix = a.app().settings().kafka.topic_prefix.clone();
+    let b = crate::helpers::spawn_app_on(a.db_name.clone(), a.db_url.clone(), |settings| {
+        settings.search.enabled = true;
+        settings.kafka.topic_prefix = prefix;
+    })
+    .await;
+    let (on_a, on_b, total) = eventually(
+        Duration::from_secs(60),
+        "the group to split the partitions between the instances",
+        || async {
+            let (on_a, on_b) = (indexer_group(&a).await?, indexer_group(&b).await?);
+            let assigned = |group: &Value| group["assignedPartitions"].as_i64().unwrap_or(0);
+            let total = on_a["sourcePartitions"].as_i64().unwrap_or(0);
+            (total > 0
+                && assigned(&on_a) > 0
+                && assigned(&on_b) > 0
+                && assigned(&on_a) + assigned(&on_b) == total)
+                .then(|| (assigned(&on_a), assigned(&on_b), total))
+        },
+    )
+    .await;
+    assert!(on_a < total && on_b < total);
+    let group = indexer_group(&a).await.unwrap()["group"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let metrics = a.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("medflow_consumer_partial{{group=\"{group}\"}} 1")),
+        "{metrics}"
+    );
+    println!("embedded index with two instances: {on_a} + {on_b} of {total} partitions");
+    b.shutdown().await;
+    shutdown_dropping_slot(a).await;
+}

@@ -200,6 +200,10 @@ pub struct ConsumerSpec {
     pub max_batch: usize,
     /// How long a batch gathers messages once it has one.
     pub batch_wait: Duration,
+    /// The handler keeps a copy of everything (the embedded search index): an instance
+    /// assigned only part of the source partitions — others share the group — holds an
+    /// incomplete copy, which is logged and shown (`medflow_consumer_partial`).
+    pub needs_every_partition: bool,
 }
 
 /// The names a group's retry path uses (all carry the topic prefix).
@@ -243,6 +247,9 @@ pub struct ConsumerStats {
     pub retry_lag: AtomicI64,
     /// Partitions paused until a retry is due.
     pub paused: AtomicI64,
+    /// Source-topic partitions assigned to this process, and how many the topics have.
+    pub assigned_partitions: AtomicI64,
+    pub source_partitions: AtomicI64,
     pub running: AtomicBool,
     pub restarts: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -262,6 +269,8 @@ impl ConsumerStats {
             lag: AtomicI64::new(0),
             retry_lag: AtomicI64::new(0),
             paused: AtomicI64::new(0),
+            assigned_partitions: AtomicI64::new(0),
+            source_partitions: AtomicI64::new(0),
             running: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -297,6 +306,8 @@ impl ConsumerStats {
             lag: self.lag.load(Ordering::Relaxed),
             retry_lag: self.retry_lag.load(Ordering::Relaxed),
             paused_partitions: self.paused.load(Ordering::Relaxed),
+            assigned_partitions: self.assigned_partitions.load(Ordering::Relaxed),
+            source_partitions: self.source_partitions.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -344,6 +355,10 @@ pub struct ConsumerSnapshot {
     /// Unread messages on its retry partitions assigned to this process.
     pub retry_lag: i64,
     pub paused_partitions: i64,
+    /// Source-topic partitions the group assigned to this process, of `sourcePartitions`:
+    /// fewer when other instances share the group.
+    pub assigned_partitions: i64,
+    pub source_partitions: i64,
     pub last_error: Option<String>,
 }
 

@@ -90,6 +90,7 @@ impl Actor for ConsumerActor {
 
         let context = GroupContext {
             stats: self.stats.clone(),
+            needs_every_partition: self.spec.needs_every_partition,
             retry_topics: topics.retry.clone(),
             revoked: Mutex::new(Vec::new()),
         };
@@ -176,6 +177,7 @@ impl Actor for ConsumerActor {
 /// statistics into lag figures.
 struct GroupContext {
     stats: Arc<ConsumerStats>,
+    needs_every_partition: bool,
     retry_topics: Vec<String>,
     revoked: Mutex<Vec<(String, i32)>>,
 }
@@ -224,12 +226,58 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
         // A partition paused for a retry and then revoked may come back to this consumer:
         // it starts unpaused, from the committed offset (the held message is re-read).
-        if let Rebalance::Assign(partitions) = rebalance
-            && let Err(error) = consumer.resume(partitions)
-        {
+        if let Err(error) = consumer.resume(partitions) {
             tracing::warn!(group = %self.stats.topics.group_id, error = %error, "cannot resume assigned partitions");
+        }
+        self.note_assignment(consumer, partitions);
+    }
+}
+
+impl GroupContext {
+    /// Records how many source partitions this process holds (the eager protocol hands
+    /// over the whole assignment), and says so loudly when the handler needs all of them.
+    fn note_assignment(&self, consumer: &BaseConsumer<Self>, assignment: &TopicPartitionList) {
+        let sources = &self.stats.sources;
+        let assigned = assignment
+            .elements()
+            .iter()
+            .filter(|element| sources.iter().any(|source| source == element.topic()))
+            .count();
+        let total: usize = sources
+            .iter()
+            .map(|topic| {
+                consumer
+                    .fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|metadata| metadata.topics().first().map(|t| t.partitions().len()))
+                    .unwrap_or_default()
+            })
+            .sum();
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.stats
+            .assigned_partitions
+            .store(as_i64(assigned), Ordering::Relaxed);
+        self.stats
+            .source_partitions
+            .store(as_i64(total), Ordering::Relaxed);
+        if !self.needs_every_partition {
+            return;
+        }
+        let partial = assigned < total;
+        metrics::gauge!("medflow_consumer_partial", "group" => self.stats.topics.group_id.clone())
+            .set(if partial { 1.0 } else { 0.0 });
+        if partial {
+            tracing::error!(
+                group = %self.stats.topics.group_id,
+                assigned,
+                total,
+                "another instance shares this consumer group, so this instance's copy (the embedded search index) holds only part of the data and its searches miss the rest: run several instances with OpenSearch (search.opensearch_url)"
+            );
         }
     }
 }
