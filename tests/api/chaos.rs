@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::cdc::{OwnBroker, app_slot, app_topic_prefix};
 use crate::helpers::{TestApp, eventually, patient_body, spawn_app_on};
 use crate::own_postgres::{OwnPostgres, test_work_dir};
-use crate::resilience::{MedflowProcess, slot_positions};
+use crate::resilience::{MedflowProcess, slot_caught_up};
 
 const WRITES: usize = 10_000;
 const CONCURRENCY: usize = 32;
@@ -224,18 +224,7 @@ async fn ten_thousand_writes_through_a_kill_a_broker_outage_and_a_fast_restart_l
     let verify = async {
         let arrivals = every_write_arrives(&app, &ids).await;
         // The slot ends confirmed at the server's current WAL position.
-        let db = app.db().await;
-        let slot = app_slot(&app);
-        eventually(
-            Duration::from_secs(60),
-            "the slot to confirm the WAL's end",
-            || async {
-                slot_positions(&db, &slot)
-                    .await
-                    .filter(|(_, _, caught_up)| *caught_up)
-            },
-        )
-        .await;
+        slot_caught_up(&app.db().await, &app_slot(&app)).await;
         arrivals
     };
     let outcome = AssertUnwindSafe(verify).catch_unwind().await;

@@ -239,7 +239,7 @@ pub(crate) async fn write_after_restart(app: &TestApp, from: u32, count: u32) ->
 }
 
 /// The slot's confirmed position and the server's current WAL position.
-pub(crate) async fn slot_positions(
+async fn slot_positions(
     db: &tokio_postgres::Client,
     slot: &str,
 ) -> Option<(String, String, bool)> {
@@ -253,6 +253,21 @@ pub(crate) async fn slot_positions(
         .await
         .ok()??;
     Some((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Waits until `slot` has confirmed the server's current WAL position; returns both.
+pub(crate) async fn slot_caught_up(db: &tokio_postgres::Client, slot: &str) -> (String, String) {
+    let (confirmed, current, _) = eventually(
+        Duration::from_secs(60),
+        "the slot to confirm the WAL's end",
+        || async {
+            slot_positions(db, slot)
+                .await
+                .filter(|(_, _, caught_up)| *caught_up)
+        },
+    )
+    .await;
+    (confirmed, current)
 }
 
 #[tokio::test]
@@ -281,17 +296,7 @@ async fn a_fast_postgresql_shutdown_completes_in_seconds_while_medflow_streams()
     // A checkpoint flushes it and adds records of its own: the walsender sends past the last
     // commit, and at a shutdown waits until the client confirms that far.
     db.batch_execute("CHECKPOINT").await.unwrap();
-    let slot = app_slot(&app);
-    let (confirmed, current, _) = eventually(
-        Duration::from_secs(30),
-        "the slot to confirm the WAL's end",
-        || async {
-            slot_positions(&db, &slot)
-                .await
-                .filter(|(_, _, caught_up)| *caught_up)
-        },
-    )
-    .await;
+    let (confirmed, current) = slot_caught_up(&db, &app_slot(&app)).await;
     println!("idle: slot confirmed {confirmed}, WAL at {current}");
     drop(db);
 
