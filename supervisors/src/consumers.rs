@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 use medflow_actors::consume::{ConsumerActor, Consumers};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-/// A child that ran this long before failing starts its backoff over.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
-
 #[derive(Debug)]
 pub enum ConsumerSupervisorMessage {
     /// (Re)spawns child `i`.
@@ -35,8 +32,8 @@ pub struct ConsumerSupervisor {
 
 #[derive(Default)]
 pub struct ConsumerSupervisorState {
-    running: HashMap<ActorId, (usize, ActorCell, Instant)>,
-    failures: Vec<u32>,
+    running: HashMap<ActorId, (usize, ActorCell)>,
+    failures: Vec<crate::policy::FailureStreak>,
     stopping: bool,
 }
 
@@ -55,7 +52,7 @@ impl Actor for ConsumerSupervisor {
             myself.send_message(ConsumerSupervisorMessage::Spawn(index))?;
         }
         Ok(ConsumerSupervisorState {
-            failures: vec![0; self.children.len()],
+            failures: vec![crate::policy::FailureStreak::default(); self.children.len()],
             ..Default::default()
         })
     }
@@ -67,7 +64,7 @@ impl Actor for ConsumerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.stopping = true;
         // Consumers finish their batch and commit; in parallel, each bounded.
-        let stops = state.running.drain().map(|(_, (_, cell, _))| async move {
+        let stops = state.running.drain().map(|(_, (_, cell))| async move {
             let _ = cell
                 .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
                 .await;
@@ -92,9 +89,8 @@ impl Actor for ConsumerSupervisor {
             Ok((actor, _)) => {
                 let cell = actor.get_cell();
                 self.consumers.set_actor(&name, Some(cell.clone()));
-                state
-                    .running
-                    .insert(cell.get_id(), (index, cell, Instant::now()));
+                state.failures[index].started(Instant::now());
+                state.running.insert(cell.get_id(), (index, cell));
             }
             Err(error) => self.restart_later(&myself, state, index, error.to_string()),
         }
@@ -110,14 +106,11 @@ impl Actor for ConsumerSupervisor {
         let Some((cell, reason)) = crate::policy::child_exit(event) else {
             return Ok(());
         };
-        let Some((index, _, started)) = state.running.remove(&cell.get_id()) else {
+        let Some((index, _)) = state.running.remove(&cell.get_id()) else {
             return Ok(());
         };
         if state.stopping {
             return Ok(());
-        }
-        if started.elapsed() >= STABLE_AFTER {
-            state.failures[index] = 0;
         }
         let child = &self.children[index];
         child.stats.running.store(false, Ordering::Relaxed);
@@ -135,10 +128,9 @@ impl ConsumerSupervisor {
         index: usize,
         reason: String,
     ) {
-        let failures = &mut state.failures[index];
-        *failures = failures.saturating_add(1);
+        let failures = state.failures[index].failed(Instant::now());
         let delay =
-            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, *failures);
+            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, failures);
         let child = &self.children[index];
         child.stats.restarts.fetch_add(1, Ordering::Relaxed);
         child.stats.set_error(Some(reason.clone()));

@@ -7,6 +7,10 @@
 //!                                or database outage delays events, it does not stop medflow
 //! ```
 //!
+//! The backoff starts over only once a pipeline ran [`STABLE_AFTER`](crate::policy::STABLE_AFTER)
+//! before failing: one failing right after each start is restarted ever more slowly, up to
+//! the cap.
+//!
 //! The reader resumes at the slot's confirmed LSN, so a restart re-publishes at most what was
 //! not yet acknowledged (at-least-once). When another process streams from the slot, this
 //! one reports `standby` and keeps trying to take over.
@@ -37,7 +41,7 @@ pub struct IntegrationSupervisor {
 pub struct IntegrationState {
     producer: Option<ActorCell>,
     reader: Option<ActorCell>,
-    consecutive_failures: u32,
+    failures: crate::policy::FailureStreak,
     generation: u64,
 }
 
@@ -55,7 +59,7 @@ impl Actor for IntegrationSupervisor {
         Ok(IntegrationState {
             producer: None,
             reader: None,
-            consecutive_failures: 0,
+            failures: crate::policy::FailureStreak::default(),
             generation: 0,
         })
     }
@@ -141,7 +145,7 @@ impl IntegrationSupervisor {
         };
         let (reader, _) = Actor::spawn_linked(None, reader, (), myself.get_cell()).await?;
         state.reader = Some(reader.get_cell());
-        state.consecutive_failures = 0;
+        state.failures.started(std::time::Instant::now());
         tracing::info!(generation = state.generation, slot = %self.cdc.slot, "cdc pipeline started");
         Ok(())
     }
@@ -159,12 +163,9 @@ impl IntegrationSupervisor {
         {
             child.stop(Some("pipeline restart".into()));
         }
-        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-        let delay = medflow_actors::backoff::doubling(
-            self.backoff_initial,
-            self.backoff_max,
-            state.consecutive_failures,
-        );
+        let failures = state.failures.failed(std::time::Instant::now());
+        let delay =
+            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, failures);
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
         let standby = medflow_actors::cdc::slot_in_use(&reason);
         metrics::counter!("medflow_cdc_restarts_total").increment(1);

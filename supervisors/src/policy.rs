@@ -16,6 +16,39 @@ pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
     }
 }
 
+/// A child that ran this long before failing starts its backoff over.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// The consecutive failures of a child restarted for as long as it takes (never escalated):
+/// its backoff doubles with each one and starts over only once the child ran
+/// [`STABLE_AFTER`] before failing — not on every successful start, or a child failing right
+/// after starting would be restarted at the shortest delay for ever.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FailureStreak {
+    failures: u32,
+    started: Option<Instant>,
+}
+
+impl FailureStreak {
+    /// The child started at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.started = Some(now);
+    }
+
+    /// The child failed (or could not start) at `now`: the streak's length, from 1.
+    pub fn failed(&mut self, now: Instant) -> u32 {
+        if self
+            .started
+            .take()
+            .is_some_and(|started| now.duration_since(started) >= STABLE_AFTER)
+        {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.failures
+    }
+}
+
 /// How a supervisor restarts a failed child: at most `max_restarts` within `window`, each
 /// after a backoff that doubles from `backoff_initial` up to `backoff_max`.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +108,23 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(250),
         }
+    }
+
+    #[test]
+    fn a_streak_grows_while_the_child_fails_soon_after_starting_and_ends_once_it_ran_stably() {
+        let mut streak = FailureStreak::default();
+        let start = Instant::now();
+        // Fails at once, or a second after each start: the backoff keeps doubling.
+        assert_eq!(streak.failed(start), 1);
+        for n in 2..=5 {
+            let at = start + Duration::from_secs(n);
+            streak.started(at);
+            assert_eq!(streak.failed(at + Duration::from_secs(1)), n as u32);
+        }
+        // Ran for the stable period before failing: it starts over.
+        let at = start + Duration::from_secs(100);
+        streak.started(at);
+        assert_eq!(streak.failed(at + STABLE_AFTER), 1);
     }
 
     #[test]
