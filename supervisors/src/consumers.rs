@@ -135,6 +135,8 @@ impl ConsumerSupervisor {
         child.stats.restarts.fetch_add(1, Ordering::Relaxed);
         child.stats.set_error(Some(reason.clone()));
         metrics::counter!("medflow_consumer_restarts_total", "group" => child.stats.topics.group_id.clone()).increment(1);
+        metrics::counter!("medflow_supervisor_restarts_total", "child" => child.spec.name.clone())
+            .increment(1);
         tracing::warn!(group = %child.stats.topics.group_id, reason = %reason, delay_ms = delay.as_millis() as u64, "consumer failed; restarting");
         myself.send_after(delay, move || ConsumerSupervisorMessage::Spawn(index));
     }

@@ -169,6 +169,9 @@ impl IntegrationSupervisor {
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
         let standby = medflow_actors::cdc::slot_in_use(&reason);
         metrics::counter!("medflow_cdc_restarts_total").increment(1);
+        // The restarts of every supervised child, by child (one series per child).
+        metrics::counter!("medflow_supervisor_restarts_total", "child" => "cdc-pipeline")
+            .increment(1);
         self.status.update(|status| {
             status.state = if standby {
                 CdcState::Standby
