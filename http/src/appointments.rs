@@ -256,6 +256,7 @@ pub async fn list_appointments(
 #[utoipa::path(post, path = "/api/v1/appointments", tag = "appointments", request_body = AppointmentInput,
     responses(
         (status = 201, description = "Booked; `Location` and `ETag` are set", body = AppointmentView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The doctor is booked at an overlapping time", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown or archived patient, unknown doctor (named in `errors`)", body = Problem, content_type = "application/problem+json"),

@@ -261,6 +261,7 @@ pub async fn get_doctor(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Replaced", body = DoctorView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such doctor", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),

@@ -443,6 +443,7 @@ pub async fn list_documents(
 #[utoipa::path(post, path = "/api/v1/documents", tag = "documents", request_body = DocumentInput,
     responses(
         (status = 201, description = "Created; `Location` and `ETag` are set", body = DocumentView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown or archived patient, unknown author, or another patient's appointment", body = Problem, content_type = "application/problem+json"),
@@ -502,6 +503,7 @@ pub async fn get_document(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "The document with its new content version", body = DocumentView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The document is signed (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
@@ -532,6 +534,7 @@ pub async fn edit_document(
     params(("id" = Uuid, Path, description = "Document id")),
     responses(
         (status = 200, description = "Every content version", body = DocumentHistory),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_document_versions(
@@ -601,6 +604,7 @@ pub async fn get_document_version(
            ("If-Match" = Option<String>, Header, description = "The ETag of the content being signed; a stale one answers 412")),
     responses(
         (status = 200, description = "Signed", body = DocumentView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Malformed signature or thumbprint", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not a draft (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
@@ -641,6 +645,7 @@ pub async fn sign_document(
     params(("id" = Uuid, Path, description = "Document id")),
     responses(
         (status = 200, description = "Recorded", body = DocumentView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid outcome", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),

@@ -440,6 +440,7 @@ pub async fn get_patient(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Replaced", body = PatientView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
@@ -471,6 +472,7 @@ pub async fn replace_patient(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Updated", body = PatientView),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Archived, duplicate SNILS/OMS, or lost a concurrent race", body = Problem, content_type = "application/problem+json"),
@@ -501,6 +503,7 @@ pub async fn patch_patient(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Archived", body = PatientView),
+        (status = 400, description = "The id is not a UUID, or `If-Match` is not an ETag", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patient", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already archived", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),

@@ -363,6 +363,7 @@ pub async fn list_consumers(
         ("limit" = Option<u64>, Query, description = "Dead letters to replay at most (1–100000, default 1000)")),
     responses(
         (status = 200, description = "How many were replayed", body = Object),
+        (status = 400, description = "`limit` is not a number in 1–100000", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer group here", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The broker is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -124,3 +124,92 @@ async fn the_document_is_openapi_3_1_and_matches_the_server() {
     assert_eq!(app.get("/docs").await.status(), 301);
     app.shutdown().await;
 }
+
+/// Every status an operation answers to bad input is one its OpenAPI operation lists (what
+/// schemathesis's `status_code_conformance` checks): a malformed id, a body of the wrong media
+/// type, an empty JSON object, a malformed `If-Match`, a malformed `limit`.
+#[tokio::test]
+async fn every_status_answered_to_bad_input_is_documented() {
+    let app = spawn_app().await;
+    let document: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    let mut undocumented = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let documented = |status: u16| operation["responses"][status.to_string()].is_object();
+            let method_value =
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let has_body = operation["requestBody"].is_object();
+            let mut probes: Vec<(&str, reqwest::RequestBuilder)> = Vec::new();
+            let real = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+            if path.contains("{id}") {
+                let url = app.url(&path.replace("{id}", "not-a-uuid"));
+                let mut request = app.client.request(method_value.clone(), url);
+                if has_body {
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body("{}");
+                }
+                probes.push(("a malformed id", request));
+            }
+            if has_body {
+                probes.push((
+                    "a text/plain body",
+                    app.client
+                        .request(method_value.clone(), app.url(&real))
+                        .header("Content-Type", "text/plain")
+                        .body("hello"),
+                ));
+                probes.push((
+                    "an empty JSON object",
+                    app.client
+                        .request(method_value.clone(), app.url(&real))
+                        .header("Content-Type", "application/json")
+                        .body("{}"),
+                ));
+            }
+            let takes = |name: &str| {
+                operation["parameters"]
+                    .as_array()
+                    .is_some_and(|list| list.iter().any(|p| p["name"] == name))
+            };
+            if takes("If-Match") {
+                let mut request = app
+                    .client
+                    .request(method_value.clone(), app.url(&real))
+                    .header("If-Match", "garbage");
+                if has_body {
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body("{}");
+                }
+                probes.push(("a malformed If-Match", request));
+            }
+            if takes("limit") {
+                let mut request = app
+                    .client
+                    .request(method_value.clone(), app.url(&format!("{real}?limit=abc")));
+                if has_body {
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body("{}");
+                }
+                probes.push(("a malformed limit", request));
+            }
+            for (what, request) in probes {
+                let status = request.send().await.unwrap().status().as_u16();
+                if !documented(status) {
+                    undocumented.push(format!(
+                        "{} {path} with {what}: {status}",
+                        method.to_uppercase()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "answered but not documented:\n{}",
+        undocumented.join("\n")
+    );
+    app.shutdown().await;
+}

@@ -239,10 +239,7 @@ pub(crate) async fn write_after_restart(app: &TestApp, from: u32, count: u32) ->
 }
 
 /// The slot's confirmed position and the server's current WAL position.
-async fn slot_positions(
-    db: &tokio_postgres::Client,
-    slot: &str,
-) -> Option<(String, String, bool)> {
+async fn slot_positions(db: &tokio_postgres::Client, slot: &str) -> Option<(String, String, bool)> {
     let row = db
         .query_opt(
             "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
