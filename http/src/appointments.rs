@@ -172,7 +172,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state)
         .then(
             |id: String, name: String, caller, headers, body, state: AppState| async move {
-                outcome(act_on_appointment(&state, &id, &name, caller, &headers, body).await)
+                let (state, headers) = (&state, &headers);
+                outcome(match name.as_str() {
+                    "start" => start_appointment(state, &id, caller, headers).await,
+                    "complete" => complete_appointment(state, &id, caller, headers).await,
+                    "cancel" => cancel_appointment(state, &id, caller, headers, body).await,
+                    "reschedule" => reschedule_appointment(state, &id, caller, headers, body).await,
+                    _ => Err(Problem::not_found("appointment action")),
+                })
             },
         );
     list.or(create)
@@ -316,40 +323,120 @@ pub async fn get_appointment(
     Ok(appointment_reply(StatusCode::OK, &appointment))
 }
 
-/// Applies a lifecycle action: `start`, `complete`, `cancel` (body `{reason}`) or
-/// `reschedule` (body `{startsAt, durationMinutes?}`).
-#[utoipa::path(post, path = "/api/v1/appointments/{id}/{action}", tag = "appointments",
+/// `POST /api/v1/appointments/{id}/start`: the patient arrived (scheduled → in progress).
+#[utoipa::path(post, path = "/api/v1/appointments/{id}/start", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
-           ("action" = String, Path, description = "start, complete, cancel or reschedule"),
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
-    request_body(content = Option<RescheduleInput>, description = "`cancel`: `{\"reason\": …}` (CancelInput); `reschedule`: RescheduleInput; none for `start` and `complete`"),
     responses(
         (status = 200, description = "The appointment after the action", body = AppointmentView),
-        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such appointment or action", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed in the current status (`currentStatus`), or the new time overlaps", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn act_on_appointment(
+pub async fn start_appointment(
     state: &AppState,
     id: &str,
-    name: &str,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    act_on_appointment(state, id, Transition::Start, caller, headers).await
+}
+
+/// `POST /api/v1/appointments/{id}/complete`: the visit is over (in progress → completed).
+#[utoipa::path(post, path = "/api/v1/appointments/{id}/complete", tag = "appointments",
+    params(("id" = Uuid, Path, description = "Appointment id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    responses(
+        (status = 200, description = "The appointment after the action", body = AppointmentView),
+        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn complete_appointment(
+    state: &AppState,
+    id: &str,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    act_on_appointment(state, id, Transition::Complete, caller, headers).await
+}
+
+/// `POST /api/v1/appointments/{id}/cancel` with `{"reason": …}`.
+#[utoipa::path(post, path = "/api/v1/appointments/{id}/cancel", tag = "appointments",
+    params(("id" = Uuid, Path, description = "Appointment id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    request_body = CancelInput,
+    responses(
+        (status = 200, description = "The appointment after the action", body = AppointmentView),
+        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel_appointment(
+    state: &AppState,
+    id: &str,
     caller: Result<Caller, Problem>,
     headers: &HeaderMap,
     body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    act_on_appointment(state, id, Transition::Cancel(body), caller, headers).await
+}
+
+/// `POST /api/v1/appointments/{id}/reschedule` with `{"startsAt": …, "durationMinutes"?: …}`.
+#[utoipa::path(post, path = "/api/v1/appointments/{id}/reschedule", tag = "appointments",
+    params(("id" = Uuid, Path, description = "Appointment id"),
+           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+    request_body = RescheduleInput,
+    responses(
+        (status = 200, description = "The appointment after the action", body = AppointmentView),
+        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reschedule_appointment(
+    state: &AppState,
+    id: &str,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
+    body: Result<Bytes, Problem>,
+) -> Result<Response, Problem> {
+    act_on_appointment(state, id, Transition::Reschedule(body), caller, headers).await
+}
+
+/// A lifecycle step as requested, with its body where it has one.
+enum Transition {
+    Start,
+    Complete,
+    Cancel(Result<Bytes, Problem>),
+    Reschedule(Result<Bytes, Problem>),
+}
+
+/// Applies a lifecycle step (the four handlers above).
+async fn act_on_appointment(
+    state: &AppState,
+    id: &str,
+    transition: Transition,
+    caller: Result<Caller, Problem>,
+    headers: &HeaderMap,
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
     caller.authorize(Action::AppointmentTransition, Target::Any)?;
     let expected = if_match(headers)?;
-    let action = match name {
-        "start" => AppointmentAction::Start,
-        "complete" => AppointmentAction::Complete,
-        "cancel" => {
+    let action = match transition {
+        Transition::Start => AppointmentAction::Start,
+        Transition::Complete => AppointmentAction::Complete,
+        Transition::Cancel(body) => {
             let input: CancelInput = json_body(headers, &body?)?;
             AppointmentAction::cancel(&input.reason).map_err(Problem::validation)?
         }
-        "reschedule" => {
+        Transition::Reschedule(body) => {
             let input: RescheduleInput = json_body(headers, &body?)?;
             let current = state.appointments.get(id).await?;
             AppointmentAction::reschedule(
@@ -361,7 +448,6 @@ pub async fn act_on_appointment(
             )
             .map_err(Problem::validation)?
         }
-        _ => return Err(Problem::not_found("appointment action")),
     };
     let appointment = state
         .appointments

@@ -75,6 +75,21 @@ async fn the_document_is_openapi_3_1_and_matches_the_server() {
         }
     }
 
+    // The lifecycle steps are operations of their own, with their bodies' schemas.
+    for step in ["start", "complete", "cancel", "reschedule"] {
+        let path = format!("/api/v1/appointments/{{id}}/{step}");
+        assert!(document["paths"][&path]["post"].is_object(), "{path}");
+    }
+    for (step, schema) in [("cancel", "CancelInput"), ("reschedule", "RescheduleInput")] {
+        let body = &document["paths"][format!("/api/v1/appointments/{{id}}/{step}")]["post"]["requestBody"]
+            ["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, &format!("#/components/schemas/{schema}"), "{step}");
+        assert!(
+            document["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
+
     // Real answers match the documented schemas.
     let response = app.post_json("/api/v1/patients", &patient_body(60)).await;
     let created: Value = response.json().await.unwrap();
