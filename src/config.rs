@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use medflow_actors::bus::KafkaSettings;
 use medflow_actors::cdc::reader::CdcSettings;
-use medflow_actors::registry::RegistrySettings;
+use medflow_actors::entity_host::EntityHostSettings;
 use medflow_actors::store::StoreSettings;
 use medflow_http::auth::{AuthSettings, JwksSource};
 use medflow_supervisors::{IntegrationSettings, RestartPolicy, TreeSettings};
@@ -657,7 +657,7 @@ impl Settings {
 
     pub fn tree(&self) -> TreeSettings {
         TreeSettings {
-            registry: RegistrySettings {
+            entity_host: EntityHostSettings {
                 idle_timeout: ms(self.actors.idle_timeout_ms),
                 sweep_interval: ms(self.actors.sweep_interval_ms),
                 max_restarts: self.actors.entity_max_restarts,

@@ -14,8 +14,8 @@ use medflow_actors::bus::hub::{HubMessage, SubscriptionHub};
 use medflow_actors::cdc::reader::EVENT_TYPES;
 use medflow_actors::consume::{ConsumerActor, ConsumerStats, Consumers, Handler};
 use medflow_actors::domain::WellFormedSignature;
-use medflow_actors::exchange::{
-    self as registry_submitter, RegistryClientSettings, RegistrySubmitter, read_pem,
+use medflow_actors::registry_submitter::{
+    self, RegistryClientSettings, RegistrySubmitter, read_pem,
 };
 use medflow_actors::search::SearchIndex;
 use medflow_actors::search::embedded::EmbeddedIndex;

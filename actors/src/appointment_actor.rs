@@ -1,6 +1,6 @@
 //! `AppointmentActor`: owns one appointment and serialises its lifecycle actions.
 //!
-//! Spawned by the appointment [`EntityRegistry`](crate::registry::EntityRegistry) on first
+//! Spawned by the appointment [`EntityHost`](crate::entity_host::EntityHost) on first
 //! use; loads lazily; answers reads from memory; each action is one transaction (row with
 //! version check, outbox row, audit row). A booking is inserted by
 //! [`Appointments::create`](crate::Appointments::create) directly. Double-booking is refused
@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Appointment, AppointmentAction, AppointmentEvent};
+use crate::entity_host::EntityActor;
 use crate::entity_state::{EntityState, check_version};
 use crate::error::{Error, Result};
-use crate::registry::EntityActor;
 use crate::store::PgStore;
 
 const KIND: &str = "appointment";

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use crate::appointment_actor::{AppointmentActor, AppointmentMessage};
 use crate::context::RequestContext;
 use crate::domain::{Appointment, AppointmentAction, NewAppointment};
+use crate::entity_host::{EntityClient, Retry};
 use crate::error::{Error, Result};
-use crate::registry::{EntityClient, Retry};
 use crate::store::PgStore;
 
 #[derive(Clone)]

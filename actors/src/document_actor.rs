@@ -17,9 +17,9 @@ use crate::domain::{
     Document, DocumentEvent, DocumentStatus, DraftEdit, RegistryOutcome, SignatureInput,
     SignatureVerifier,
 };
+use crate::entity_host::EntityActor;
 use crate::entity_state::{EntityState, check_version};
 use crate::error::{Error, Result};
-use crate::registry::EntityActor;
 use crate::store::PgStore;
 
 const KIND: &str = "document";

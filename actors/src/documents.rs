@@ -7,8 +7,8 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::document_actor::{DocumentActor, DocumentMessage};
 use crate::domain::{Document, DraftEdit, NewDocument, RegistryOutcome, SignatureInput};
+use crate::entity_host::{EntityClient, Retry};
 use crate::error::{Error, Result};
-use crate::registry::{EntityClient, Retry};
 use crate::store::PgStore;
 
 #[derive(Clone)]

@@ -2,8 +2,8 @@
 //! entities.
 //!
 //! ```text
-//! EntityRegistry<PatientActor> ── PatientActor(id) …   one actor per live patient
-//! Patients (client) ── Lookup ─► registry ── message ─► actor ── transaction ─► PgStore
+//! EntityHost<PatientActor> ── PatientActor(id) …   one actor per live patient
+//! Patients (client) ── Lookup ─► host ────── message ─► actor ── transaction ─► PgStore
 //! ```
 
 pub mod appointment_actor;
@@ -17,12 +17,12 @@ pub mod context;
 pub mod document_actor;
 pub mod documents;
 pub mod domain;
+pub mod entity_host;
 pub mod entity_state;
 pub mod error;
-pub mod exchange;
 pub mod patient_actor;
 pub mod patients;
-pub mod registry;
+pub mod registry_submitter;
 pub mod search;
 pub mod store;
 

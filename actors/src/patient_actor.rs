@@ -1,8 +1,8 @@
 //! `PatientActor`: owns one patient's state and serialises every command on it.
 //!
-//! The actor is spawned by the patient [`EntityRegistry`](crate::registry::EntityRegistry) on
+//! The actor is spawned by the patient [`EntityHost`](crate::entity_host::EntityHost) on
 //! first use and loads its patient lazily on the first message, so spawning does no I/O and a
-//! registry never waits on the database. A new patient is inserted by
+//! host never waits on the database. A new patient is inserted by
 //! [`Patients::create`](crate::Patients::create) directly: its id has no actor yet. Reads are answered from memory; each write is one
 //! transaction (row with version check, audit row, outbox row) and replaces the state only
 //! after it committed.
@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Patient, PatientData, PatientPatch};
+use crate::entity_host::EntityActor;
 use crate::entity_state::{EntityState, check_version};
 use crate::error::{Error, Result};
-use crate::registry::EntityActor;
 use crate::store::PgStore;
 
 const KIND: &str = "patient";

@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Patient, PatientData, PatientPatch};
+use crate::entity_host::{EntityClient, EntityHostStats, Retry};
 use crate::error::{Error, Result};
 use crate::patient_actor::{PatientActor, PatientMessage};
-use crate::registry::{EntityClient, RegistryStats, Retry};
 use crate::store::PgStore;
 
 /// Commands and queries on patients, routed to each patient's actor.
@@ -29,7 +29,7 @@ impl Patients {
     /// minted here and nobody else can know it until this returns, so there is no writer to
     /// serialise against. The actor is spawned on the first request that names the id and
     /// loads the committed row. Skipping the spawn keeps a burst of registrations (which are
-    /// rarely read back at once) from filling the registry with actors nobody asked for.
+    /// rarely read back at once) from filling the host with actors nobody asked for.
     pub async fn create(&self, data: PatientData, ctx: &RequestContext) -> Result<Arc<Patient>> {
         let id = Uuid::now_v7();
         self.store
@@ -123,8 +123,8 @@ impl Patients {
             .await
     }
 
-    /// Returns the registry's counts (live actors, restarts, passivations).
-    pub async fn stats(&self) -> Result<RegistryStats> {
+    /// Returns the host's counts (live actors, restarts, passivations).
+    pub async fn stats(&self) -> Result<EntityHostStats> {
         self.client.stats().await
     }
 

@@ -1,13 +1,13 @@
-//! `DomainSupervisor`: owns the entity registries and the audit writer, and restarts a failed
+//! `DomainSupervisor`: owns the entity hosts and the audit writer, and restarts a failed
 //! one.
 //!
 //! ```text
 //! DomainSupervisor
-//! ├─ EntityRegistry<PatientActor>       each child is restarted with backoff within its own
+//! ├─ EntityHost<PatientActor>       each child is restarted with backoff within its own
 //! │  └─ PatientActor(id) …              restart budget; entity actors die with their
-//! ├─ EntityRegistry<AppointmentActor>   registry and reload on demand
+//! ├─ EntityHost<AppointmentActor>   host and reload on demand
 //! │  └─ AppointmentActor(id) …
-//! ├─ EntityRegistry<DocumentActor>
+//! ├─ EntityHost<DocumentActor>
 //! │  └─ DocumentActor(id) …
 //! └─ AuditWriter                        batches the audit rows of reads
 //! ```
@@ -23,8 +23,8 @@ use medflow_actors::appointment_actor::AppointmentActor;
 use medflow_actors::audit_writer::{AuditSlot, AuditWriter};
 use medflow_actors::document_actor::DocumentActor;
 use medflow_actors::domain::SignatureVerifier;
+use medflow_actors::entity_host::{EntityActor, EntityHost, EntityHostSettings, EntityHostSlot};
 use medflow_actors::patient_actor::PatientActor;
-use medflow_actors::registry::{EntityActor, EntityRegistry, RegistrySettings, RegistrySlot};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
@@ -32,25 +32,25 @@ use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
 /// The children the domain supervisor owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainChild {
-    PatientRegistry,
-    AppointmentRegistry,
-    DocumentRegistry,
+    PatientHost,
+    AppointmentHost,
+    DocumentHost,
     AuditWriter,
 }
 
 impl DomainChild {
     const ALL: [DomainChild; 4] = [
-        DomainChild::PatientRegistry,
-        DomainChild::AppointmentRegistry,
-        DomainChild::DocumentRegistry,
+        DomainChild::PatientHost,
+        DomainChild::AppointmentHost,
+        DomainChild::DocumentHost,
         DomainChild::AuditWriter,
     ];
 
     fn name(self) -> &'static str {
         match self {
-            DomainChild::PatientRegistry => "patient_registry",
-            DomainChild::AppointmentRegistry => "appointment_registry",
-            DomainChild::DocumentRegistry => "document_registry",
+            DomainChild::PatientHost => "patient_host",
+            DomainChild::AppointmentHost => "appointment_host",
+            DomainChild::DocumentHost => "document_host",
             DomainChild::AuditWriter => "audit_writer",
         }
     }
@@ -65,9 +65,9 @@ pub enum DomainMessage {
 /// Where transports find each child while it runs.
 #[derive(Debug, Clone, Default)]
 pub struct DomainSlots {
-    pub patients: RegistrySlot<<PatientActor as Actor>::Msg>,
-    pub appointments: RegistrySlot<<AppointmentActor as Actor>::Msg>,
-    pub documents: RegistrySlot<<DocumentActor as Actor>::Msg>,
+    pub patients: EntityHostSlot<<PatientActor as Actor>::Msg>,
+    pub appointments: EntityHostSlot<<AppointmentActor as Actor>::Msg>,
+    pub documents: EntityHostSlot<<DocumentActor as Actor>::Msg>,
     pub audit: AuditSlot,
 }
 
@@ -75,7 +75,7 @@ pub struct DomainSlots {
 #[derive(Debug, Clone)]
 pub struct DomainSupervisor {
     pub store: PgStore,
-    pub registry: RegistrySettings,
+    pub entity_host: EntityHostSettings,
     pub restart: RestartPolicy,
     pub verifier: Arc<dyn SignatureVerifier>,
     pub slots: DomainSlots,
@@ -182,24 +182,24 @@ impl Actor for DomainSupervisor {
 impl DomainSupervisor {
     fn clear_slot(&self, kind: DomainChild) {
         match kind {
-            DomainChild::PatientRegistry => self.slots.patients.set(None),
-            DomainChild::AppointmentRegistry => self.slots.appointments.set(None),
-            DomainChild::DocumentRegistry => self.slots.documents.set(None),
+            DomainChild::PatientHost => self.slots.patients.set(None),
+            DomainChild::AppointmentHost => self.slots.appointments.set(None),
+            DomainChild::DocumentHost => self.slots.documents.set(None),
             DomainChild::AuditWriter => self.slots.audit.set(None),
         }
     }
 
-    async fn spawn_registry<A: EntityActor>(
+    async fn spawn_host<A: EntityActor>(
         &self,
         myself: &ActorRef<DomainMessage>,
         factory: A,
-        slot: &RegistrySlot<A::Msg>,
+        slot: &EntityHostSlot<A::Msg>,
     ) -> Result<ActorCell, ActorProcessingErr> {
-        let registry = EntityRegistry {
+        let host = EntityHost {
             factory,
-            settings: self.registry.clone(),
+            settings: self.entity_host.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, registry, (), myself.get_cell()).await?;
+        let (actor, _) = Actor::spawn_linked(None, host, (), myself.get_cell()).await?;
         let cell = actor.get_cell();
         slot.set(Some(actor));
         Ok(cell)
@@ -213,20 +213,20 @@ impl DomainSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let store = self.store.clone();
         let cell = match kind {
-            DomainChild::PatientRegistry => {
-                self.spawn_registry(myself, PatientActor { store }, &self.slots.patients)
+            DomainChild::PatientHost => {
+                self.spawn_host(myself, PatientActor { store }, &self.slots.patients)
                     .await?
             }
-            DomainChild::AppointmentRegistry => {
-                self.spawn_registry(myself, AppointmentActor { store }, &self.slots.appointments)
+            DomainChild::AppointmentHost => {
+                self.spawn_host(myself, AppointmentActor { store }, &self.slots.appointments)
                     .await?
             }
-            DomainChild::DocumentRegistry => {
+            DomainChild::DocumentHost => {
                 let factory = DocumentActor {
                     store,
                     verifier: self.verifier.clone(),
                 };
-                self.spawn_registry(myself, factory, &self.slots.documents)
+                self.spawn_host(myself, factory, &self.slots.documents)
                     .await?
             }
             DomainChild::AuditWriter => {

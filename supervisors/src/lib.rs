@@ -3,11 +3,11 @@
 //! ```text
 //! RootSupervisor                           reports escalations to the application (exit ≠ 0)
 //! └─ DomainSupervisor                      restarts its children with backoff and a budget
-//!    ├─ EntityRegistry<PatientActor>       spawns, passivates and forgets entity actors
+//!    ├─ EntityHost<PatientActor>       spawns, passivates and forgets entity actors
 //!    │  └─ PatientActor(id) …              one per live patient; reloads from PostgreSQL
-//!    ├─ EntityRegistry<AppointmentActor>
+//!    ├─ EntityHost<AppointmentActor>
 //!    │  └─ AppointmentActor(id) …
-//!    ├─ EntityRegistry<DocumentActor>
+//!    ├─ EntityHost<DocumentActor>
 //!    │  └─ DocumentActor(id) …
 //!    └─ AuditWriter                        batches the audit rows of reads
 //! └─ IntegrationSupervisor                 restarts the CDC pipeline, never escalates
@@ -30,7 +30,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use medflow_actors::domain::SignatureVerifier;
-use medflow_actors::registry::{EntityClient, RegistrySettings};
+use medflow_actors::entity_host::{EntityClient, EntityHostSettings};
 use medflow_actors::{Appointments, AuditTrail, Documents, Patients, PgStore};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorRef};
@@ -56,7 +56,7 @@ pub struct IntegrationSettings {
 /// Everything the tree needs to start.
 #[derive(Debug, Clone)]
 pub struct TreeSettings {
-    pub registry: RegistrySettings,
+    pub entity_host: EntityHostSettings,
     pub restart: RestartPolicy,
     /// How long a transport waits for an actor's answer.
     pub call_timeout: Duration,
@@ -78,7 +78,7 @@ pub struct Supervision {
 }
 
 impl Supervision {
-    /// Starts the tree; returns once every registry is up.
+    /// Starts the tree; returns once every entity host is up.
     pub async fn start(
         store: PgStore,
         settings: TreeSettings,
@@ -104,7 +104,7 @@ impl Supervision {
         let root = RootSupervisor {
             domain: DomainSupervisor {
                 store: store.clone(),
-                registry: settings.registry,
+                entity_host: settings.entity_host,
                 restart: settings.restart,
                 verifier,
                 slots: slots.clone(),

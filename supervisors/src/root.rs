@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! RootSupervisor
-//! ├─ DomainSupervisor        registries of patients, appointments, documents; audit writer
+//! ├─ DomainSupervisor        entity hosts of patients, appointments, documents; audit writer
 //! ├─ IntegrationSupervisor   the CDC pipeline (when enabled)
 //! ├─ SubscriptionHub         feeds GraphQL subscriptions (when enabled)
 //! └─ ConsumerSupervisor      the consumer groups (search indexer, registry submitter)

@@ -434,7 +434,7 @@ pub struct RegistryRequest {
 }
 
 #[derive(Default)]
-struct RegistryState {
+struct EntityHostState {
     script: VecDeque<RegistryAnswer>,
     requests: Vec<RegistryRequest>,
     accepted: u64,
@@ -444,7 +444,7 @@ struct RegistryState {
 pub struct RegistryStandIn {
     address: SocketAddr,
     tls: bool,
-    state: Arc<Mutex<RegistryState>>,
+    state: Arc<Mutex<EntityHostState>>,
 }
 
 /// The test CA, server and client certificates for the mutual-TLS registry.
@@ -465,7 +465,7 @@ impl RegistryStandIn {
     }
 
     async fn start_with(script: Vec<RegistryAnswer>, tls: bool) -> Self {
-        let state = Arc::new(Mutex::new(RegistryState {
+        let state = Arc::new(Mutex::new(EntityHostState {
             script: script.into(),
             ..Default::default()
         }));
@@ -479,7 +479,7 @@ impl RegistryStandIn {
             .and(warp::body::json())
             .and(with_state)
             .then(
-                |key: Option<String>, body: Value, state: Arc<Mutex<RegistryState>>| async move {
+                |key: Option<String>, body: Value, state: Arc<Mutex<EntityHostState>>| async move {
                     let answer = {
                         let mut state = state.lock().unwrap();
                         state.requests.push(RegistryRequest {
@@ -488,7 +488,7 @@ impl RegistryStandIn {
                         });
                         state.script.pop_front().unwrap_or(RegistryAnswer::Accept)
                     };
-                    let accept = |state: &Mutex<RegistryState>| {
+                    let accept = |state: &Mutex<EntityHostState>| {
                         let mut state = state.lock().unwrap();
                         state.accepted += 1;
                         reply(

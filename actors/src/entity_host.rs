@@ -1,9 +1,9 @@
-//! `EntityRegistry`: spawns one entity actor per id on demand, hands out its reference, and
+//! `EntityHost`: spawns one entity actor per id on demand, hands out its reference, and
 //! stops it after it was idle for the configured time, so memory is bounded by the live
 //! working set rather than by the table size.
 //!
 //! ```text
-//! EntityRegistry<PatientActor>
+//! EntityHost<PatientActor>
 //! ├─ PatientActor(id₁)   spawned on the first Lookup of id₁
 //! ├─ PatientActor(id₂)   drained and stopped after `idle_timeout` without a Lookup
 //! └─ …                   a crashed child is forgotten; the next Lookup respawns it and it
@@ -38,9 +38,9 @@ pub trait EntityActor: Actor<Arguments = Uuid> + Clone + Sync {
     const KIND: &'static str;
 }
 
-/// Passivation and crash-restart policy of one registry.
+/// Passivation and crash-restart policy of one host.
 #[derive(Debug, Clone)]
-pub struct RegistrySettings {
+pub struct EntityHostSettings {
     /// An entity actor with no access for this long is stopped.
     pub idle_timeout: Duration,
     /// How often idle actors are looked for.
@@ -53,21 +53,21 @@ pub struct RegistrySettings {
     pub backoff_max: Duration,
 }
 
-/// Messages of a registry of actors with message type `M`.
-pub enum RegistryMessage<M: ractor::Message> {
+/// Messages of a host of actors with message type `M`.
+pub enum EntityHostMessage<M: ractor::Message> {
     /// Returns the live actor of `id`, spawning it if needed.
     Lookup {
         id: Uuid,
         reply: RpcReplyPort<Result<ActorRef<M>>>,
     },
     Stats {
-        reply: RpcReplyPort<RegistryStats>,
+        reply: RpcReplyPort<EntityHostStats>,
     },
-    /// Stops actors idle longer than the idle timeout (sent by the registry's own timer).
+    /// Stops actors idle longer than the idle timeout (sent by the host's own timer).
     Sweep,
 }
 
-impl<M: ractor::Message> std::fmt::Debug for RegistryMessage<M> {
+impl<M: ractor::Message> std::fmt::Debug for EntityHostMessage<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Lookup { id, .. } => f.debug_struct("Lookup").field("id", id).finish(),
@@ -77,20 +77,20 @@ impl<M: ractor::Message> std::fmt::Debug for RegistryMessage<M> {
     }
 }
 
-/// Counts a registry reports.
+/// Counts a host reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RegistryStats {
+pub struct EntityHostStats {
     pub live: usize,
     pub quarantined: usize,
     pub passivated_total: u64,
     pub restarts_total: u64,
 }
 
-/// The registry actor's configuration: the factory of entity actors and the policy.
+/// The host actor's configuration: the factory of entity actors and the policy.
 #[derive(Debug, Clone)]
-pub struct EntityRegistry<A: EntityActor> {
+pub struct EntityHost<A: EntityActor> {
     pub factory: A,
-    pub settings: RegistrySettings,
+    pub settings: EntityHostSettings,
 }
 
 struct LiveEntry<M: ractor::Message> {
@@ -104,7 +104,7 @@ struct CrashRecord {
     respawn_not_before: Instant,
 }
 
-pub struct RegistryState<M: ractor::Message> {
+pub struct EntityHostState<M: ractor::Message> {
     live: HashMap<Uuid, LiveEntry<M>>,
     ids_by_actor: HashMap<ActorId, Uuid>,
     crashes: HashMap<Uuid, CrashRecord>,
@@ -113,9 +113,9 @@ pub struct RegistryState<M: ractor::Message> {
     restarts_total: u64,
 }
 
-impl<A: EntityActor> Actor for EntityRegistry<A> {
-    type Msg = RegistryMessage<A::Msg>;
-    type State = RegistryState<A::Msg>;
+impl<A: EntityActor> Actor for EntityHost<A> {
+    type Msg = EntityHostMessage<A::Msg>;
+    type State = EntityHostState<A::Msg>;
     type Arguments = ();
 
     async fn pre_start(
@@ -123,13 +123,14 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let sweeper = myself.send_interval(self.settings.sweep_interval, || RegistryMessage::Sweep);
+        let sweeper =
+            myself.send_interval(self.settings.sweep_interval, || EntityHostMessage::Sweep);
         tracing::info!(
             kind = A::KIND,
             idle_timeout_ms = self.settings.idle_timeout.as_millis() as u64,
-            "entity registry started"
+            "entity host started"
         );
-        Ok(RegistryState {
+        Ok(EntityHostState {
             live: HashMap::new(),
             ids_by_actor: HashMap::new(),
             crashes: HashMap::new(),
@@ -158,12 +159,12 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RegistryMessage::Lookup { id, reply } => {
+            EntityHostMessage::Lookup { id, reply } => {
                 let answer = self.lookup(&myself, state, id).await;
                 let _ = reply.send(answer);
             }
-            RegistryMessage::Stats { reply } => {
-                let _ = reply.send(RegistryStats {
+            EntityHostMessage::Stats { reply } => {
+                let _ = reply.send(EntityHostStats {
                     live: state.live.len(),
                     quarantined: state
                         .crashes
@@ -174,7 +175,7 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
                     restarts_total: state.restarts_total,
                 });
             }
-            RegistryMessage::Sweep => self.sweep(state),
+            EntityHostMessage::Sweep => self.sweep(state),
         }
         Ok(())
     }
@@ -206,7 +207,7 @@ impl<A: EntityActor> Actor for EntityRegistry<A> {
     }
 }
 
-impl<M: ractor::Message> RegistryState<M> {
+impl<M: ractor::Message> EntityHostState<M> {
     /// Removes the entry of a stopped actor (if it is still the current one for its id).
     fn forget(&mut self, actor: ActorId) -> Option<Uuid> {
         let id = self.ids_by_actor.remove(&actor)?;
@@ -221,11 +222,11 @@ impl<M: ractor::Message> RegistryState<M> {
     }
 }
 
-impl<A: EntityActor> EntityRegistry<A> {
+impl<A: EntityActor> EntityHost<A> {
     async fn lookup(
         &self,
-        myself: &ActorRef<RegistryMessage<A::Msg>>,
-        state: &mut RegistryState<A::Msg>,
+        myself: &ActorRef<EntityHostMessage<A::Msg>>,
+        state: &mut EntityHostState<A::Msg>,
         id: Uuid,
     ) -> Result<ActorRef<A::Msg>> {
         let now = Instant::now();
@@ -265,7 +266,7 @@ impl<A: EntityActor> EntityRegistry<A> {
         Ok(actor)
     }
 
-    fn sweep(&self, state: &mut RegistryState<A::Msg>) {
+    fn sweep(&self, state: &mut EntityHostState<A::Msg>) {
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let mut passivated = 0u64;
@@ -301,7 +302,7 @@ impl<A: EntityActor> EntityRegistry<A> {
     }
 
     /// Counts a crash of `id` and sets when it may respawn; returns the crash count.
-    fn record_crash(&self, state: &mut RegistryState<A::Msg>, id: Uuid) -> u32 {
+    fn record_crash(&self, state: &mut EntityHostState<A::Msg>, id: Uuid) -> u32 {
         let settings = &self.settings;
         let now = Instant::now();
         let record = state.crashes.entry(id).or_insert(CrashRecord {
@@ -330,50 +331,50 @@ impl<A: EntityActor> EntityRegistry<A> {
     }
 }
 
-/// The current registry actor of one kind; its supervisor replaces it after a restart.
-pub struct RegistrySlot<M: ractor::Message>(Arc<RwLock<Option<ActorRef<RegistryMessage<M>>>>>);
+/// The current host actor of one kind; its supervisor replaces it after a restart.
+pub struct EntityHostSlot<M: ractor::Message>(Arc<RwLock<Option<ActorRef<EntityHostMessage<M>>>>>);
 
-impl<M: ractor::Message> Clone for RegistrySlot<M> {
+impl<M: ractor::Message> Clone for EntityHostSlot<M> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<M: ractor::Message> std::fmt::Debug for RegistrySlot<M> {
+impl<M: ractor::Message> std::fmt::Debug for EntityHostSlot<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let filled = self.0.read().map(|slot| slot.is_some()).unwrap_or(false);
-        f.debug_struct("RegistrySlot")
+        f.debug_struct("EntityHostSlot")
             .field("filled", &filled)
             .finish()
     }
 }
 
-impl<M: ractor::Message> Default for RegistrySlot<M> {
+impl<M: ractor::Message> Default for EntityHostSlot<M> {
     fn default() -> Self {
         Self(Arc::new(RwLock::new(None)))
     }
 }
 
-impl<M: ractor::Message> RegistrySlot<M> {
-    pub fn set(&self, registry: Option<ActorRef<RegistryMessage<M>>>) {
+impl<M: ractor::Message> EntityHostSlot<M> {
+    pub fn set(&self, host: Option<ActorRef<EntityHostMessage<M>>>) {
         *self
             .0
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = registry;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = host;
     }
 
-    pub fn get(&self) -> Result<ActorRef<RegistryMessage<M>>> {
+    pub fn get(&self) -> Result<ActorRef<EntityHostMessage<M>>> {
         self.0
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
-            .ok_or_else(|| Error::unavailable("the entity registry is restarting"))
+            .ok_or_else(|| Error::unavailable("the entity host is restarting"))
     }
 }
 
-/// Sends requests to entity actors through their registry, with a timeout per call.
+/// Sends requests to entity actors through their host, with a timeout per call.
 pub struct EntityClient<A: EntityActor> {
-    slot: RegistrySlot<A::Msg>,
+    slot: EntityHostSlot<A::Msg>,
     call_timeout: Duration,
 }
 
@@ -396,45 +397,45 @@ pub enum Retry {
 }
 
 impl<A: EntityActor> EntityClient<A> {
-    pub fn new(slot: RegistrySlot<A::Msg>, call_timeout: Duration) -> Self {
+    pub fn new(slot: EntityHostSlot<A::Msg>, call_timeout: Duration) -> Self {
         Self { slot, call_timeout }
     }
 
     /// Returns the live actor of `id` (spawning it if needed).
     pub async fn actor_of(&self, id: Uuid) -> Result<ActorRef<A::Msg>> {
-        let registry = self.slot.get()?;
-        match registry
+        let host = self.slot.get()?;
+        match host
             .call(
-                |reply| RegistryMessage::Lookup { id, reply },
+                |reply| EntityHostMessage::Lookup { id, reply },
                 Some(self.call_timeout),
             )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
             Ok(ractor::rpc::CallResult::Timeout) => Err(Error::unavailable(format!(
-                "the {} registry did not answer in time",
+                "the {} host did not answer in time",
                 A::KIND
             ))),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(Error::unavailable(format!(
-                "the {} registry is restarting",
+                "the {} host is restarting",
                 A::KIND
             ))),
         }
     }
 
-    /// Returns the registry's counts.
-    pub async fn stats(&self) -> Result<RegistryStats> {
-        let registry = self.slot.get()?;
-        match registry
+    /// Returns the host's counts.
+    pub async fn stats(&self) -> Result<EntityHostStats> {
+        let host = self.slot.get()?;
+        match host
             .call(
-                |reply| RegistryMessage::Stats { reply },
+                |reply| EntityHostMessage::Stats { reply },
                 Some(self.call_timeout),
             )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(stats)) => Ok(stats),
             _ => Err(Error::unavailable(format!(
-                "the {} registry did not answer",
+                "the {} host did not answer",
                 A::KIND
             ))),
         }
