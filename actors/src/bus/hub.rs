@@ -9,6 +9,10 @@
 //!   `on_drop` it registered), so it neither slows the others nor grows memory.
 //! - A broker outage is retried with a capped backoff inside the hub; subscriptions stay
 //!   registered and receive again once it is back.
+//! - The hub's own mailbox is bounded too: the topic reader takes one of [`HUB_QUEUE`]
+//!   permits per event it hands over, and the hub returns it once the event is fanned out,
+//!   so a hub that falls behind slows the reading of Kafka (which keeps the events) instead
+//!   of growing its queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,11 +25,14 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
 use super::KafkaSettings;
 use super::topics::ensure_topics;
+
+/// Events handed from the topic reader to the hub and not yet fanned out, at most.
+pub const HUB_QUEUE: usize = 1024;
 
 /// A business event as published by the CDC reader (DESIGN.md's value format).
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +111,8 @@ pub struct HubStats {
     pub dropped_slow: u64,
     /// Whether the hub reads the topics (false while the broker is unreachable).
     pub consuming: bool,
+    /// Events read and waiting for the hub (at most [`HUB_QUEUE`]).
+    pub queued: usize,
 }
 
 pub enum HubMessage {
@@ -114,7 +123,8 @@ pub enum HubMessage {
         reply: RpcReplyPort<Subscription>,
     },
     Unsubscribe(u64),
-    Event(Arc<BusEvent>),
+    /// An event read from the topics, with the queue permit it holds until fanned out.
+    Event(Arc<BusEvent>, OwnedSemaphorePermit),
     Stats(RpcReplyPort<HubStats>),
 }
 
@@ -123,7 +133,7 @@ impl std::fmt::Debug for HubMessage {
         match self {
             Self::Subscribe { filter, .. } => write!(f, "Subscribe({filter:?})"),
             Self::Unsubscribe(id) => write!(f, "Unsubscribe({id})"),
-            Self::Event(event) => write!(f, "Event({})", event.event_id),
+            Self::Event(event, _) => write!(f, "Event({})", event.event_id),
             Self::Stats(_) => f.write_str("Stats"),
         }
     }
@@ -149,6 +159,7 @@ pub struct HubState {
     next_id: u64,
     stats: HubStats,
     consuming: Arc<AtomicBool>,
+    queue: Arc<Semaphore>,
     consumer: tokio::task::JoinHandle<()>,
 }
 
@@ -163,10 +174,14 @@ impl Actor for SubscriptionHub {
         _: (),
     ) -> Result<HubState, ActorProcessingErr> {
         let consuming = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(Semaphore::new(HUB_QUEUE));
         let consumer = tokio::spawn(consume_forever(
             self.kafka.clone(),
             self.topics.clone(),
-            myself,
+            Handover {
+                hub: myself,
+                queue: queue.clone(),
+            },
             consuming.clone(),
         ));
         Ok(HubState {
@@ -174,6 +189,7 @@ impl Actor for SubscriptionHub {
             next_id: 0,
             stats: HubStats::default(),
             consuming,
+            queue,
             consumer,
         })
     }
@@ -221,7 +237,8 @@ impl Actor for SubscriptionHub {
                 state.subscribers.remove(&id);
                 metrics::gauge!("medflow_subscriptions").set(state.subscribers.len() as f64);
             }
-            HubMessage::Event(event) => {
+            // The permit is returned when this arm ends: the event is fanned out.
+            HubMessage::Event(event, _permit) => {
                 let mut gone = Vec::new();
                 for (id, subscriber) in &state.subscribers {
                     if !subscriber.filter.matches(&event) {
@@ -247,6 +264,7 @@ impl Actor for SubscriptionHub {
                 let mut stats = state.stats;
                 stats.subscriptions = state.subscribers.len();
                 stats.consuming = state.consuming.load(Ordering::Relaxed);
+                stats.queued = HUB_QUEUE - state.queue.available_permits();
                 let _ = reply.send(stats);
             }
         }
@@ -254,11 +272,30 @@ impl Actor for SubscriptionHub {
     }
 }
 
+/// How the topic reader hands events to the hub: one queue permit per event.
+struct Handover {
+    hub: ActorRef<HubMessage>,
+    queue: Arc<Semaphore>,
+}
+
+impl Handover {
+    /// Waits for room in the hub's queue, then hands `event` over; `false` once the hub
+    /// is gone.
+    async fn hand(&self, event: BusEvent) -> bool {
+        let Ok(permit) = self.queue.clone().acquire_owned().await else {
+            return false;
+        };
+        self.hub
+            .cast(HubMessage::Event(Arc::new(event), permit))
+            .is_ok()
+    }
+}
+
 /// Reads the topics for as long as the hub lives, reconnecting after failures.
 async fn consume_forever(
     kafka: KafkaSettings,
     topics: Vec<String>,
-    hub: ActorRef<HubMessage>,
+    hub: Handover,
     consuming: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -274,7 +311,7 @@ async fn consume_forever(
 async fn consume(
     kafka: &KafkaSettings,
     topics: &[String],
-    hub: &ActorRef<HubMessage>,
+    hub: &Handover,
     consuming: &AtomicBool,
 ) -> anyhow::Error {
     match assign_at_end(kafka, topics).await {
@@ -295,7 +332,7 @@ async fn consume(
                 };
                 match serde_json::from_slice::<BusEvent>(payload) {
                     Ok(event) => {
-                        if hub.cast(HubMessage::Event(Arc::new(event))).is_err() {
+                        if !hub.hand(event).await {
                             return anyhow::anyhow!("the hub stopped");
                         }
                     }
@@ -385,5 +422,69 @@ mod tests {
             ..Default::default()
         };
         assert!(!other_patient.matches(&scheduled));
+    }
+
+    /// The reader waits for room in the hub's queue, and the hub makes room as it fans
+    /// events out: ten events pass through a queue of two, each delivered, none lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_pass_through_a_bounded_queue_the_hub_empties_as_it_fans_out() {
+        let kafka = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            topic_prefix: "t.".into(),
+            partitions: 1,
+            replication_factor: 1,
+            linger: Duration::from_millis(5),
+            message_timeout: Duration::from_millis(100),
+            max_in_flight: 5,
+        };
+        let hub = SubscriptionHub {
+            kafka,
+            topics: Vec::new(),
+            buffer: 16,
+        };
+        let (hub, handle) = Actor::spawn(None, hub, ()).await.unwrap();
+        let mut subscription = hub
+            .call(
+                |reply| HubMessage::Subscribe {
+                    filter: EventFilter::default(),
+                    on_drop: Arc::new(Notify::new()),
+                    reply,
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let queue = Arc::new(Semaphore::new(2));
+        let handover = Handover {
+            hub: hub.clone(),
+            queue: queue.clone(),
+        };
+        let patient = Uuid::new_v4();
+        let handed = async {
+            for _ in 0..10 {
+                assert!(handover.hand(event("PatientUpdated", patient, None)).await);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), handed)
+            .await
+            .expect("the hub returns each permit once the event is fanned out");
+        for _ in 0..10 {
+            let received = tokio::time::timeout(Duration::from_secs(5), subscription.events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(received.patient_id, Some(patient));
+        }
+        let stats = hub
+            .call(HubMessage::Stats, Some(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.delivered, 10);
+        assert_eq!(queue.available_permits(), 2);
+        drop(subscription);
+        hub.stop(None);
+        handle.await.unwrap();
     }
 }
