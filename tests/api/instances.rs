@@ -239,3 +239,94 @@ async fn a_read_on_any_instance_reflects_every_write_acknowledged_before_it() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+/// What one patient's sequence of writes ended with: the last acknowledged version and
+/// e-mail, and how many writes went unanswered (the instance died under them).
+struct Outcome {
+    path: String,
+    version: i64,
+    email: String,
+}
+
+#[tokio::test]
+async fn an_instance_killed_mid_load_loses_no_acknowledged_write() {
+    // Instance B runs in-process; instance A is the medflow binary, killed with SIGKILL
+    // while both take writes.
+    let b = spawn_app().await;
+    let log = crate::own_postgres::test_work_dir("instances").join(format!("{}.log", b.db_name));
+    let a = crate::resilience::MedflowProcess::start(&b, &log).await;
+    let a_address = a.address.clone();
+    let patients: Vec<String> = futures::future::join_all((0..16).map(|n| {
+        let b = &b;
+        async move { b.create_patient(&patient_body(70_000 + n)).await }
+    }))
+    .await
+    .iter()
+    .map(|created| format!("/api/v1/patients/{}", created["id"].as_str().unwrap()))
+    .collect();
+
+    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
+    // Each patient is written 12 times in turn through A and B (plain PATCHes); a write A
+    // cannot answer is sent again through B. Different patients are written concurrently.
+    let writers = patients.iter().map(|path| {
+        let (b, a_address, acknowledged) = (&b, &a_address, &acknowledged);
+        async move {
+            let mut outcome = Outcome {
+                path: path.clone(),
+                version: 1,
+                email: String::new(),
+            };
+            for n in 0..12 {
+                let email = format!("w{n}@example.org");
+                let body = json!({"email": email});
+                let through_a = b.client.patch(format!("{a_address}{path}")).json(&body);
+                let response = match (n % 2 == 0).then_some(through_a) {
+                    Some(request) => match request.send().await {
+                        Ok(response) if response.status() != 503 => response,
+                        // A is gone (or its answer is): the client tries B.
+                        _ => patch(b, path, &body, None).await,
+                    },
+                    None => patch(b, path, &body, None).await,
+                };
+                let version = version_of(response, "a plain PATCH").await;
+                assert!(
+                    version > outcome.version,
+                    "{path}: {version} after {}",
+                    outcome.version
+                );
+                outcome.version = version;
+                outcome.email = email;
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            outcome
+        }
+    });
+    let kill = async {
+        crate::helpers::eventually(
+            std::time::Duration::from_secs(60),
+            "writes under way",
+            || async {
+                (acknowledged.load(std::sync::atomic::Ordering::Relaxed) >= 40).then_some(())
+            },
+        )
+        .await;
+        a.kill();
+        acknowledged.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (outcomes, killed_at) = tokio::join!(futures::future::join_all(writers), kill);
+    assert!(
+        killed_at < 16 * 12,
+        "the kill came after every write ({killed_at})"
+    );
+    assert_eq!(acknowledged.into_inner(), 16 * 12);
+    println!("instance A killed after {killed_at} of 192 acknowledged writes");
+
+    // Every acknowledged write stands: B reads each patient at its last acknowledged version
+    // with its last acknowledged value.
+    for outcome in outcomes {
+        let read: Value = b.get(&outcome.path).await.json().await.unwrap();
+        assert_eq!(read["version"], outcome.version, "{}", outcome.path);
+        assert_eq!(read["email"], outcome.email.as_str(), "{}", outcome.path);
+    }
+    b.shutdown().await;
+}
