@@ -559,6 +559,30 @@ impl OwnBroker {
         assert!(status.success(), "kill {signal}");
     }
 
+    /// The last `lines` lines of the broker's log (colour codes removed).
+    #[cfg_attr(not(feature = "chaos"), allow(dead_code))]
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|line| {
+                let mut plain = String::with_capacity(line.len());
+                let mut escape = false;
+                for c in line.chars() {
+                    match (escape, c) {
+                        (false, '\u{1b}') => escape = true,
+                        (true, 'm') => escape = false,
+                        (true, _) => {}
+                        (false, c) => plain.push(c),
+                    }
+                }
+                plain
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

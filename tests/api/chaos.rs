@@ -233,7 +233,15 @@ async fn ten_thousand_writes_through_a_kill_a_broker_outage_and_a_fast_restart_l
     if let Some(panic) = broker.lock().unwrap().panic() {
         panic!("BROKER FAULT (tansu panicked; not a medflow failure): {panic}");
     }
-    let arrivals = outcome.unwrap_or_else(|error| std::panic::resume_unwind(error));
+    let arrivals = outcome.unwrap_or_else(|error| {
+        // Neither side is blamed blindly: keep what tells them apart for the reader.
+        eprintln!(
+            "chaos failed without a broker panic; medflow's log: {}; the broker's last lines:\n{}",
+            log.display(),
+            broker.lock().unwrap().log_tail(30)
+        );
+        std::panic::resume_unwind(error)
+    });
     println!(
         "chaos: {WRITES} writes acknowledged at concurrency {CONCURRENCY} in {writing_took:?} \
          ({} attempts refused or cut and retried); SIGKILL after {killed_at}; `pg_ctl -m fast \
