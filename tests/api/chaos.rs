@@ -234,10 +234,13 @@ async fn ten_thousand_writes_through_a_kill_a_broker_outage_and_a_fast_restart_l
         panic!("BROKER FAULT (tansu panicked; not a medflow failure): {panic}");
     }
     let arrivals = outcome.unwrap_or_else(|error| {
-        // Neither side is blamed blindly: keep what tells them apart for the reader.
+        // Neither side is blamed blindly: keep what tells them apart for the reader (the
+        // work directory is removed when scripts/test ends).
+        let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-medflow.log");
+        let _ = std::fs::copy(&log, &kept);
         eprintln!(
-            "chaos failed without a broker panic; medflow's log: {}; the broker's last lines:\n{}",
-            log.display(),
+            "chaos failed without a broker panic; medflow's log kept in {}; the broker's last lines:\n{}",
+            kept.display(),
             broker.lock().unwrap().log_tail(30)
         );
         std::panic::resume_unwind(error)
