@@ -202,6 +202,7 @@ impl ClientContext for GroupContext {
         self.stats.retry_lag.store(retry_lag, Ordering::Relaxed);
         metrics::gauge!("medflow_consumer_lag", "group" => self.stats.topics.group_id.clone())
             .set(lag as f64);
+        self.note_assignment(&statistics);
     }
 }
 
@@ -226,52 +227,46 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else {
-            return;
-        };
         // A partition paused for a retry and then revoked may come back to this consumer:
         // it starts unpaused, from the committed offset (the held message is re-read).
-        if let Err(error) = consumer.resume(partitions) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && let Err(error) = consumer.resume(partitions)
+        {
             tracing::warn!(group = %self.stats.topics.group_id, error = %error, "cannot resume assigned partitions");
         }
-        self.note_assignment(consumer, partitions);
     }
 }
 
 impl GroupContext {
-    /// Records how many source partitions this process holds (the eager protocol hands
-    /// over the whole assignment), and says so loudly when the handler needs all of them.
-    fn note_assignment(&self, consumer: &BaseConsumer<Self>, assignment: &TopicPartitionList) {
-        let sources = &self.stats.sources;
-        let assigned = assignment
-            .elements()
-            .iter()
-            .filter(|element| sources.iter().any(|source| source == element.topic()))
-            .count();
-        let total: usize = sources
-            .iter()
-            .map(|topic| {
-                consumer
-                    .fetch_metadata(Some(topic), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|metadata| metadata.topics().first().map(|t| t.partitions().len()))
-                    .unwrap_or_default()
-            })
-            .sum();
-        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.stats
-            .assigned_partitions
-            .store(as_i64(assigned), Ordering::Relaxed);
-        self.stats
-            .source_partitions
-            .store(as_i64(total), Ordering::Relaxed);
-        if !self.needs_every_partition {
+    /// Records how many source partitions this process holds and how many its topics have
+    /// (from the client's statistics: no request to the broker), and says so loudly when the
+    /// handler needs all of them but holds fewer.
+    fn note_assignment(&self, statistics: &Statistics) {
+        let (mut assigned, mut total) = (0i64, 0i64);
+        for (name, topic) in &statistics.topics {
+            if !self.stats.sources.contains(name) {
+                continue;
+            }
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0) {
+                total += 1;
+                if partition.desired {
+                    assigned += 1;
+                }
+            }
+        }
+        let before = (
+            self.stats
+                .assigned_partitions
+                .swap(assigned, Ordering::Relaxed),
+            self.stats.source_partitions.swap(total, Ordering::Relaxed),
+        );
+        if !self.needs_every_partition || total == 0 {
             return;
         }
         let partial = assigned < total;
         metrics::gauge!("medflow_consumer_partial", "group" => self.stats.topics.group_id.clone())
             .set(if partial { 1.0 } else { 0.0 });
-        if partial {
+        if partial && before != (assigned, total) {
             tracing::error!(
                 group = %self.stats.topics.group_id,
                 assigned,
