@@ -343,17 +343,23 @@ mod tests {
         assert_eq!(value_json(2950, "7d9f…"), json!("7d9f…"));
     }
 
-    #[test]
-    fn a_delete_is_an_envelope_then_a_tombstone_with_the_same_key() {
+    /// The test relation (`patients`: `id`, `last_name`) and one row of it.
+    fn patient_row() -> (Relation, Map<String, Value>) {
         let crate::cdc::pgoutput::PgOutput::Relation(relation) =
             decode(crate::cdc::pgoutput::tests::relation_message()).unwrap()
         else {
-            panic!()
+            panic!("the test message is a relation")
         };
-        let before = row_json(
+        let row = row_json(
             &relation,
             &[Datum::Text("p-1".into()), Datum::Text("Иванова".into())],
         );
+        (relation, row)
+    }
+
+    #[test]
+    fn a_delete_is_an_envelope_then_a_tombstone_with_the_same_key() {
+        let (relation, before) = patient_row();
         let source = SourceInfo {
             name: "medflow",
             db: "medflow",
@@ -393,15 +399,7 @@ mod tests {
     /// consumer parses: `sequence` a string holding a JSON array of two LSN strings.
     #[test]
     fn the_source_block_has_debeziums_fields_and_types() {
-        let crate::cdc::pgoutput::PgOutput::Relation(relation) =
-            decode(crate::cdc::pgoutput::tests::relation_message()).unwrap()
-        else {
-            panic!()
-        };
-        let after = row_json(
-            &relation,
-            &[Datum::Text("p-1".into()), Datum::Text("Иванова".into())],
-        );
+        let (relation, after) = patient_row();
         for (snapshot, last_commit_lsn, sequence) in [
             ("false", Some(24_023_119), r#"["24023119","24023128"]"#),
             ("first", None, r#"[null,"24023128"]"#),
@@ -486,15 +484,7 @@ mod tests {
     /// `transaction` block, and `BEGIN`/`END` records keyed by the transaction id.
     #[test]
     fn transaction_metadata_has_debeziums_fields() {
-        let crate::cdc::pgoutput::PgOutput::Relation(relation) =
-            decode(crate::cdc::pgoutput::tests::relation_message()).unwrap()
-        else {
-            panic!()
-        };
-        let after = row_json(
-            &relation,
-            &[Datum::Text("p-1".into()), Datum::Text("Иванова".into())],
-        );
+        let (relation, after) = patient_row();
         let source = SourceInfo {
             name: "fulfillment",
             db: "postgres",
