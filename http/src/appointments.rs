@@ -323,16 +323,37 @@ pub async fn get_appointment(
     Ok(appointment_reply(StatusCode::OK, &appointment))
 }
 
+/// What a lifecycle step answers, for the four operations' documentation (the handlers
+/// answer through `appointment_reply` and [`Problem`]; these variants are never built).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum StepResponses {
+    /// The appointment after the step
+    #[response(status = 200)]
+    Done(AppointmentView),
+    /// The id is not a UUID, `If-Match` is not an ETag, or invalid input
+    #[response(status = 400, content_type = "application/problem+json")]
+    Invalid(Problem),
+    /// No such appointment
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    #[response(
+        status = 409,
+        description = "Not allowed in the current status (`currentStatus`), or (reschedule) the new time overlaps another booking of the doctor",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    /// `If-Match` is stale
+    #[response(status = 412, content_type = "application/problem+json")]
+    Stale(Problem),
+}
+
 /// `POST /api/v1/appointments/{id}/start`: the patient arrived (scheduled → in progress).
 #[utoipa::path(post, path = "/api/v1/appointments/{id}/start", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
-        (status = 200, description = "The appointment after the action", body = AppointmentView),
-        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        StepResponses,
     ))]
 pub async fn start_appointment(
     state: &AppState,
@@ -348,11 +369,7 @@ pub async fn start_appointment(
     params(("id" = Uuid, Path, description = "Appointment id"),
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     responses(
-        (status = 200, description = "The appointment after the action", body = AppointmentView),
-        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        StepResponses,
     ))]
 pub async fn complete_appointment(
     state: &AppState,
@@ -369,11 +386,7 @@ pub async fn complete_appointment(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     request_body = CancelInput,
     responses(
-        (status = 200, description = "The appointment after the action", body = AppointmentView),
-        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        StepResponses,
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel_appointment(
@@ -392,11 +405,7 @@ pub async fn cancel_appointment(
            ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
     request_body = RescheduleInput,
     responses(
-        (status = 200, description = "The appointment after the action", body = AppointmentView),
-        (status = 400, description = "The id is not a UUID, `If-Match` is not an ETag, or invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such appointment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed in the current status (`currentStatus`)", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        StepResponses,
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn reschedule_appointment(
