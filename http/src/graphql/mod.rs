@@ -13,7 +13,6 @@ mod nulls;
 mod query;
 pub mod subscription;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
@@ -174,6 +173,8 @@ fn nul_in_variables(request: &async_graphql::Request) -> Option<Problem> {
 /// `GET /graphql`.
 pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Response,)> {
     let schema = schema(&state, &settings);
+    // The SDL of the schema served here (equal to `sdl()`, which a test keeps committed).
+    let served_sdl = bytes::Bytes::from(schema.sdl());
     let websocket = subscription::routes(state.clone(), schema.clone());
     let timeout = settings.timeout;
     let execute = warp::path!("graphql")
@@ -242,7 +243,6 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
             Ok::<_, warp::Rejection>(response)
         });
     let introspection = settings.introspection;
-    let served_sdl = Arc::new(sdl());
     let schema_file = warp::path!("graphql" / "schema.graphql")
         .and(warp::get())
         .and_then(move || {
@@ -251,7 +251,7 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
                 if !introspection {
                     return Err(warp::reject::not_found());
                 }
-                let mut response = Response::new(served_sdl.as_str().to_owned().into());
+                let mut response = Response::new(served_sdl.into());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
