@@ -68,11 +68,6 @@ pub struct DeletePatientPayload {
     pub error: Option<UserError>,
 }
 
-/// A GraphQL `ID` as the entity's UUID; anything else is a validation error naming `field`.
-fn entity_id(id: &async_graphql::ID, field: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id).map_err(|_| Problem::invalid_field(field, "is not a valid id"))
-}
-
 #[derive(SimpleObject)]
 pub struct AppointmentPayload {
     pub appointment: Option<AppointmentView>,
@@ -139,7 +134,7 @@ impl MutationRoot {
         expected_version: Option<i64>,
     ) -> async_graphql::Result<PatientPayload> {
         let (state, caller) = request(ctx)?;
-        let id = match entity_id(&id, "id") {
+        let id = match crate::extract::parse_id(&id) {
             Ok(id) => id,
             Err(problem) => return Ok(patient_payload(Err(problem))),
         };
@@ -171,7 +166,7 @@ impl MutationRoot {
             patient: None,
             error: Some(problem.into()),
         };
-        let id = match entity_id(&id, "id") {
+        let id = match crate::extract::parse_id(&id) {
             Ok(id) => id,
             Err(problem) => return Ok(refused(problem)),
         };
