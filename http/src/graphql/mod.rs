@@ -162,7 +162,13 @@ fn nul_in_variables(request: &async_graphql::Request) -> Option<Problem> {
         return None;
     }
     let variables = request.variables.clone().into_value().into_json().ok()?;
-    let path = crate::extract::nul_path(&variables)?;
+    nul_variables_problem(&variables)
+}
+
+/// The refusal of GraphQL variables holding U+0000, naming the first such variable (over
+/// HTTP and on the WebSocket alike).
+fn nul_variables_problem(variables: &serde_json::Value) -> Option<Problem> {
+    let path = crate::extract::nul_path(variables)?;
     Some(Problem::invalid_field(
         format!("variables.{path}"),
         medflow_actors::domain::NUL_REFUSED,

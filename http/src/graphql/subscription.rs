@@ -473,11 +473,7 @@ fn guard_incoming(
                     .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
                     .filter(|value| matches!(value["type"].as_str(), Some("subscribe" | "start")))
                     .and_then(|value| {
-                        let path = crate::extract::nul_path(&value["payload"]["variables"])?;
-                        let problem = Problem::invalid_field(
-                            format!("variables.{path}"),
-                            medflow_actors::domain::NUL_REFUSED,
-                        );
+                        let problem = super::nul_variables_problem(&value["payload"]["variables"])?;
                         let error = serde_json::to_value(
                             gql_error(problem).into_server_error(Default::default()),
                         )
