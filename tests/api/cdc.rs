@@ -560,7 +560,6 @@ impl OwnBroker {
     }
 
     /// The last `lines` lines of the broker's log (colour codes removed).
-    #[cfg_attr(not(feature = "chaos"), allow(dead_code))]
     pub(crate) fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(self.log()).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();

@@ -619,13 +619,21 @@ async fn a_broker_outage_delays_indexing_but_loses_nothing() {
         (crate::cdc::cdc_readiness(&app).await == "ok").then_some(())
     })
     .await;
-    search_until(
+    let recovered = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(search_until(
         &app,
         &query,
         "every patient after the broker is back",
         |body| body["total"] == 10,
-    )
+    )))
     .await;
+    if let Err(failure) = recovered {
+        // A broker that panicked after its restart is a broker fault, said as such.
+        if let Some(panic) = broker.panic() {
+            panic!("BROKER FAULT (tansu panicked; not a medflow failure): {panic}");
+        }
+        eprintln!("the broker's last lines:\n{}", broker.log_tail(30));
+        std::panic::resume_unwind(failure);
+    }
     shutdown_dropping_slot(app).await;
 }
 
