@@ -81,7 +81,8 @@ start_postgres() {
       echo "listen_addresses = '127.0.0.1'"
       echo "unix_socket_directories = '$data'"
       echo "wal_level = logical"
-      echo "max_replication_slots = 64"
+      # Every test database has an audit sealing slot, and the CDC tests one more each.
+      echo "max_replication_slots = 400"
       echo "max_wal_senders = 64"
       echo "max_connections = 500"
       echo "shared_buffers = 256MB"
@@ -91,6 +92,8 @@ start_postgres() {
         # which would distort every CDC latency.
         echo "fsync = off"
         echo "full_page_writes = off"
+        # A finished test's slots stay behind; they must not hold the run's WAL.
+        echo "max_slot_wal_keep_size = 2GB"
       fi
     } >>"$data/postgresql.conf"
   fi

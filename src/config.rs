@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -10,9 +11,9 @@ use figment::providers::{Env, Format, Toml};
 use medflow_actors::bus::KafkaSettings;
 use medflow_actors::cdc::reader::CdcSettings;
 use medflow_actors::entity_host::EntityHostSettings;
-use medflow_actors::store::StoreSettings;
+use medflow_actors::store::{HeadSigner, SealSettings, StoreSettings};
 use medflow_http::auth::{AuthSettings, JwksSource};
-use medflow_supervisors::{IntegrationSettings, RestartPolicy, TreeSettings};
+use medflow_supervisors::{IntegrationSettings, RestartPolicy, SealerSettings, TreeSettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -30,6 +31,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub kafka: KafkaConfig,
     pub cdc: CdcConfig,
+    pub audit: AuditConfig,
     pub graphql: GraphqlConfig,
     pub consumers: ConsumersConfig,
     pub search: SearchConfig,
@@ -110,6 +112,17 @@ pub struct CdcConfig {
     pub provide_transaction_metadata: bool,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub slot: String,
+    pub seal_interval_ms: u64,
+    pub batch_changes: i32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub signing_key: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +292,31 @@ impl Settings {
             return invalid(
                 "cdc.slot",
                 "must be 1–63 characters of a-z, 0-9 and _ (a replication slot name)",
+            );
+        }
+        if !name_ok(&self.audit.slot) || self.audit.slot == self.cdc.slot {
+            return invalid(
+                "audit.slot",
+                "must be 1–63 characters of a-z, 0-9 and _ (a replication slot name), not cdc.slot",
+            );
+        }
+        if !(100..=1_000_000).contains(&self.audit.batch_changes) {
+            return invalid("audit.batch_changes", "must be from 100 to 1000000");
+        }
+        if self.audit.seal_interval_ms == 0
+            || self.audit.backoff_initial_ms == 0
+            || self.audit.backoff_max_ms < self.audit.backoff_initial_ms
+        {
+            return invalid(
+                "audit.seal_interval_ms",
+                "audit.seal_interval_ms and audit.backoff_initial_ms must be greater than 0, and audit.backoff_max_ms at least audit.backoff_initial_ms",
+            );
+        }
+        let seed = self.audit.signing_key.expose_secret();
+        if !seed.trim().is_empty() && HeadSigner::from_base64_seed(seed).is_err() {
+            return invalid(
+                "audit.signing_key",
+                "must be the base64 of a 32-byte Ed25519 seed",
             );
         }
         if !name_ok(&self.cdc.publication) {
@@ -577,6 +615,19 @@ impl Settings {
             connect_timeout: ms(self.database.connect_timeout_ms),
             acquire_timeout: ms(self.database.acquire_timeout_ms),
             statement_timeout: ms(self.database.statement_timeout_ms),
+            application_name: "medflow",
+        }
+    }
+
+    /// The audit sealer's own two connections: it never waits for a request's connection,
+    /// requests never wait for it, and a round decoding a large WAL backlog (a bulk load of
+    /// other tables) gets up to ten minutes.
+    pub fn sealer_store(&self) -> StoreSettings {
+        StoreSettings {
+            pool_size: 2,
+            statement_timeout: ms(self.database.statement_timeout_ms).max(Duration::from_secs(600)),
+            application_name: "medflow-audit-sealer",
+            ..self.store()
         }
     }
 
@@ -655,8 +706,32 @@ impl Settings {
         medflow_actors::cdc::reader::change_topic(&self.kafka(), &self.cdc.server_name, table)
     }
 
+    /// The audit tree's head signer, `None` when `audit.signing_key` is empty.
+    pub fn audit_signer(&self) -> Option<Arc<HeadSigner>> {
+        let seed = self.audit.signing_key.expose_secret();
+        (!seed.trim().is_empty())
+            .then(|| HeadSigner::from_base64_seed(seed).ok().map(Arc::new))
+            .flatten()
+    }
+
+    /// How the audit sealer runs.
+    pub fn sealer(&self) -> SealerSettings {
+        SealerSettings {
+            store: None,
+            seal: SealSettings {
+                slot: self.audit.slot.clone(),
+                batch_changes: self.audit.batch_changes,
+                signer: self.audit_signer(),
+            },
+            interval: ms(self.audit.seal_interval_ms),
+            backoff_initial: ms(self.audit.backoff_initial_ms),
+            backoff_max: ms(self.audit.backoff_max_ms),
+        }
+    }
+
     pub fn tree(&self) -> TreeSettings {
         TreeSettings {
+            sealer: self.sealer(),
             entity_host: EntityHostSettings {
                 idle_timeout: ms(self.actors.idle_timeout_ms),
                 sweep_interval: ms(self.actors.sweep_interval_ms),

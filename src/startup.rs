@@ -78,14 +78,21 @@ impl Application {
             per_second: settings.http.rate_limit_per_second,
             burst: settings.http.rate_limit_burst,
         });
+        if settings.audit_signer().is_none() {
+            tracing::warn!(
+                "audit.signing_key is empty: the audit tree's heads are not signed, so the log is tamper-evident only against rows edited without rehashing the tree; set a key in production"
+            );
+        }
         let store = PgStore::connect(&settings.store())?;
         store
             .migrate()
             .await
             .context("cannot prepare the database")?;
+        let mut tree = settings.tree();
+        tree.sealer.store = Some(PgStore::connect(&settings.sealer_store())?);
         let supervision = Supervision::start(
             store.clone(),
-            settings.tree(),
+            tree,
             Arc::new(WellFormedSignature),
             settings.integration(),
         )
@@ -131,6 +138,7 @@ impl Application {
             appointments: supervision.appointments.clone(),
             documents: supervision.documents.clone(),
             audit: supervision.audit.clone(),
+            audit_signer: settings.audit_signer(),
             cdc: supervision.cdc.clone(),
             store: store.clone(),
             limits: HttpLimits {

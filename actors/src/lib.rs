@@ -8,6 +8,8 @@
 
 pub mod appointment_actor;
 pub mod appointments;
+pub mod audit_sealer;
+pub mod audit_tree;
 pub mod audit_writer;
 pub mod backoff;
 pub mod bus;

@@ -1,8 +1,11 @@
-//! `/api/v1/audit` (listing) and `/api/v1/admin/audit/verify` (hash-chain check), admin only.
+//! `/api/v1/audit` (listing), `/api/v1/admin/audit/verify` (the sealed Merkle tree and the
+//! unsealed tail) and `/api/v1/admin/audit/entries/{id}/proof` (inclusion proofs), admin only.
 
 use chrono::{DateTime, Utc};
 use medflow_actors::Error;
-use medflow_actors::store::{AuditFilter, AuditRecord, ChainReport};
+use medflow_actors::store::{
+    AuditFilter, AuditProblem, AuditRecord, AuditReport, InclusionProof, ProofError, TreeHead,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -25,8 +28,8 @@ const DEFAULT_PAGE: i64 = 20;
 #[serde(rename_all = "camelCase")]
 #[graphql(name = "AuditEntry", complex)]
 pub struct AuditEntryView {
-    /// Position in the hash chain.
-    pub seq: i64,
+    /// The entry's id (ascending in write order).
+    pub id: i64,
     pub occurred_at: DateTime<Utc>,
     /// The token subject who acted.
     pub actor_id: String,
@@ -39,14 +42,16 @@ pub struct AuditEntryView {
     #[schema(value_type = Object)]
     #[graphql(skip)]
     pub details: serde_json::Value,
-    /// SHA-256 of this entry and its predecessor's hash, hex.
-    pub hash: String,
+    /// SHA-256 of the entry's canonical content, stamped when it was written (hex).
+    pub content_hash: String,
+    /// Its position in the sealed Merkle tree; null until it is sealed (about a second).
+    pub leaf_index: Option<i64>,
 }
 
 impl From<AuditRecord> for AuditEntryView {
     fn from(record: AuditRecord) -> Self {
         Self {
-            seq: record.seq,
+            id: record.id,
             occurred_at: record.occurred_at,
             actor_id: record.actor_id,
             action: record.action,
@@ -55,7 +60,8 @@ impl From<AuditRecord> for AuditEntryView {
             client_addr: record.client_addr,
             request_id: record.request_id,
             details: record.details,
-            hash: record.hash,
+            content_hash: record.content_hash,
+            leaf_index: record.leaf_index,
         }
     }
 }
@@ -76,32 +82,131 @@ pub struct AuditListParams {
     limit: Option<i64>,
 }
 
-/// The result of walking the audit hash chain.
+/// A head of the audit tree: its size and root, signed when a signing key is configured.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ChainReportView {
-    /// Every row matches its hash and links to its predecessor.
-    pub valid: bool,
-    pub rows_checked: u64,
-    /// The last intact row; record it outside the database to detect a truncated tail.
-    pub head_seq: i64,
-    pub head_hash: String,
-    /// The first row that does not verify.
-    pub broken_at_seq: Option<i64>,
-    pub reason: Option<String>,
+pub struct TreeHeadView {
+    pub tree_size: i64,
+    /// Hex SHA-256 root (RFC 9162 Merkle tree hash).
+    pub root_hash: String,
+    pub sealed_at: DateTime<Utc>,
+    /// First 8 bytes of SHA-256 of the signing public key, hex.
+    pub key_id: Option<String>,
+    /// Base64 Ed25519 signature over "medflow audit tree head v1\\0" ‖ size (u64 BE) ‖
+    /// sealedAt (µs since the epoch, i64 BE) ‖ root.
+    pub signature: Option<String>,
 }
 
-impl From<ChainReport> for ChainReportView {
-    fn from(report: ChainReport) -> Self {
+impl From<TreeHead> for TreeHeadView {
+    fn from(head: TreeHead) -> Self {
         Self {
-            valid: report.valid,
-            rows_checked: report.rows_checked,
-            head_seq: report.head_seq,
-            head_hash: report.head_hash,
-            broken_at_seq: report.broken_at_seq,
-            reason: report.reason,
+            tree_size: head.tree_size,
+            root_hash: head.root_hash,
+            sealed_at: head.sealed_at,
+            key_id: head.key_id,
+            signature: head.signature,
         }
     }
+}
+
+/// The first problem a verification found.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditProblemView {
+    /// The audit entry concerned, when one can be named.
+    pub entry_id: Option<i64>,
+    /// The leaf concerned, when one can be named.
+    pub leaf_index: Option<i64>,
+    pub reason: String,
+}
+
+impl From<AuditProblem> for AuditProblemView {
+    fn from(problem: AuditProblem) -> Self {
+        Self {
+            entry_id: problem.entry_id,
+            leaf_index: problem.leaf_index,
+            reason: problem.reason,
+        }
+    }
+}
+
+/// The result of verifying the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditReportView {
+    /// Every leaf checked matches its entry as committed, every head its leaves (and its
+    /// signature), and every unsealed entry its stamp.
+    pub valid: bool,
+    /// The leaf this verification started from (the last verified head; 0 with `full`).
+    pub verified_from: i64,
+    pub leaves_checked: u64,
+    pub heads_checked: u64,
+    /// The newest verified head (absent while nothing is sealed).
+    pub head: Option<TreeHeadView>,
+    /// Whether heads carry signatures and they were checked.
+    pub signed: bool,
+    /// Hex Ed25519 public key of the heads' signatures.
+    pub public_key: Option<String>,
+    /// Committed entries not sealed yet (at most 10,000 are examined).
+    pub unsealed_rows: u64,
+    /// Seconds since the oldest unsealed entry was written.
+    pub sealing_lag_seconds: f64,
+    /// The first problem found; absent when valid.
+    pub problem: Option<AuditProblemView>,
+}
+
+impl From<AuditReport> for AuditReportView {
+    fn from(report: AuditReport) -> Self {
+        Self {
+            valid: report.valid,
+            verified_from: report.verified_from,
+            leaves_checked: report.leaves_checked,
+            heads_checked: report.heads_checked,
+            head: report.head.map(TreeHeadView::from),
+            signed: report.signed,
+            public_key: report.public_key,
+            unsealed_rows: report.unsealed_rows,
+            sealing_lag_seconds: report.sealing_lag_seconds,
+            problem: report.problem.map(AuditProblemView::from),
+        }
+    }
+}
+
+/// An entry's inclusion proof in the newest tree head (RFC 9162 §2.1.3).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InclusionProofView {
+    pub entry_id: i64,
+    pub leaf_index: i64,
+    /// Hex SHA-256 of the entry's canonical content.
+    pub content_hash: String,
+    /// Hex SHA-256(0x00 ‖ leafIndex as u64 BE ‖ contentHash).
+    pub leaf_hash: String,
+    pub head: TreeHeadView,
+    /// Hex sibling hashes from the leaf up to the root.
+    pub audit_path: Vec<String>,
+}
+
+impl From<InclusionProof> for InclusionProofView {
+    fn from(proof: InclusionProof) -> Self {
+        Self {
+            entry_id: proof.entry_id,
+            leaf_index: proof.leaf_index,
+            content_hash: proof.content_hash,
+            leaf_hash: proof.leaf_hash,
+            head: proof.head.into(),
+            audit_path: proof.audit_path,
+        }
+    }
+}
+
+/// The verification's scope.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct VerifyParams {
+    /// Re-verify from the first leaf instead of from the last verified head.
+    full: Option<bool>,
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -120,15 +225,31 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let verify = warp::path!("api" / "v1" / "admin" / "audit" / "verify")
         .and(warp::get())
+        .and(caller.clone())
+        .and(crate::raw_query())
+        .and(with_state.clone())
+        .then(|caller, query: String, state: AppState| async move {
+            outcome(verify_audit(&state, caller, &query).await)
+        });
+    let proof = warp::path!("api" / "v1" / "admin" / "audit" / "entries" / String / "proof")
+        .and(warp::get())
         .and(caller)
         .and(with_state)
-        .then(|caller, state: AppState| async move { outcome(verify_audit(&state, caller).await) });
+        .then(|id: String, caller, state: AppState| async move {
+            outcome(inclusion_proof(&state, caller, &id).await)
+        });
     let cdc = warp::path!("api" / "v1" / "admin" / "cdc")
         .and(warp::get())
         .and(access::caller(&state))
         .and(warp::any().map(move || state.clone()))
         .then(|caller, state: AppState| async move { outcome(cdc_status(&state, caller).await) });
-    list.or(verify).unify().or(cdc).unify().boxed()
+    list.or(verify)
+        .unify()
+        .or(proof)
+        .unify()
+        .or(cdc)
+        .unify()
+        .boxed()
 }
 
 /// The CDC pipeline's state and its slot's position.
@@ -241,31 +362,73 @@ pub async fn list_audit(
     Ok(json_reply(StatusCode::OK, &body, None))
 }
 
-/// Walks the whole audit hash chain and reports the first entry that does not verify.
-#[utoipa::path(get, path = "/api/v1/admin/audit/verify", tag = "audit",
+/// Verifies the audit log: the leaves sealed since the last verified head (every leaf with
+/// `full=true`) against their entries and the signed heads, and the unsealed tail.
+#[utoipa::path(get, path = "/api/v1/admin/audit/verify", tag = "audit", params(VerifyParams),
     responses(
-        (status = 200, description = "The verification report (`valid` false names the first broken entry)", body = ChainReportView),
+        (status = 200, description = "The verification report (`valid` false names the first problem found)", body = AuditReportView),
+        (status = 400, description = "Invalid `full`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify_audit(
     state: &AppState,
     caller: Result<Caller, Problem>,
+    raw_query: &str,
 ) -> Result<Response, Problem> {
     caller?.authorize(Action::AuditVerify, Target::Any)?;
+    let query = Query::parse(raw_query, &["full"])?;
+    let full = query
+        .parsed("full", "must be true or false", |raw| raw.parse::<bool>().ok())?
+        .unwrap_or(false);
+    let key = state.audit_signer.as_ref().map(|signer| signer.verifying_key());
     let report = state
         .store
-        .verify_audit_chain()
+        .verify_audit(key.as_ref(), full)
         .await
         .map_err(|error| Error::from_store("audit log", error))?;
-    if !report.valid {
+    if let Some(problem) = &report.problem {
         tracing::error!(
-            broken_at_seq = report.broken_at_seq,
-            reason = report.reason.as_deref().unwrap_or(""),
-            "the audit hash chain is broken"
+            entry = problem.entry_id,
+            leaf = problem.leaf_index,
+            reason = %problem.reason,
+            "the audit log does not verify"
         );
     }
-    Ok(json_reply(
-        StatusCode::OK,
-        &ChainReportView::from(report),
-        None,
-    ))
+    Ok(json_reply(StatusCode::OK, &AuditReportView::from(report), None))
+}
+
+/// Returns an audit entry's inclusion proof in the newest tree head.
+#[utoipa::path(get, path = "/api/v1/admin/audit/entries/{id}/proof", tag = "audit",
+    params(("id" = i64, Path, description = "The audit entry's id")),
+    responses(
+        (status = 200, description = "The proof", body = InclusionProofView),
+        (status = 400, description = "The id is not a positive integer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such entry", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The entry is not sealed yet: retry in a second", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn inclusion_proof(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    id: &str,
+) -> Result<Response, Problem> {
+    caller?.authorize(Action::AuditVerify, Target::Any)?;
+    let id = id
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Problem::invalid_field("id", "must be a positive integer"))?;
+    match state.store.audit_inclusion_proof(id).await {
+        Ok(proof) => Ok(json_reply(
+            StatusCode::OK,
+            &InclusionProofView::from(proof),
+            None,
+        )),
+        Err(ProofError::NotFound) => Err(Problem::not_found("audit entry")),
+        Err(ProofError::NotSealed) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-sealed",
+            "The entry is not sealed yet",
+        )
+        .detail("the entry is committed but not sealed into the tree yet; retry in a second")),
+        Err(ProofError::Store(error)) => Err(Error::from_store("audit log", error).into()),
+    }
 }

@@ -59,6 +59,8 @@ pub struct AppState {
     pub documents: Documents,
     /// Records reads of personal and clinical data.
     pub audit: AuditTrail,
+    /// Signs the audit tree's heads; its public key checks them (`None`: heads unsigned).
+    pub audit_signer: Option<std::sync::Arc<medflow_actors::store::HeadSigner>>,
     /// The CDC pipeline's state, when it runs.
     pub cdc: Option<medflow_actors::cdc::CdcStatusCell>,
     pub store: PgStore,

@@ -36,7 +36,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         documents::edit_document, documents::list_document_versions,
         documents::get_document_version, documents::sign_document,
         documents::record_registry_outcome,
-        audit::list_audit, audit::verify_audit, audit::cdc_status,
+        audit::list_audit, audit::verify_audit, audit::inclusion_proof, audit::cdc_status,
         search::search, search::list_consumers, search::replay_dlq,
     ),
     modifiers(&BearerAuth),

@@ -9,7 +9,9 @@
 //! │  └─ AppointmentActor(id) …
 //! ├─ EntityHost<DocumentActor>
 //! │  └─ DocumentActor(id) …
-//! └─ AuditWriter                        batches the audit rows of reads
+//! ├─ AuditWriter                        batches the audit rows of reads
+//! └─ AuditSealer                        seals committed audit rows (never fails on a
+//!                                       database error: it retries with backoff itself)
 //! ```
 //!
 //! While a child restarts, its slot is empty and requests needing it answer "unavailable";
@@ -20,6 +22,7 @@ use std::time::Instant;
 
 use medflow_actors::PgStore;
 use medflow_actors::appointment_actor::AppointmentActor;
+use medflow_actors::audit_sealer::AuditSealer;
 use medflow_actors::audit_writer::{AuditSlot, AuditWriter};
 use medflow_actors::document_actor::DocumentActor;
 use medflow_actors::domain::SignatureVerifier;
@@ -27,6 +30,7 @@ use medflow_actors::entity_host::{EntityActor, EntityHost, EntityHostSettings, E
 use medflow_actors::patient_actor::PatientActor;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::SealerSettings;
 use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
 
 /// The children the domain supervisor owns.
@@ -36,14 +40,16 @@ pub enum DomainChild {
     AppointmentHost,
     DocumentHost,
     AuditWriter,
+    AuditSealer,
 }
 
 impl DomainChild {
-    const ALL: [DomainChild; 4] = [
+    const ALL: [DomainChild; 5] = [
         DomainChild::PatientHost,
         DomainChild::AppointmentHost,
         DomainChild::DocumentHost,
         DomainChild::AuditWriter,
+        DomainChild::AuditSealer,
     ];
 
     fn name(self) -> &'static str {
@@ -52,6 +58,7 @@ impl DomainChild {
             DomainChild::AppointmentHost => "appointment_host",
             DomainChild::DocumentHost => "document_host",
             DomainChild::AuditWriter => "audit_writer",
+            DomainChild::AuditSealer => "audit_sealer",
         }
     }
 }
@@ -77,6 +84,7 @@ pub struct DomainSupervisor {
     pub store: PgStore,
     pub entity_host: EntityHostSettings,
     pub restart: RestartPolicy,
+    pub sealer: SealerSettings,
     pub verifier: Arc<dyn SignatureVerifier>,
     pub slots: DomainSlots,
 }
@@ -186,6 +194,7 @@ impl DomainSupervisor {
             DomainChild::AppointmentHost => self.slots.appointments.set(None),
             DomainChild::DocumentHost => self.slots.documents.set(None),
             DomainChild::AuditWriter => self.slots.audit.set(None),
+            DomainChild::AuditSealer => {}
         }
     }
 
@@ -235,6 +244,17 @@ impl DomainSupervisor {
                 let cell = actor.get_cell();
                 self.slots.audit.set(Some(actor));
                 cell
+            }
+            DomainChild::AuditSealer => {
+                let sealer = AuditSealer {
+                    store: self.sealer.store.clone().unwrap_or(store),
+                    settings: self.sealer.seal.clone(),
+                    interval: self.sealer.interval,
+                    backoff_initial: self.sealer.backoff_initial,
+                    backoff_max: self.sealer.backoff_max,
+                };
+                let (actor, _) = Actor::spawn_linked(None, sealer, (), myself.get_cell()).await?;
+                actor.get_cell()
             }
         };
         if let Some(child) = state.children.iter_mut().find(|child| child.kind == kind) {

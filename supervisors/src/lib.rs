@@ -9,7 +9,8 @@
 //!    │  └─ AppointmentActor(id) …
 //!    ├─ EntityHost<DocumentActor>
 //!    │  └─ DocumentActor(id) …
-//!    └─ AuditWriter                        batches the audit rows of reads
+//!    ├─ AuditWriter                        batches the audit rows of reads
+//!    └─ AuditSealer                        seals committed audit rows into the Merkle tree
 //! └─ IntegrationSupervisor                 restarts the CDC pipeline, never escalates
 //!    ├─ KafkaProducer
 //!    └─ CdcReader                          WAL → Kafka, confirms after acks
@@ -53,9 +54,21 @@ pub struct IntegrationSettings {
     pub backoff_max: Duration,
 }
 
+/// How the audit sealer runs.
+#[derive(Debug, Clone)]
+pub struct SealerSettings {
+    /// The sealer's own connections (the tree's store when `None`).
+    pub store: Option<PgStore>,
+    pub seal: medflow_actors::store::SealSettings,
+    pub interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
 /// Everything the tree needs to start.
 #[derive(Debug, Clone)]
 pub struct TreeSettings {
+    pub sealer: SealerSettings,
     pub entity_host: EntityHostSettings,
     pub restart: RestartPolicy,
     /// How long a transport waits for an actor's answer.
@@ -106,6 +119,7 @@ impl Supervision {
                 store: store.clone(),
                 entity_host: settings.entity_host,
                 restart: settings.restart,
+                sealer: settings.sealer,
                 verifier,
                 slots: slots.clone(),
             },

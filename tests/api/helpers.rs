@@ -74,6 +74,9 @@ fn db_name_of(url: &str) -> String {
     url.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
+/// The audit tree's head signing key in tests (base64 of 32 bytes).
+pub const TEST_AUDIT_SIGNING_KEY: &str = "bWVkZmxvdy10ZXN0LWF1ZGl0LXNpZ25pbmcta2V5ISE=";
+
 /// Settings for a test application: defaults, port 0, the given database.
 pub fn test_settings(db_url: &str) -> Settings {
     let mut settings = Settings::load_without_env(None).expect("default settings are valid");
@@ -86,6 +89,13 @@ pub fn test_settings(db_url: &str) -> Settings {
     // The CDC pipeline holds a replication slot per database: only the tests about it run it.
     settings.cdc.enabled = false;
     settings.cdc.slot = format!("slot_{}", db_name_of(db_url));
+    // The audit sealer runs in every test (its slot is per database, like the CDC slot's);
+    // rounds come every 50 ms so tests wait little for sealing; heads are signed.
+    settings.audit.slot = format!("audit_{}", db_name_of(db_url));
+    settings.audit.seal_interval_ms = 50;
+    settings.audit.backoff_initial_ms = 100;
+    settings.audit.backoff_max_ms = 1_000;
+    settings.audit.signing_key = TEST_AUDIT_SIGNING_KEY.to_owned().into();
     settings.cdc.batch_wait_ms = 10;
     settings.cdc.status_interval_ms = 100;
     settings.cdc.heartbeat_ms = 500;

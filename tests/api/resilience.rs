@@ -55,6 +55,12 @@ impl MedflowProcess {
             .env("MEDFLOW__CDC__STATUS_INTERVAL_MS", "100")
             .env("MEDFLOW__CDC__BACKOFF_INITIAL_MS", "100")
             .env("MEDFLOW__CDC__BACKOFF_MAX_MS", "1000")
+            .env("MEDFLOW__AUDIT__SLOT", &settings.audit.slot)
+            .env("MEDFLOW__AUDIT__SEAL_INTERVAL_MS", "50")
+            .env(
+                "MEDFLOW__AUDIT__SIGNING_KEY",
+                crate::helpers::TEST_AUDIT_SIGNING_KEY,
+            )
             .env("MEDFLOW__LOG__LEVEL", "info")
             .envs(settings_env.iter().copied())
             .stdin(Stdio::null())

@@ -52,7 +52,7 @@ pub fn value_json(type_oid: u32, text: &str) -> Value {
     parsed.unwrap_or_else(|| Value::from(text))
 }
 
-fn parse_timestamptz(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn parse_timestamptz(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     // ISO DateStyle prints `2026-11-24 10:00:00.123456+00` (minutes only when non-zero).
     let bytes = text.as_bytes();
     let hours_only = bytes.len() > 3

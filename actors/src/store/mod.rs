@@ -6,6 +6,7 @@
 
 mod appointments;
 mod audit;
+mod audit_seal;
 mod batch;
 mod doctors;
 mod documents;
@@ -23,7 +24,11 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 pub use appointments::AppointmentFilter;
-pub use audit::{AuditAppend, AuditFilter, AuditRecord, ChainReport, ChainVerifier, ChainedRow};
+pub use audit::{AuditAppend, AuditContent, AuditFilter, AuditRecord};
+pub use audit_seal::{
+    AUDIT_PUBLICATION, AUDIT_SEAL_LOCK, AuditProblem, AuditReport, HeadSigner, InclusionProof, ProofError, SealOutcome,
+    SealSettings, Tampering, TreeHead, head_message,
+};
 pub use batch::DocumentParent;
 pub use doctors::DoctorFilter;
 pub use documents::{DocumentFilter, DocumentSummary, DocumentVersion};
@@ -47,6 +52,8 @@ pub struct StoreSettings {
     pub connect_timeout: Duration,
     pub acquire_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: &'static str,
 }
 
 /// Errors of the store, split by what the caller can do about them.
@@ -245,7 +252,7 @@ impl PgStore {
                 anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {error}")
             })?;
         config.connect_timeout(settings.connect_timeout);
-        config.application_name("medflow");
+        config.application_name(settings.application_name);
         config.options(format!(
             "-c statement_timeout={}",
             settings.statement_timeout.as_millis()
@@ -286,6 +293,12 @@ impl PgStore {
 
     /// Applies pending migrations, holding an advisory lock so concurrent pods take turns.
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.migrate_until(None).await
+    }
+
+    /// Applies pending migrations up to `version` (all with `None`): upgrade tests start a
+    /// database at an earlier schema.
+    pub async fn migrate_until(&self, version: Option<u32>) -> anyhow::Result<()> {
         let mut client = self
             .pool
             .get()
@@ -294,7 +307,11 @@ impl PgStore {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
-        let report = embedded::migrations::runner()
+        let mut runner = embedded::migrations::runner();
+        if let Some(version) = version {
+            runner = runner.set_target(refinery::Target::Version(i32::try_from(version)?));
+        }
+        let report = runner
             .run_async(&mut **client)
             .await;
         client
