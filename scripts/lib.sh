@@ -143,7 +143,11 @@ psql_admin() {
 
 # start_private_stack: PostgreSQL and tansu in a temporary directory on free ports, torn down
 # when the calling script exits; exports their addresses as MEDFLOW_TEST_* for tests/benches.
+# start_private_stack [durable]: with `durable`, PostgreSQL keeps production durability
+# (fsync and synchronous commits on) instead of the tests' fsync off.
 start_private_stack() {
+  local pg_mode=test
+  if [ "${1:-}" = durable ]; then pg_mode=dev; fi
   ensure_postgres
   ensure_tansu
   WORK=$(mktemp -d /tmp/medflow-test.XXXXXX)
@@ -154,7 +158,7 @@ start_private_stack() {
   pg_port=$(free_port)
   kafka_port=$(free_port)
   log "PostgreSQL on 127.0.0.1:$pg_port, tansu on 127.0.0.1:$kafka_port (under $WORK)"
-  start_postgres "$WORK/pg" "$pg_port" test
+  start_postgres "$WORK/pg" "$pg_port" "$pg_mode"
   start_tansu "$WORK/kafka" "$kafka_port"
   export MEDFLOW_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
   export MEDFLOW_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"

@@ -93,6 +93,10 @@ impl Actor for AuditSealer {
                 metrics::counter!("medflow_audit_seal_rounds_total", "outcome" => "failed")
                     .increment(1);
                 let delay = doubling(self.backoff_initial, self.backoff_max, state.failures);
+                let error = match &error {
+                    crate::store::StoreError::Unexpected(inner) => format!("{inner:#}"),
+                    other => other.to_string(),
+                };
                 tracing::warn!(error = %error, failures = state.failures, retry_ms = delay.as_millis() as u64, "audit sealing round failed");
                 delay
             }

@@ -99,8 +99,11 @@ impl Frontier {
 /// The stored subtrees whose hashes make up the subtree of leaves `[start, end)`.
 fn decompose(start: u64, end: u64, out: &mut Vec<NodeKey>) {
     let width = end - start;
-    if width.is_power_of_two() && start % width == 0 {
-        out.push((width.trailing_zeros() as u8, start >> width.trailing_zeros()));
+    if width.is_power_of_two() && start.is_multiple_of(width) {
+        out.push((
+            width.trailing_zeros() as u8,
+            start >> width.trailing_zeros(),
+        ));
     } else {
         let k = split(width);
         decompose(start, start + k, out);
@@ -110,9 +113,12 @@ fn decompose(start: u64, end: u64, out: &mut Vec<NodeKey>) {
 
 fn subtree(start: u64, end: u64, nodes: &HashMap<NodeKey, Hash>) -> Option<Hash> {
     let width = end - start;
-    if width.is_power_of_two() && start % width == 0 {
+    if width.is_power_of_two() && start.is_multiple_of(width) {
         nodes
-            .get(&(width.trailing_zeros() as u8, start >> width.trailing_zeros()))
+            .get(&(
+                width.trailing_zeros() as u8,
+                start >> width.trailing_zeros(),
+            ))
             .copied()
     } else {
         let k = split(width);

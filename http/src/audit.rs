@@ -377,9 +377,14 @@ pub async fn verify_audit(
     caller?.authorize(Action::AuditVerify, Target::Any)?;
     let query = Query::parse(raw_query, &["full"])?;
     let full = query
-        .parsed("full", "must be true or false", |raw| raw.parse::<bool>().ok())?
+        .parsed("full", "must be true or false", |raw| {
+            raw.parse::<bool>().ok()
+        })?
         .unwrap_or(false);
-    let key = state.audit_signer.as_ref().map(|signer| signer.verifying_key());
+    let key = state
+        .audit_signer
+        .as_ref()
+        .map(|signer| signer.verifying_key());
     let report = state
         .store
         .verify_audit(key.as_ref(), full)
@@ -393,7 +398,11 @@ pub async fn verify_audit(
             "the audit log does not verify"
         );
     }
-    Ok(json_reply(StatusCode::OK, &AuditReportView::from(report), None))
+    Ok(json_reply(
+        StatusCode::OK,
+        &AuditReportView::from(report),
+        None,
+    ))
 }
 
 /// Returns an audit entry's inclusion proof in the newest tree head.

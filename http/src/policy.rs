@@ -143,7 +143,7 @@ impl Action {
             Action::DocumentSign => "sign a document (as themself)",
             Action::DocumentRegistryOutcome => "record a registry outcome",
             Action::AuditList => "list the audit log",
-            Action::AuditVerify => "verify the audit hash chain",
+            Action::AuditVerify => "verify the audit log",
             Action::CdcStatus => "read the CDC pipeline's status",
             Action::ConsumerAdmin => "inspect consumers, replay dead letters",
         }

@@ -29,7 +29,9 @@ async fn reads_and_writes_of_clinical_data_are_audited_and_refusals_are_not() {
         .to_owned();
     let document = app.create_document(&patient, &doctor).await;
     let document = document["id"].as_str().unwrap().to_owned();
-    let rows = app.count("SELECT coalesce(max(id), 0) FROM audit_log").await;
+    let rows = app
+        .count("SELECT coalesce(max(id), 0) FROM audit_log")
+        .await;
 
     for path in [
         format!("/api/v1/patients/{patient}"),
@@ -199,15 +201,19 @@ pub async fn verify(app: &TestApp) -> Value {
 
 /// Waits until every audit row present is sealed into the tree.
 pub async fn all_sealed(app: &TestApp) {
-    eventually(Duration::from_secs(20), "every audit row sealed", || async {
-        let unsealed = app
-            .count(
-                "SELECT count(*) FROM audit_log a
+    eventually(
+        Duration::from_secs(20),
+        "every audit row sealed",
+        || async {
+            let unsealed = app
+                .count(
+                    "SELECT count(*) FROM audit_log a
                   WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
-            )
-            .await;
-        (unsealed == 0).then_some(())
-    })
+                )
+                .await;
+            (unsealed == 0).then_some(())
+        },
+    )
     .await;
 }
 
@@ -273,7 +279,13 @@ impl SealingPaused {
 }
 
 /// RFC 9162 §2.1.3.2, written again here from the RFC rather than taken from medflow.
-fn verify_inclusion(index: u64, size: u64, leaf: [u8; 32], path: &[[u8; 32]], root: [u8; 32]) -> bool {
+fn verify_inclusion(
+    index: u64,
+    size: u64,
+    leaf: [u8; 32],
+    path: &[[u8; 32]],
+    root: [u8; 32],
+) -> bool {
     let node = |left: &[u8; 32], right: &[u8; 32]| -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update([1u8]);
@@ -305,7 +317,10 @@ fn verify_inclusion(index: u64, size: u64, leaf: [u8; 32], path: &[[u8; 32]], ro
 }
 
 fn hash32(hex_text: &Value) -> [u8; 32] {
-    hex::decode(hex_text.as_str().unwrap()).unwrap().try_into().unwrap()
+    hex::decode(hex_text.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -315,7 +330,12 @@ async fn entries_are_sealed_into_a_signed_tree_and_each_has_an_inclusion_proof()
     for n in 0..5 {
         let created = app.create_patient(&patient_body(n)).await;
         ids.push(created["id"].as_str().unwrap().to_owned());
-        assert_eq!(app.get(&format!("/api/v1/patients/{}", ids[0])).await.status(), 200);
+        assert_eq!(
+            app.get(&format!("/api/v1/patients/{}", ids[0]))
+                .await
+                .status(),
+            200
+        );
     }
     all_sealed(&app).await;
     let rows = app.count("SELECT count(*) FROM audit_log").await;
@@ -349,7 +369,10 @@ async fn entries_are_sealed_into_a_signed_tree_and_each_has_an_inclusion_proof()
     for entry in listing["items"].as_array().unwrap() {
         assert!(entry["leafIndex"].is_i64(), "{entry}");
         let response = app
-            .get(&format!("/api/v1/admin/audit/entries/{}/proof", entry["id"]))
+            .get(&format!(
+                "/api/v1/admin/audit/entries/{}/proof",
+                entry["id"]
+            ))
             .await;
         assert_eq!(response.status(), 200);
         let proof: Value = response.json().await.unwrap();
@@ -361,12 +384,18 @@ async fn entries_are_sealed_into_a_signed_tree_and_each_has_an_inclusion_proof()
         leaf.update(hash32(&proof["contentHash"]));
         let leaf: [u8; 32] = leaf.finalize().into();
         assert_eq!(hex::encode(leaf), proof["leafHash"]);
-        let path: Vec<[u8; 32]> = proof["auditPath"].as_array().unwrap().iter().map(hash32).collect();
+        let path: Vec<[u8; 32]> = proof["auditPath"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(hash32)
+            .collect();
         let size = proof["head"]["treeSize"].as_u64().unwrap();
         let root = hash32(&proof["head"]["rootHash"]);
         assert!(verify_inclusion(index, size, leaf, &path, root), "{proof}");
-        let sealed_at = chrono::DateTime::parse_from_rfc3339(proof["head"]["sealedAt"].as_str().unwrap())
-            .unwrap();
+        let sealed_at =
+            chrono::DateTime::parse_from_rfc3339(proof["head"]["sealedAt"].as_str().unwrap())
+                .unwrap();
         let mut message = b"medflow audit tree head v1\0".to_vec();
         message.extend(size.to_be_bytes());
         message.extend(sealed_at.timestamp_micros().to_be_bytes());
@@ -377,11 +406,18 @@ async fn entries_are_sealed_into_a_signed_tree_and_each_has_an_inclusion_proof()
         )
         .unwrap();
         let signature = Signature::from_slice(&signature).unwrap();
-        assert!(public.verify(&message, &signature).is_ok(), "the head is signed");
+        assert!(
+            public.verify(&message, &signature).is_ok(),
+            "the head is signed"
+        );
     }
 
     // Unknown, malformed: 404 and 400 as documented.
-    expect_problem(app.get("/api/v1/admin/audit/entries/999999/proof").await, 404).await;
+    expect_problem(
+        app.get("/api/v1/admin/audit/entries/999999/proof").await,
+        404,
+    )
+    .await;
     expect_problem(app.get("/api/v1/admin/audit/entries/abc/proof").await, 400).await;
     expect_problem(app.get("/api/v1/admin/audit/verify?full=maybe").await, 400).await;
 
@@ -436,7 +472,11 @@ async fn tampered(kind: Tamper, before_sealing: bool) -> (Value, i64) {
     let (second, third) = (ids[1], ids[2]);
     let named = match kind {
         Tamper::Edit => {
-            tamper(&app, &format!("UPDATE audit_log SET actor_id = 'somebody-else' WHERE id = {second}")).await;
+            tamper(
+                &app,
+                &format!("UPDATE audit_log SET actor_id = 'somebody-else' WHERE id = {second}"),
+            )
+            .await;
             second
         }
         Tamper::Delete => {
@@ -499,7 +539,12 @@ async fn tampered(kind: Tamper, before_sealing: bool) -> (Value, i64) {
 
 #[tokio::test]
 async fn tampering_before_sealing_is_detected_naming_the_entry() {
-    for kind in [Tamper::Edit, Tamper::Delete, Tamper::Reorder, Tamper::Insert] {
+    for kind in [
+        Tamper::Edit,
+        Tamper::Delete,
+        Tamper::Reorder,
+        Tamper::Insert,
+    ] {
         let (report, named) = tampered(kind, true).await;
         assert_eq!(report["valid"], false, "{kind:?}: {report}");
         assert_eq!(report["problem"]["entryId"], named, "{kind:?}: {report}");
@@ -509,7 +554,12 @@ async fn tampering_before_sealing_is_detected_naming_the_entry() {
 
 #[tokio::test]
 async fn tampering_after_sealing_is_detected_naming_the_entry() {
-    for kind in [Tamper::Edit, Tamper::Delete, Tamper::Reorder, Tamper::Insert] {
+    for kind in [
+        Tamper::Edit,
+        Tamper::Delete,
+        Tamper::Reorder,
+        Tamper::Insert,
+    ] {
         let (report, named) = tampered(kind, false).await;
         assert_eq!(report["valid"], false, "{kind:?}: {report}");
         assert_eq!(report["problem"]["entryId"], named, "{kind:?}: {report}");
@@ -528,7 +578,10 @@ async fn three_instances_writing_at_once_build_one_consistent_tree() {
         for n in 0..40u32 {
             let created = app.create_patient(&patient_body(i as u32 * 1000 + n)).await;
             let id = created["id"].as_str().unwrap();
-            assert_eq!(app.get(&format!("/api/v1/patients/{id}")).await.status(), 200);
+            assert_eq!(
+                app.get(&format!("/api/v1/patients/{id}")).await.status(),
+                200
+            );
         }
     });
     futures::future::join_all(writes).await;
@@ -538,8 +591,16 @@ async fn three_instances_writing_at_once_build_one_consistent_tree() {
     assert_eq!(rows, 3 * 40 * 2);
     // One dense tree: leaves 0..n-1, each entry once.
     assert_eq!(app.count("SELECT count(*) FROM audit_leaves").await, rows);
-    assert_eq!(app.count("SELECT max(leaf_index) + 1 FROM audit_leaves").await, rows);
-    assert_eq!(app.count("SELECT count(DISTINCT audit_id) FROM audit_leaves").await, rows);
+    assert_eq!(
+        app.count("SELECT max(leaf_index) + 1 FROM audit_leaves")
+            .await,
+        rows
+    );
+    assert_eq!(
+        app.count("SELECT count(DISTINCT audit_id) FROM audit_leaves")
+            .await,
+        rows
+    );
     for other in &apps {
         let report = verify_with(other, true).await;
         assert_eq!(report["valid"], true, "{report}");
@@ -582,30 +643,42 @@ async fn a_sealer_killed_mid_round_resumes_without_gaps_or_duplicates() {
     )
     .await;
     paused.resume().await;
-    let mid_round = eventually(Duration::from_secs(30), "a sealing round in progress", || async {
-        let open = app
-            .count(
-                "SELECT count(*) FROM pg_stat_activity
+    let mid_round = eventually(
+        Duration::from_secs(30),
+        "a sealing round in progress",
+        || async {
+            let open = app
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity
                   WHERE application_name = 'medflow-audit-sealer' AND xact_start IS NOT NULL
                     AND datname = current_database()",
-            )
-            .await;
-        let sealed = app.count("SELECT count(*) FROM audit_leaves").await;
-        (open > 0 && sealed > 0 && sealed < total).then_some(sealed)
-    })
+                )
+                .await;
+            let sealed = app.count("SELECT count(*) FROM audit_leaves").await;
+            (open > 0 && sealed > 0 && sealed < total).then_some(sealed)
+        },
+    )
     .await;
     process.kill();
     let sealed_then = app.count("SELECT count(*) FROM audit_leaves").await;
     println!("killed with {mid_round}..{sealed_then} of {total} sealed");
     // What was committed is a dense prefix; the rest follows, once each.
-    assert_eq!(app.count("SELECT coalesce(max(leaf_index) + 1, 0) FROM audit_leaves").await, sealed_then);
+    assert_eq!(
+        app.count("SELECT coalesce(max(leaf_index) + 1, 0) FROM audit_leaves")
+            .await,
+        sealed_then
+    );
     let successor = spawn_app_on(app.db_name.clone(), app.db_url.clone(), |settings| {
         settings.audit.batch_changes = 500;
     })
     .await;
     all_sealed(&app).await;
     assert_eq!(app.count("SELECT count(*) FROM audit_leaves").await, total);
-    assert_eq!(app.count("SELECT max(leaf_index) + 1 FROM audit_leaves").await, total);
+    assert_eq!(
+        app.count("SELECT max(leaf_index) + 1 FROM audit_leaves")
+            .await,
+        total
+    );
     let report = verify_with(&app, true).await;
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["leavesChecked"], total);
@@ -617,7 +690,8 @@ async fn a_sealer_killed_mid_round_resumes_without_gaps_or_duplicates() {
 async fn a_log_chained_before_the_upgrade_is_sealed_first_and_keeps_verifying() {
     let (db_name, db_url) = fresh_database().await;
     // The schema as it was with the hash chain (migrations up to V6), and rows chained by it.
-    let store = medflow_actors::PgStore::connect(&crate::helpers::test_settings(&db_url).store()).unwrap();
+    let store =
+        medflow_actors::PgStore::connect(&crate::helpers::test_settings(&db_url).store()).unwrap();
     store.migrate_until(Some(6)).await.unwrap();
     let (client, connection) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -632,7 +706,10 @@ async fn a_log_chained_before_the_upgrade_is_sealed_first_and_keeps_verifying() 
             .unwrap();
     }
     let chained = client
-        .query_one("SELECT count(*) FROM audit_log WHERE chain_seq IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE chain_seq IS NOT NULL",
+            &[],
+        )
         .await
         .unwrap()
         .get::<_, i64>(0);
@@ -653,11 +730,19 @@ async fn a_log_chained_before_the_upgrade_is_sealed_first_and_keeps_verifying() 
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(first, [1, 2, 3, 4, 5], "chained rows are sealed first, in chain order");
+    assert_eq!(
+        first,
+        [1, 2, 3, 4, 5],
+        "chained rows are sealed first, in chain order"
+    );
     let report = verify_with(&app, true).await;
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["leavesChecked"], 6);
-    tamper(&app, "UPDATE audit_log SET details = '{\"n\": 99}' WHERE chain_seq = 3").await;
+    tamper(
+        &app,
+        "UPDATE audit_log SET details = '{\"n\": 99}' WHERE chain_seq = 3",
+    )
+    .await;
     let report = verify_with(&app, true).await;
     assert_eq!(report["valid"], false, "{report}");
     assert_eq!(report["problem"]["leafIndex"], 2, "{report}");

@@ -309,10 +309,7 @@ const EXPECTED: [(&str, [char; 7]); 23] = [
         ['-', '-', 'Y', '-', '-', '-', '-'],
     ),
     ("list the audit log", ['-', '-', 'Y', '-', '-', '-', '-']),
-    (
-        "verify the audit hash chain",
-        ['-', '-', 'Y', '-', '-', '-', '-'],
-    ),
+    ("verify the audit log", ['-', '-', 'Y', '-', '-', '-', '-']),
     ("read the CDC status", ['-', '-', 'Y', '-', '-', '-', '-']),
     ("inspect consumers", ['-', '-', 'Y', '-', '-', '-', '-']),
 ];
@@ -414,7 +411,7 @@ async fn perform(
                 .json(&json!({"outcome": "sent"}))
         }
         "list the audit log" => client.get(app.url("/api/v1/audit")),
-        "verify the audit hash chain" => client.get(app.url("/api/v1/admin/audit/verify")),
+        "verify the audit log" => client.get(app.url("/api/v1/admin/audit/verify")),
         "read the CDC status" => client.get(app.url("/api/v1/admin/cdc")),
         "inspect consumers" => client.get(app.url("/api/v1/admin/consumers")),
         other => panic!("no request for {other}"),

@@ -555,7 +555,7 @@ async fn document_versions_and_the_audit_log_are_typed_and_guarded() {
     assert_eq!(versions[1]["editedBy"], app.staff_subject.as_str());
 
     let query = r#"query($id: UUID!) { auditLog(filter: {objectId: $id}, first: 10) {
-        totalCount edges { node { seq action actorId objectType objectId hash details } } } }"#;
+        totalCount edges { node { id action actorId objectType objectId contentHash leafIndex details } } } }"#;
     let body = gql(&app, None, query, json!({"id": id})).await;
     let log = &body["data"]["auditLog"];
     let actions: Vec<&str> = log["edges"]
@@ -571,7 +571,10 @@ async fn document_versions_and_the_audit_log_are_typed_and_guarded() {
         "reading versions is audited: {body}"
     );
     assert_eq!(
-        log["edges"][0]["node"]["hash"].as_str().unwrap().len(),
+        log["edges"][0]["node"]["contentHash"]
+            .as_str()
+            .unwrap()
+            .len(),
         64,
         "{body}"
     );

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{admin_url, eventually, expect_problem, patient_body, spawn_app};
+use crate::helpers::{
+    admin_url, eventually, expect_problem, patient_body, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn probes_and_metrics_answer() {
@@ -67,7 +69,9 @@ async fn request_ids_are_echoed_or_assigned() {
 
 #[tokio::test]
 async fn a_database_outage_answers_503_and_readiness_turns_red() {
-    let app = spawn_app().await;
+    // The audit sealer seals once at start, then not for an hour: its slot, which would
+    // keep the database from being dropped, can be dropped first without a race.
+    let app = spawn_app_with(|settings| settings.audit.seal_interval_ms = 3_600_000).await;
     let created = app.create_patient(&patient_body(52)).await;
     let path = format!("/api/v1/patients/{}", created["id"].as_str().unwrap());
 
@@ -76,6 +80,20 @@ async fn a_database_outage_answers_503_and_readiness_turns_red() {
         .await
         .unwrap();
     tokio::spawn(connection);
+    let slot = app.app().settings().audit.slot.clone();
+    eventually(Duration::from_secs(20), "the sealing slot", || async {
+        let dropped = admin
+            .query_one(
+                "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+                  WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await
+            .ok()?
+            .get::<_, i64>(0);
+        (dropped == 1).then_some(())
+    })
+    .await;
     admin
         .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db_name))
         .await

@@ -331,7 +331,9 @@ fn committed_entries(
                     audit_id: key_of(&relations, relation, &old),
                 });
             }
-            PgOutput::Truncate { relations: ids } if ids.iter().any(|id| is_log(&relations, *id)) => {
+            PgOutput::Truncate { relations: ids }
+                if ids.iter().any(|id| is_log(&relations, *id)) =>
+            {
                 tampering.push(Tampering {
                     operation: "truncate",
                     audit_id: None,
@@ -362,7 +364,9 @@ fn frontier_from(size: i64, nodes: Vec<Vec<u8>>) -> StoreResult<Frontier> {
     let nodes: Option<Vec<Hash>> = nodes.iter().map(|node| hash_of(node)).collect();
     nodes
         .and_then(|nodes| Frontier::from_parts(u64::try_from(size).ok()?, nodes))
-        .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a stored audit frontier is malformed")))
+        .ok_or_else(|| {
+            StoreError::Unexpected(anyhow::anyhow!("a stored audit frontier is malformed"))
+        })
 }
 
 impl PgStore {
@@ -468,18 +472,29 @@ impl PgStore {
                 .map(|row| Bytes::from(row.get::<_, Vec<u8>>(0)))
                 .collect();
             let (entries, reached, tampering) = committed_entries(&messages, state.sealed_lsn)
-                .map_err(|error| StoreError::Unexpected(anyhow::anyhow!("decoding the audit log's changes: {error}")))?;
+                .map_err(|error| {
+                    StoreError::Unexpected(anyhow::anyhow!(
+                        "decoding the audit log's changes: {error}"
+                    ))
+                })?;
             state.sealed_lsn = reached;
             (entries, more, tampering)
         };
-        let sealed = self.append_leaves(&tx, &mut state, entries, settings).await?;
+        let sealed = self
+            .append_leaves(&tx, &mut state, entries, settings)
+            .await?;
         tx.execute(
             "UPDATE audit_seal_state
                 SET tree_size = $1, frontier = $2, sealed_lsn = $3::text::pg_lsn,
                     backfill_pending = $4, unsealed_from = $5",
             &[
                 &(state.frontier.size() as i64),
-                &state.frontier.nodes().iter().map(|n| n.to_vec()).collect::<Vec<_>>(),
+                &state
+                    .frontier
+                    .nodes()
+                    .iter()
+                    .map(|n| n.to_vec())
+                    .collect::<Vec<_>>(),
                 &lsn_text(state.sealed_lsn),
                 &state.backfill_pending,
                 &state.unsealed_from,
@@ -533,7 +548,10 @@ impl PgStore {
             // was written bypassing the trigger: it is sealed all the same, and verification
             // names it.
             if !entry.stamp_matches() {
-                tracing::error!(entry = entry.id, "an audit row's stamp does not match its content: it was written bypassing the audit trigger");
+                tracing::error!(
+                    entry = entry.id,
+                    "an audit row's stamp does not match its content: it was written bypassing the audit trigger"
+                );
                 metrics::counter!("medflow_audit_tampering_seen_total", "operation" => "unstamped insert").increment(1);
             }
             let index = state.frontier.size();
@@ -580,7 +598,13 @@ impl PgStore {
         tx.execute(
             "INSERT INTO audit_tree_heads (tree_size, root_hash, sealed_at, key_id, signature)
              VALUES ($1, $2, $3, $4, $5)",
-            &[&(size as i64), &root.to_vec(), &sealed_at, &key_id, &signature],
+            &[
+                &(size as i64),
+                &root.to_vec(),
+                &sealed_at,
+                &key_id,
+                &signature,
+            ],
         )
         .await?;
         // Where the unsealed tail now starts: the first row from the old start on that is
@@ -666,14 +690,18 @@ impl PgStore {
         let mut problem = None;
         // The checkpoint itself must match the head it was taken at.
         if frontier.size() > 0 {
-            if let Some(head) = heads.next_if(|head| head.get::<_, i64>("tree_size") == verified_from) {
+            if let Some(head) =
+                heads.next_if(|head| head.get::<_, i64>("tree_size") == verified_from)
+            {
                 problem = check_head(head, &frontier, key);
                 report.heads_checked += 1;
             } else {
                 problem = Some(AuditProblem {
                     entry_id: None,
                     leaf_index: None,
-                    reason: format!("the tree head of size {verified_from}, verified before, is gone"),
+                    reason: format!(
+                        "the tree head of size {verified_from}, verified before, is gone"
+                    ),
                 });
             }
         }
@@ -736,7 +764,9 @@ impl PgStore {
                 problem = Some(AuditProblem {
                     entry_id: None,
                     leaf_index: Some(verified.size() as i64),
-                    reason: "leaves from here on are covered by no tree head (added outside the sealer)".to_owned(),
+                    reason:
+                        "leaves from here on are covered by no tree head (added outside the sealer)"
+                            .to_owned(),
                 });
             }
         }
@@ -764,7 +794,11 @@ impl PgStore {
             )
             .await?;
         report.unsealed_rows = tail.len() as u64;
-        if let Some(oldest) = tail.iter().map(|row| row.get::<_, DateTime<Utc>>("occurred_at")).min() {
+        if let Some(oldest) = tail
+            .iter()
+            .map(|row| row.get::<_, DateTime<Utc>>("occurred_at"))
+            .min()
+        {
             report.sealing_lag_seconds =
                 ((Utc::now() - oldest).num_milliseconds().max(0) as f64) / 1000.0;
         }
@@ -785,7 +819,11 @@ impl PgStore {
                     SET tree_size = $1, frontier = $2, verified_at = clock_timestamp()",
                 &[
                     &(verified.size() as i64),
-                    &verified.nodes().iter().map(|n| n.to_vec()).collect::<Vec<_>>(),
+                    &verified
+                        .nodes()
+                        .iter()
+                        .map(|n| n.to_vec())
+                        .collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -828,11 +866,12 @@ impl PgStore {
         let size: i64 = head.get("tree_size");
         let keys = audit_tree::inclusion_nodes(index as u64, size as u64);
         let nodes = load_nodes(&**client, &keys).await?;
-        let path = audit_tree::inclusion_proof(index as u64, size as u64, &nodes).ok_or_else(|| {
-            StoreError::Unexpected(anyhow::anyhow!(
-                "a subtree of the audit tree is missing (verify the log)"
-            ))
-        })?;
+        let path =
+            audit_tree::inclusion_proof(index as u64, size as u64, &nodes).ok_or_else(|| {
+                StoreError::Unexpected(anyhow::anyhow!(
+                    "a subtree of the audit tree is missing (verify the log)"
+                ))
+            })?;
         Ok(InclusionProof {
             entry_id: id,
             leaf_index: index,
@@ -875,7 +914,13 @@ async fn load_nodes(
         .iter()
         .filter_map(|row| {
             let hash = hash_of(&row.get::<_, Vec<u8>>("hash"))?;
-            Some(((row.get::<_, i16>("level") as u8, row.get::<_, i64>("idx") as u64), hash))
+            Some((
+                (
+                    row.get::<_, i16>("level") as u8,
+                    row.get::<_, i64>("idx") as u64,
+                ),
+                hash,
+            ))
         })
         .collect())
 }
@@ -904,17 +949,23 @@ fn check_leaf(row: &tokio_postgres::Row, expected: u64) -> Option<AuditProblem> 
         return named("the leaf's content hash is malformed");
     };
     if leaf != audit_tree::leaf_hash(index as u64, &content) {
-        return named("the leaf does not match its entry at this position: leaves were moved or replaced");
+        return named(
+            "the leaf does not match its entry at this position: leaves were moved or replaced",
+        );
     }
     if row.get::<_, Option<i64>>("id").is_none() {
         return named("the entry was deleted after it was committed");
     }
     let entry = AuditContent::from_row(row);
     if entry.content_hash() != content {
-        return named("the entry was altered after it was committed: its content differs from what was sealed");
+        return named(
+            "the entry was altered after it was committed: its content differs from what was sealed",
+        );
     }
     if !entry.stamp_matches() {
-        return named("the entry does not match its stamp: it was written bypassing the audit trigger");
+        return named(
+            "the entry does not match its stamp: it was written bypassing the audit trigger",
+        );
     }
     None
 }
@@ -974,12 +1025,25 @@ mod tests {
 
     #[test]
     fn a_signed_head_verifies_with_its_key_only() {
-        let signer = HeadSigner::from_base64_seed(&base64::engine::general_purpose::STANDARD.encode([7; 32])).unwrap();
+        let signer = HeadSigner::from_base64_seed(
+            &base64::engine::general_purpose::STANDARD.encode([7; 32]),
+        )
+        .unwrap();
         let at = Utc::now();
         let root = [3; 32];
         let signature = Signature::from_slice(&signer.sign(5, at, &root)).unwrap();
-        assert!(signer.verifying_key().verify(&head_message(5, at, &root), &signature).is_ok());
-        assert!(signer.verifying_key().verify(&head_message(6, at, &root), &signature).is_err());
+        assert!(
+            signer
+                .verifying_key()
+                .verify(&head_message(5, at, &root), &signature)
+                .is_ok()
+        );
+        assert!(
+            signer
+                .verifying_key()
+                .verify(&head_message(6, at, &root), &signature)
+                .is_err()
+        );
         assert_eq!(signer.key_id().len(), 16);
         assert!(HeadSigner::from_base64_seed("c2hvcnQ=").is_err());
     }

@@ -26,8 +26,8 @@ use uuid::Uuid;
 pub use appointments::AppointmentFilter;
 pub use audit::{AuditAppend, AuditContent, AuditFilter, AuditRecord};
 pub use audit_seal::{
-    AUDIT_PUBLICATION, AUDIT_SEAL_LOCK, AuditProblem, AuditReport, HeadSigner, InclusionProof, ProofError, SealOutcome,
-    SealSettings, Tampering, TreeHead, head_message,
+    AUDIT_PUBLICATION, AUDIT_SEAL_LOCK, AuditProblem, AuditReport, HeadSigner, InclusionProof,
+    ProofError, SealOutcome, SealSettings, Tampering, TreeHead, head_message,
 };
 pub use batch::DocumentParent;
 pub use doctors::DoctorFilter;
@@ -311,9 +311,7 @@ impl PgStore {
         if let Some(version) = version {
             runner = runner.set_target(refinery::Target::Version(i32::try_from(version)?));
         }
-        let report = runner
-            .run_async(&mut **client)
-            .await;
+        let report = runner.run_async(&mut **client).await;
         client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
@@ -469,8 +467,7 @@ struct ChangeRecord<'a> {
     payload: Value,
 }
 
-/// Writes the outbox row, then — last before COMMIT, since it takes the hash chain's lock
-/// until the commit — the audit row.
+/// Writes the outbox row and the audit row (no lock: the audit row is sealed after commit).
 async fn record_change(
     tx: &deadpool_postgres::Transaction<'_>,
     ctx: &RequestContext,

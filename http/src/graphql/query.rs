@@ -585,7 +585,7 @@ impl QueryRoot {
     }
 
     /// The audit log, newest first (admin): who did what to which object, when, from where,
-    /// with each entry's chain hash.
+    /// with each entry's content hash and its place in the sealed Merkle tree.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn audit_log(
         &self,
