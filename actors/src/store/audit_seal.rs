@@ -653,10 +653,10 @@ impl PgStore {
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        // One verification at a time: each resumes from where the previous one ended.
+        // Resumes from where the last verification ended (one snapshot for the whole walk).
         let checkpoint = tx
             .query_one(
-                "SELECT tree_size, frontier FROM audit_verify_state WHERE id = 1 FOR UPDATE",
+                "SELECT tree_size, frontier FROM audit_verify_state WHERE id = 1",
                 &[],
             )
             .await?;
@@ -814,19 +814,25 @@ impl PgStore {
         report.valid = problem.is_none();
         report.problem = problem;
         if report.valid && verified.size() > 0 {
-            tx.execute(
-                "UPDATE audit_verify_state
-                    SET tree_size = $1, frontier = $2, verified_at = clock_timestamp()",
-                &[
-                    &(verified.size() as i64),
-                    &verified
-                        .nodes()
-                        .iter()
-                        .map(|n| n.to_vec())
-                        .collect::<Vec<_>>(),
-                ],
-            )
-            .await?;
+            let nodes: Vec<Vec<u8>> = verified.nodes().iter().map(|n| n.to_vec()).collect();
+            let recorded = tx
+                .execute(
+                    "UPDATE audit_verify_state
+                        SET tree_size = $1, frontier = $2, verified_at = clock_timestamp()
+                      WHERE tree_size < $1",
+                    &[&(verified.size() as i64), &nodes],
+                )
+                .await;
+            match recorded {
+                // A verification running at the same time recorded its head first: this
+                // one's result stands; its checkpoint is not needed.
+                Err(error) if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => {
+                    return Ok(report);
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(report)
