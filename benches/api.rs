@@ -14,19 +14,20 @@
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "support/load.rs"]
+mod load;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use hdrhistogram::Histogram;
 use medflow_actors::RequestContext;
 use medflow_actors::domain::{PatientData, PatientFields};
 use medflow_http::policy::Role;
 use serde_json::json;
-use tokio::sync::Mutex;
 use uuid::Uuid;
+
+use load::drive;
 use warp::Filter;
 
 const WRITE_CLIENTS: usize = 32;
@@ -34,82 +35,6 @@ const READ_CLIENTS: usize = 64;
 const PHASE: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_millis(500);
 const IDLE_ACTORS: usize = 20_000;
-
-struct Figures {
-    requests: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-    errors: u64,
-}
-
-impl Figures {
-    fn per_second(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn print(&self, name: &str) {
-        println!(
-            "{name:<44} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} errors)",
-            self.per_second(),
-            self.latency.value_at_quantile(0.5) as f64 / 1000.0,
-            self.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            self.requests,
-            self.errors
-        );
-    }
-}
-
-/// Runs `clients` loops of `operation` for `PHASE` (after a warm-up) and records latencies.
-async fn drive<F, Fut>(clients: usize, operation: F) -> Figures
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let operation = Arc::new(operation);
-    let counter = Arc::new(AtomicUsize::new(0));
-    let warm_until = Instant::now() + WARMUP;
-    let stop_at = warm_until + PHASE;
-    let merged = Arc::new(Mutex::new((Histogram::<u64>::new(3).unwrap(), 0u64, 0u64)));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let operation = operation.clone();
-            let counter = counter.clone();
-            let merged = merged.clone();
-            tokio::spawn(async move {
-                let mut histogram = Histogram::<u64>::new(3).unwrap();
-                let (mut ok, mut failed) = (0u64, 0u64);
-                loop {
-                    let started = Instant::now();
-                    if started >= stop_at {
-                        break;
-                    }
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let succeeded = operation(n).await;
-                    if started >= warm_until {
-                        histogram
-                            .record(started.elapsed().as_micros() as u64)
-                            .unwrap();
-                        if succeeded { ok += 1 } else { failed += 1 }
-                    }
-                }
-                let mut merged = merged.lock().await;
-                merged.0.add(&histogram).unwrap();
-                merged.1 += ok;
-                merged.2 += failed;
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let (latency, requests, errors) = Arc::try_unwrap(merged).ok().unwrap().into_inner();
-    Figures {
-        requests,
-        elapsed: PHASE,
-        latency,
-        errors,
-    }
-}
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -260,7 +185,7 @@ async fn run() {
     // (a) creates through the API, then the same inserts in plain SQL.
     let url = app.url("/api/v1/patients");
     let api_client = client.clone();
-    let api = drive(WRITE_CLIENTS, move |n| {
+    let api = drive(WRITE_CLIENTS, PHASE, WARMUP, move |n| {
         let request = api_client
             .post(url.clone())
             .json(&helpers::patient_body(n as u32));
@@ -269,7 +194,7 @@ async fn run() {
     .await;
     api.print("(a) POST /patients, 32 clients");
     let patients = app.app().patients().clone();
-    let direct = drive(WRITE_CLIENTS, move |n| {
+    let direct = drive(WRITE_CLIENTS, PHASE, WARMUP, move |n| {
         let patients = patients.clone();
         async move {
             let body = helpers::patient_body(1_000_000 + n as u32);
@@ -296,7 +221,7 @@ async fn run() {
         helpers::spawn_app_with(|settings| settings.database.url = sql_db.clone().into()).await;
     migrated.shutdown().await;
     let pool = Arc::new(plain_sql_pool(&sql_db, WRITE_CLIENTS).await);
-    let sql = drive(WRITE_CLIENTS, move |n| {
+    let sql = drive(WRITE_CLIENTS, PHASE, WARMUP, move |n| {
         let pool = pool.clone();
         async move { plain_sql_insert(&pool, n).await }
     })
@@ -334,7 +259,7 @@ async fn run() {
     }
     let base = app.url("/api/v1/patients/");
     let read_client = client.clone();
-    let reads = drive(READ_CLIENTS, move |n| {
+    let reads = drive(READ_CLIENTS, PHASE, WARMUP, move |n| {
         let request = read_client.get(format!("{base}{}", ids[n % ids.len()]));
         async move { request.send().await.is_ok_and(|r| r.status() == 200) }
     })
@@ -347,7 +272,7 @@ async fn run() {
     tokio::spawn(server);
     let ping = format!("http://{address}/ping");
     let ping_client = client.clone();
-    let baseline = drive(READ_CLIENTS, move |_| {
+    let baseline = drive(READ_CLIENTS, PHASE, WARMUP, move |_| {
         let request = ping_client.get(ping.clone());
         async move { request.send().await.is_ok_and(|r| r.status() == 200) }
     })

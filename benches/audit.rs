@@ -16,92 +16,21 @@
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "support/load.rs"]
+mod load;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use medflow_http::policy::Role;
 use serde_json::json;
-use tokio::sync::Mutex;
+
+use load::drive;
 
 const CLIENTS: usize = 32;
 const PHASE: Duration = Duration::from_secs(8);
 const WARMUP: Duration = Duration::from_secs(1);
 const PATIENTS: usize = 200;
-
-struct Figures {
-    requests: u64,
-    latency: Histogram<u64>,
-    errors: u64,
-}
-
-impl Figures {
-    fn per_second(&self) -> f64 {
-        self.requests as f64 / PHASE.as_secs_f64()
-    }
-
-    fn print(&self, name: &str) {
-        println!(
-            "{name:<46} {:>8.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} errors)",
-            self.per_second(),
-            self.latency.value_at_quantile(0.5) as f64 / 1000.0,
-            self.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            self.requests,
-            self.errors
-        );
-    }
-}
-
-/// Runs `CLIENTS` loops of `operation` for `PHASE` (after a warm-up) and records latencies.
-async fn drive<F, Fut>(operation: F) -> Figures
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let operation = Arc::new(operation);
-    let counter = Arc::new(AtomicUsize::new(0));
-    let warm_until = Instant::now() + WARMUP;
-    let stop_at = warm_until + PHASE;
-    let merged = Arc::new(Mutex::new((Histogram::<u64>::new(3).unwrap(), 0u64, 0u64)));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (operation, counter, merged) = (operation.clone(), counter.clone(), merged.clone());
-            tokio::spawn(async move {
-                let mut histogram = Histogram::<u64>::new(3).unwrap();
-                let (mut ok, mut failed) = (0u64, 0u64);
-                loop {
-                    let started = Instant::now();
-                    if started >= stop_at {
-                        break;
-                    }
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let succeeded = operation(n).await;
-                    if started >= warm_until {
-                        histogram
-                            .record(started.elapsed().as_micros() as u64)
-                            .unwrap();
-                        if succeeded { ok += 1 } else { failed += 1 }
-                    }
-                }
-                let mut merged = merged.lock().await;
-                merged.0.add(&histogram).unwrap();
-                merged.1 += ok;
-                merged.2 += failed;
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let (latency, requests, errors) = Arc::try_unwrap(merged).ok().unwrap().into_inner();
-    Figures {
-        requests,
-        latency,
-        errors,
-    }
-}
 
 fn main() {
     if std::env::var("MEDFLOW_TEST_DATABASE_URL").is_err() {
@@ -169,7 +98,7 @@ async fn run() {
 
         // (a) audited commits.
         let (c, b) = (client.clone(), bases.clone());
-        let commits = drive(move |n| {
+        let commits = drive(CLIENTS, PHASE, WARMUP, move |n| {
             let request = c
                 .post(&b[n % b.len()])
                 .json(&helpers::patient_body(n as u32));
@@ -190,7 +119,7 @@ async fn run() {
         }
         let ids = Arc::new(ids);
         let (c, b) = (client.clone(), bases.clone());
-        let mixed = drive(move |n| {
+        let mixed = drive(CLIENTS, PHASE, WARMUP, move |n| {
             let base = &b[n % b.len()];
             let id = &ids[(n * 7919) % ids.len()];
             let request = match n % 10 {
