@@ -4,9 +4,11 @@
 //! database:
 //!
 //! (a) audited commits per second: `POST /api/v1/patients` (each one transaction with its
-//!     audit row) at 32 clients spread over the instances, p50/p99;
-//! (b) the mixed clinic load: 50 % GET of a patient, 20 % POST, 20 % PATCH, 10 % list, at
-//!     32 clients — requests per second and p99;
+//!     audit row), with 8 clients per instance (the offered load grows with the pods, as in
+//!     a clinic), and with 32 clients spread over the instances; p50/p99;
+//! (b) the mixed clinic load on a database of its own: 50 % GET of a patient, 20 % POST,
+//!     20 % PATCH, 10 % list, at 32 clients — requests per second and p99;
+//!     and again where every WAL flush waits 2 ms (a synchronous standby's round trip);
 //! (c) the sealing lag, p50/p99 and max: from an entry's write to the signed head that
 //!     sealed it (when the schema has the sealed tree).
 //!
@@ -44,26 +46,139 @@ fn main() {
     runtime.block_on(run());
 }
 
+/// `instances` applications on one fresh database, and a client carrying a staff token.
+/// With `flush_delay_us`, every commit's WAL flush waits that long first (PostgreSQL's
+/// `commit_delay`, with `commit_siblings = 1`): a stand-in for a synchronous standby's round
+/// trip, where a commit holding a global lock holds it for the whole wait.
+async fn cluster(
+    instances: usize,
+    flush_delay_us: u32,
+) -> (Vec<helpers::TestApp>, reqwest::Client, Arc<Vec<String>>) {
+    let (db_name, db_url) = helpers::fresh_database().await;
+    if flush_delay_us > 0 {
+        let (admin, connection) =
+            tokio_postgres::connect(&helpers::admin_url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {db_name} SET commit_delay = {flush_delay_us};
+                 ALTER DATABASE {db_name} SET commit_siblings = 1"
+            ))
+            .await
+            .unwrap();
+    }
+    let mut apps = Vec::new();
+    for _ in 0..instances {
+        apps.push(
+            helpers::spawn_app_on(db_name.clone(), db_url.clone(), |settings| {
+                settings.database.pool_size = 16;
+                settings.audit.seal_interval_ms = 500; // the production default
+            })
+            .await,
+        );
+    }
+    let token = helpers::mint(
+        &apps[0].auth,
+        &apps[0].staff_subject,
+        &[Role::Registrar, Role::Doctor],
+        None,
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let bases = Arc::new(apps.iter().map(|app| app.url("/api/v1/patients")).collect());
+    (apps, client, bases)
+}
+
+/// (a): creates at `clients`, spread over the instances (patients numbered from `first`).
+async fn commits(
+    client: &reqwest::Client,
+    bases: &Arc<Vec<String>>,
+    clients: usize,
+    first: u32,
+) -> load::Figures {
+    let (c, b) = (client.clone(), bases.clone());
+    drive(clients, PHASE, WARMUP, move |n| {
+        let request = c
+            .post(&b[n % b.len()])
+            .json(&helpers::patient_body(first + n as u32));
+        async move { request.send().await.is_ok_and(|r| r.status() == 201) }
+    })
+    .await
+}
+
+/// (c): from each entry's write to the head that sealed it, once everything is sealed.
+async fn sealing_lag(app: &helpers::TestApp) {
+    let db = app.db().await;
+    let sealed_tree: bool = db
+        .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if !sealed_tree {
+        println!("(c) no sealed tree in this schema (the hash chain links rows at commit)");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let unsealed: i64 = db
+            .query_one(
+                "SELECT count(*) FROM audit_log a
+                  WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if unsealed == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let row = db
+        .query_one(
+            "SELECT count(*),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),
+                    max(lag)
+               FROM (SELECT extract(epoch FROM h.sealed_at - a.occurred_at)::float8 * 1000 AS lag
+                       FROM audit_leaves l
+                       JOIN audit_log a ON a.id = l.audit_id
+                       JOIN LATERAL (SELECT sealed_at FROM audit_tree_heads
+                                      WHERE tree_size > l.leaf_index
+                                      ORDER BY tree_size LIMIT 1) h ON true) lags",
+            &[],
+        )
+        .await
+        .unwrap();
+    println!(
+        "(c) sealing lag over {} entries: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        row.get::<_, i64>(0),
+        row.get::<_, Option<f64>>(1).unwrap_or_default(),
+        row.get::<_, Option<f64>>(2).unwrap_or_default(),
+        row.get::<_, Option<f64>>(3).unwrap_or_default(),
+    );
+}
+
 async fn run() {
     println!(
-        "medflow audit benchmark — {} cores, {CLIENTS} clients, phases of {PHASE:?} after {WARMUP:?}",
+        "medflow audit benchmark — {} cores, phases of {PHASE:?} after {WARMUP:?}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
     );
-    let mut mixed_one = 0.0;
+    let mut figures = Vec::new();
     for instances in [1usize, 3] {
-        let (db_name, db_url) = helpers::fresh_database().await;
-        let mut apps = Vec::new();
-        for _ in 0..instances {
-            apps.push(
-                helpers::spawn_app_on(db_name.clone(), db_url.clone(), |settings| {
-                    settings.database.pool_size = CLIENTS;
-                    settings.audit.seal_interval_ms = 500; // the production default
-                })
-                .await,
-            );
-        }
+        let (apps, client, bases) = cluster(instances, 0).await;
         let durability = apps[0]
             .db()
             .await
@@ -77,39 +192,31 @@ async fn run() {
         println!(
             "\n{instances} instance(s) on one database (fsync/synchronous_commit = {durability})"
         );
-        let token = helpers::mint(
-            &apps[0].auth,
-            &apps[0].staff_subject,
-            &[Role::Registrar, Role::Doctor],
-            None,
-        );
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(CLIENTS)
-            .default_headers(headers)
-            .build()
-            .unwrap();
-        let bases: Arc<Vec<String>> =
-            Arc::new(apps.iter().map(|app| app.url("/api/v1/patients")).collect());
-
-        // (a) audited commits.
-        let (c, b) = (client.clone(), bases.clone());
-        let commits = drive(CLIENTS, PHASE, WARMUP, move |n| {
-            let request = c
-                .post(&b[n % b.len()])
-                .json(&helpers::patient_body(n as u32));
-            async move { request.send().await.is_ok_and(|r| r.status() == 201) }
-        })
-        .await;
-        commits.print(&format!(
-            "(a) audited commits (POST), {instances} instance(s)"
+        let per_pod = commits(&client, &bases, 8 * instances, 0).await;
+        per_pod.print(&format!(
+            "(a) audited commits, 8 clients × {instances} instance(s)"
         ));
+        let fixed = commits(&client, &bases, CLIENTS, 2_000_000).await;
+        fixed.print(&format!(
+            "    audited commits, {CLIENTS} clients, {instances} instance(s)"
+        ));
+        sealing_lag(&apps[0]).await;
+        for app in apps {
+            app.shutdown().await;
+        }
 
-        // (b) the mixed load over patients that exist.
+        // (a) again where every flush waits 2 ms, as for a synchronous standby.
+        let (apps, client, bases) = cluster(instances, 2_000).await;
+        let delayed = commits(&client, &bases, 8 * instances, 0).await;
+        delayed.print(&format!(
+            "    … each flush 2 ms later, 8 clients × {instances}"
+        ));
+        for app in apps {
+            app.shutdown().await;
+        }
+
+        // (b) the mixed load, on a database of its own, over patients that exist.
+        let (apps, client, bases) = cluster(instances, 0).await;
         let mut ids = Vec::new();
         for n in 0..PATIENTS {
             let created = apps[n % instances]
@@ -135,68 +242,22 @@ async fn run() {
             async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
-        mixed.print(&format!("(b) mixed clinic load, {instances} instance(s)"));
-        if instances == 1 {
-            mixed_one = mixed.per_second();
-        } else {
-            println!(
-                "    3 instances / 1 instance, mixed load: {:.2}×",
-                mixed.per_second() / mixed_one
-            );
-        }
-
-        // (c) the sealing lag of everything written above.
-        let db = apps[0].db().await;
-        let sealed_tree = db
-            .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
-            .await
-            .unwrap()
-            .get::<_, bool>(0);
-        if sealed_tree {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let unsealed: i64 = db
-                    .query_one(
-                        "SELECT count(*) FROM audit_log a
-                          WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if unsealed == 0 || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let row = db
-                .query_one(
-                    "SELECT count(*),
-                            percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
-                            percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),
-                            max(lag)
-                       FROM (SELECT extract(epoch FROM h.sealed_at - a.occurred_at)::float8 * 1000 AS lag
-                               FROM audit_leaves l
-                               JOIN audit_log a ON a.id = l.audit_id
-                               JOIN LATERAL (SELECT sealed_at FROM audit_tree_heads
-                                              WHERE tree_size > l.leaf_index
-                                              ORDER BY tree_size LIMIT 1) h ON true) lags",
-                    &[],
-                )
-                .await
-                .unwrap();
-            println!(
-                "(c) sealing lag over {} entries: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                row.get::<_, i64>(0),
-                row.get::<_, Option<f64>>(1).unwrap_or_default(),
-                row.get::<_, Option<f64>>(2).unwrap_or_default(),
-                row.get::<_, Option<f64>>(3).unwrap_or_default(),
-            );
-        } else {
-            println!("(c) no sealed tree in this schema (the hash chain links rows at commit)");
-        }
+        mixed.print(&format!(
+            "(b) mixed clinic load, {CLIENTS} clients, {instances} instance(s)"
+        ));
+        figures.push((
+            per_pod.per_second(),
+            delayed.per_second(),
+            mixed.per_second(),
+        ));
         for app in apps {
             app.shutdown().await;
         }
     }
+    println!(
+        "\n3 instances / 1: audited commits (8 clients per instance) {:.2}×, with 2 ms flushes {:.2}×, mixed load {:.2}×",
+        figures[1].0 / figures[0].0,
+        figures[1].1 / figures[0].1,
+        figures[1].2 / figures[0].2
+    );
 }
