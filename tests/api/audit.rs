@@ -605,7 +605,7 @@ async fn three_instances_writing_at_once_build_one_consistent_tree() {
         assert_eq!(report["valid"], true, "{report}");
         assert_eq!(report["leavesChecked"], rows);
     }
-    let incremental = futures::future::join_all(apps.iter().map(|app| verify(app))).await;
+    let incremental = futures::future::join_all(apps.iter().map(verify)).await;
     for report in incremental {
         assert_eq!(report["valid"], true, "{report}");
     }
