@@ -23,7 +23,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use medflow_actors::RequestContext;
 use medflow_actors::domain::{PatientData, PatientFields};
-use medflow_http::policy::Role;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -164,23 +163,7 @@ async fn run() {
         settings.database.pool_size = WRITE_CLIENTS;
     })
     .await;
-    // Every request carries a token, as in production: its verification is part of the cost.
-    let token = helpers::mint(
-        &app.auth,
-        &app.staff_subject,
-        &[Role::Registrar, Role::Doctor],
-        None,
-    );
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(READ_CLIENTS)
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let client = load::staff_client(&app, READ_CLIENTS);
 
     // (a) creates through the API, then the same inserts in plain SQL.
     let url = app.url("/api/v1/patients");

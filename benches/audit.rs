@@ -24,7 +24,6 @@ mod load;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medflow_http::policy::Role;
 use serde_json::json;
 
 use load::drive;
@@ -82,22 +81,7 @@ async fn cluster(
             .await,
         );
     }
-    let token = helpers::mint(
-        &apps[0].auth,
-        &apps[0].staff_subject,
-        &[Role::Registrar, Role::Doctor],
-        None,
-    );
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let client = load::staff_client(&apps[0], CLIENTS);
     let bases = Arc::new(apps.iter().map(|app| app.url("/api/v1/patients")).collect());
     (apps, client, bases)
 }

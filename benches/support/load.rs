@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use medflow_http::policy::Role;
 use tokio::sync::Mutex;
 
 pub struct Figures {
@@ -86,4 +87,25 @@ where
         latency,
         errors,
     }
+}
+
+/// A client sending a registrar-and-doctor token of `app`'s issuer with every request, as in
+/// production (its verification is part of the cost), keeping up to `idle` connections.
+pub fn staff_client(app: &crate::helpers::TestApp, idle: usize) -> reqwest::Client {
+    let token = crate::helpers::mint(
+        &app.auth,
+        &app.staff_subject,
+        &[Role::Registrar, Role::Doctor],
+        None,
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
