@@ -90,38 +90,27 @@ impl Application {
             .context("cannot prepare the database")?;
         let mut tree = settings.tree();
         tree.sealer.store = Some(PgStore::connect(&settings.sealer_store())?);
-        let supervision = Supervision::start(
+        let plan = Supervision::plan(
             store.clone(),
             tree,
             Arc::new(WellFormedSignature),
             settings.integration(),
-        )
-        .await?;
-
-        let (search, consumer_admin) = match start_consumers(&settings, &store, &supervision).await
-        {
-            Ok(started) => started,
-            Err(error) => {
-                // Nothing is served yet: stop what was started before refusing to start.
-                supervision.stop(Duration::from_secs(5)).await;
-                return Err(error);
-            }
-        };
-
-        let hub = if settings.graphql.enabled && settings.graphql.subscriptions {
+        );
+        // Everything the tree runs is prepared first (the search index opened, the registry
+        // client built), then the whole tree starts in one place.
+        let (search, consumer_admin, consumers) =
+            prepare_consumers(&settings, &store, &plan.documents).await?;
+        let hub = (settings.graphql.enabled && settings.graphql.subscriptions).then(|| {
             let kafka = settings.kafka();
             let topics = EVENT_TYPES.iter().map(|name| kafka.topic(name)).collect();
-            let hub = supervision
-                .start_hub(SubscriptionHub {
-                    kafka,
-                    topics,
-                    buffer: settings.graphql.subscriber_buffer,
-                })
-                .await?;
-            Some(hub)
-        } else {
-            None
-        };
+            SubscriptionHub {
+                kafka,
+                topics,
+                buffer: settings.graphql.subscriber_buffer,
+            }
+        });
+        let supervision = plan.start(hub, consumers).await?;
+        let hub = supervision.hub.clone();
 
         let listener = std::net::TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
@@ -279,13 +268,17 @@ impl Application {
     }
 }
 
-/// Opens the search index and starts the consumer groups the configuration enables: the
+/// Opens the search index and prepares the consumer groups the configuration enables: the
 /// search indexer (`search.enabled`) and the registry submitter (`registry.url` set).
-async fn start_consumers(
+async fn prepare_consumers(
     settings: &Settings,
     store: &PgStore,
-    supervision: &Supervision,
-) -> anyhow::Result<(Option<SearchService>, ConsumerAdmin)> {
+    documents: &medflow_actors::Documents,
+) -> anyhow::Result<(
+    Option<SearchService>,
+    ConsumerAdmin,
+    Option<ConsumerSupervisor>,
+)> {
     let kafka = settings.kafka();
     let mut children = Vec::new();
     let mut child = |spec: medflow_actors::consume::ConsumerSpec, handler: Arc<dyn Handler>| {
@@ -341,8 +334,7 @@ async fn start_consumers(
             )?,
             ca_pem: read_pem(&settings.registry.ca_file, "registry.ca_file")?,
         };
-        let submitter =
-            RegistrySubmitter::new(&client, supervision.documents.clone(), store.clone())?;
+        let submitter = RegistrySubmitter::new(&client, documents.clone(), store.clone())?;
         child(
             settings.consumer_spec(
                 registry_submitter::GROUP,
@@ -355,22 +347,19 @@ async fn start_consumers(
         tracing::info!("registry.url is empty: signed documents are not submitted");
     }
     let consumers = Consumers::default();
-    if !children.is_empty() {
-        supervision
-            .start_consumers(ConsumerSupervisor {
-                children,
-                consumers: consumers.clone(),
-                backoff_initial: ms(settings.consumers.backoff_initial_ms),
-                backoff_max: ms(settings.consumers.backoff_max_ms),
-            })
-            .await?;
-    }
+    let supervisor = (!children.is_empty()).then(|| ConsumerSupervisor {
+        children,
+        consumers: consumers.clone(),
+        backoff_initial: ms(settings.consumers.backoff_initial_ms),
+        backoff_max: ms(settings.consumers.backoff_max_ms),
+    });
     Ok((
         search,
         ConsumerAdmin {
             consumers,
             kafka: Some(kafka),
         },
+        supervisor,
     ))
 }
 

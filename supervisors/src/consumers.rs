@@ -30,6 +30,21 @@ pub struct ConsumerSupervisor {
     pub backoff_max: Duration,
 }
 
+impl std::fmt::Debug for ConsumerSupervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerSupervisor")
+            .field(
+                "groups",
+                &self
+                    .children
+                    .iter()
+                    .map(|child| child.spec.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 pub struct ConsumerSupervisorState {
     running: HashMap<ActorId, (usize, ActorCell)>,

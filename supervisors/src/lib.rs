@@ -1,4 +1,6 @@
-//! medflow's supervision tree and its start and stop.
+//! medflow's supervision tree and its start and stop. The whole tree is started in one
+//! place, [`TreePlan::start`], after [`Supervision::plan`] has made the entity clients that
+//! the consumers need.
 //!
 //! ```text
 //! RootSupervisor                           reports escalations to the application (exit ≠ 0)
@@ -75,6 +77,19 @@ pub struct TreeSettings {
     pub call_timeout: Duration,
 }
 
+/// The handles transports and consumers use to reach the tree, available before it starts
+/// (they find its actors through slots the tree fills), and what it takes to start it.
+pub struct TreePlan {
+    pub patients: Patients,
+    pub appointments: Appointments,
+    pub documents: Documents,
+    pub audit: AuditTrail,
+    /// The CDC pipeline's state, when it runs.
+    pub cdc: Option<CdcStatusCell>,
+    domain: DomainSupervisor,
+    integration: Option<IntegrationSupervisor>,
+}
+
 /// The running tree and the handles transports use to reach it.
 pub struct Supervision {
     root: ActorRef<RootMessage>,
@@ -85,19 +100,21 @@ pub struct Supervision {
     pub audit: AuditTrail,
     /// The CDC pipeline's state, when it runs.
     pub cdc: Option<CdcStatusCell>,
+    /// The subscription hub, when it runs.
+    pub hub: Option<ActorRef<medflow_actors::bus::hub::HubMessage>>,
     /// Becomes `Some(reason)` when a child escalated past the root's tolerance.
     pub fatal: watch::Receiver<Option<String>>,
-    late: Arc<std::sync::Mutex<Vec<(&'static str, ractor::ActorCell)>>>,
 }
 
 impl Supervision {
-    /// Starts the tree; returns once every entity host is up.
-    pub async fn start(
+    /// Plans the tree: its configuration and the clients of its entity actors, so that what
+    /// needs them (the registry submitter) can be built before the one start.
+    pub fn plan(
         store: PgStore,
         settings: TreeSettings,
         verifier: Arc<dyn SignatureVerifier>,
         integration: Option<IntegrationSettings>,
-    ) -> anyhow::Result<Self> {
+    ) -> TreePlan {
         let slots = DomainSlots::default();
         let cdc = integration
             .as_ref()
@@ -112,72 +129,75 @@ impl Supervision {
                     backoff_initial: settings.backoff_initial,
                     backoff_max: settings.backoff_max,
                 });
-        let (fatal_tx, fatal) = watch::channel(None);
-        let late = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let root = RootSupervisor {
+        let timeout = settings.call_timeout;
+        TreePlan {
+            patients: Patients::new(
+                EntityClient::new(slots.patients.clone(), timeout),
+                store.clone(),
+            ),
+            appointments: Appointments::new(
+                EntityClient::new(slots.appointments.clone(), timeout),
+                store.clone(),
+            ),
+            documents: Documents::new(
+                EntityClient::new(slots.documents.clone(), timeout),
+                store.clone(),
+            ),
+            audit: AuditTrail::new(slots.audit.clone(), timeout),
+            cdc,
             domain: DomainSupervisor {
-                store: store.clone(),
+                store,
                 entity_host: settings.entity_host,
                 restart: settings.restart,
                 sealer: settings.sealer,
                 verifier,
-                slots: slots.clone(),
+                slots,
             },
             integration,
+        }
+    }
+}
+
+impl TreePlan {
+    /// Starts the whole tree in one place: the domain, the CDC pipeline, the subscription
+    /// hub and the consumer groups, in that order, under one root.
+    pub async fn start(
+        self,
+        hub: Option<medflow_actors::bus::hub::SubscriptionHub>,
+        consumers: Option<ConsumerSupervisor>,
+    ) -> anyhow::Result<Supervision> {
+        let (fatal_tx, fatal) = watch::channel(None);
+        let hub_ref = Arc::new(std::sync::Mutex::new(None));
+        let root = RootSupervisor {
+            domain: self.domain,
+            integration: self.integration,
+            hub,
+            hub_ref: hub_ref.clone(),
+            consumers,
             fatal: fatal_tx,
-            late: late.clone(),
         };
         let (root, root_task) = Actor::spawn(None, root, ())
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the supervision tree: {error}"))?;
-        let timeout = settings.call_timeout;
-        Ok(Self {
-            root,
-            root_task,
-            patients: Patients::new(EntityClient::new(slots.patients, timeout), store.clone()),
-            appointments: Appointments::new(
-                EntityClient::new(slots.appointments, timeout),
-                store.clone(),
-            ),
-            documents: Documents::new(EntityClient::new(slots.documents, timeout), store),
-            audit: AuditTrail::new(slots.audit, timeout),
-            cdc,
-            fatal,
-            late,
-        })
-    }
-
-    /// Starts `actor` under the root, after the domain (whose clients it uses); `name` is
-    /// how a fatal end of it is reported.
-    async fn start_late<A: Actor<Arguments = ()>>(
-        &self,
-        name: &'static str,
-        actor: A,
-    ) -> anyhow::Result<ActorRef<A::Msg>> {
-        let (actor, _) = Actor::spawn_linked(None, actor, (), self.root.get_cell())
-            .await
-            .map_err(|error| anyhow::anyhow!("cannot start the {name}: {error}"))?;
-        self.late
+        let hub = hub_ref
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .push((name, actor.get_cell()));
-        Ok(actor)
+            .take();
+        Ok(Supervision {
+            root,
+            root_task,
+            patients: self.patients,
+            appointments: self.appointments,
+            documents: self.documents,
+            audit: self.audit,
+            cdc: self.cdc,
+            hub,
+            fatal,
+        })
     }
+}
 
-    /// Starts the consumer groups under the root.
-    pub async fn start_consumers(&self, supervisor: ConsumerSupervisor) -> anyhow::Result<()> {
-        self.start_late("consumer supervisor", supervisor).await?;
-        Ok(())
-    }
-
-    /// Starts the subscription hub under the root.
-    pub async fn start_hub(
-        &self,
-        hub: medflow_actors::bus::hub::SubscriptionHub,
-    ) -> anyhow::Result<ActorRef<medflow_actors::bus::hub::HubMessage>> {
-        self.start_late("subscription hub", hub).await
-    }
-
+impl Supervision {
     /// Stops every actor, children first, waiting at most `timeout`.
     pub async fn stop(self, timeout: Duration) {
         self.root.stop(Some("shutdown".into()));

@@ -1,6 +1,6 @@
-//! `RootSupervisor`: the top of the tree. It starts the domain supervisor and, when a child
-//! escalates, reports the failure to the application, which shuts down and exits non-zero so
-//! the orchestrator restarts the pod.
+//! `RootSupervisor`: the top of the tree. It starts every top-level child, in order, and
+//! stops them in reverse order; when one escalates, it reports the failure to the
+//! application, which shuts down and exits non-zero so the orchestrator restarts the pod.
 //!
 //! ```text
 //! RootSupervisor
@@ -12,9 +12,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use medflow_actors::bus::hub::{HubMessage, SubscriptionHub};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
+use crate::consumers::ConsumerSupervisor;
 use crate::domain::DomainSupervisor;
 use crate::integration::IntegrationSupervisor;
 
@@ -28,17 +30,18 @@ pub struct RootSupervisor {
     pub domain: DomainSupervisor,
     /// The CDC pipeline, when enabled.
     pub integration: Option<IntegrationSupervisor>,
+    /// The subscription hub, when GraphQL subscriptions are enabled; once started, its
+    /// address is published in `hub_ref` for the transports.
+    pub hub: Option<SubscriptionHub>,
+    pub hub_ref: Arc<Mutex<Option<ActorRef<HubMessage>>>>,
+    /// The consumer groups, when any is configured.
+    pub consumers: Option<ConsumerSupervisor>,
     pub fatal: watch::Sender<Option<String>>,
-    /// Children the application starts after the tree (the subscription hub, the consumer
-    /// supervisor — they need the domain's clients), by name; stopped first at shutdown, in
-    /// reverse order of start. They restart nothing themselves that the root could, so their
-    /// end is fatal like any top-level child's.
-    pub late: Arc<Mutex<Vec<(&'static str, ActorCell)>>>,
 }
 
+/// The running top-level children, by name, in start order.
 pub struct RootState {
-    domain: ActorCell,
-    integration: Option<ActorCell>,
+    children: Vec<(&'static str, ActorCell)>,
 }
 
 impl Actor for RootSupervisor {
@@ -51,21 +54,30 @@ impl Actor for RootSupervisor {
         myself: ActorRef<RootMessage>,
         _: (),
     ) -> Result<RootState, ActorProcessingErr> {
+        // The domain first: the hub and the consumers use its clients.
+        let mut children = Vec::new();
         let (domain, _) =
             Actor::spawn_linked(None, self.domain.clone(), (), myself.get_cell()).await?;
-        let integration = match &self.integration {
-            Some(integration) => Some(
-                Actor::spawn_linked(None, integration.clone(), (), myself.get_cell())
-                    .await?
-                    .0
-                    .get_cell(),
-            ),
-            None => None,
-        };
-        Ok(RootState {
-            domain: domain.get_cell(),
-            integration,
-        })
+        children.push(("domain supervisor", domain.get_cell()));
+        if let Some(integration) = &self.integration {
+            let (actor, _) =
+                Actor::spawn_linked(None, integration.clone(), (), myself.get_cell()).await?;
+            children.push(("integration supervisor", actor.get_cell()));
+        }
+        if let Some(hub) = &self.hub {
+            let (actor, _) = Actor::spawn_linked(None, hub.clone(), (), myself.get_cell()).await?;
+            children.push(("subscription hub", actor.get_cell()));
+            *self
+                .hub_ref
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = Some(actor);
+        }
+        if let Some(consumers) = &self.consumers {
+            let (actor, _) =
+                Actor::spawn_linked(None, consumers.clone(), (), myself.get_cell()).await?;
+            children.push(("consumer supervisor", actor.get_cell()));
+        }
+        Ok(RootState { children })
     }
 
     async fn post_stop(
@@ -73,23 +85,10 @@ impl Actor for RootSupervisor {
         _myself: ActorRef<RootMessage>,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        // Stop children gracefully, the event pipeline first (it stops reading and lets the
-        // producer flush), so their post_stop hooks run; ractor kills whatever is left.
-        let late: Vec<ActorCell> = std::mem::take(
-            &mut *self
-                .late
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        )
-        .into_iter()
-        .rev()
-        .map(|(_, cell)| cell)
-        .collect();
-        let children = late
-            .into_iter()
-            .map(Some)
-            .chain([state.integration.take(), Some(state.domain.clone())]);
-        for child in children.flatten() {
+        // Children stop gracefully in reverse order of start — consumers finish their batch,
+        // the hub and the event pipeline stop reading (the producer flushes), the domain
+        // last — so their post_stop hooks run; ractor kills whatever is left.
+        for (_, child) in std::mem::take(&mut state.children).into_iter().rev() {
             let _ = child
                 .stop_and_wait(
                     Some("shutdown".into()),
@@ -109,24 +108,12 @@ impl Actor for RootSupervisor {
         let Some((cell, reason)) = crate::policy::child_exit(event) else {
             return Ok(());
         };
-        let child = if cell.get_id() == state.domain.get_id() {
-            "domain supervisor"
-        } else if state
-            .integration
-            .as_ref()
-            .is_some_and(|integration| integration.get_id() == cell.get_id())
-        {
-            "integration supervisor"
-        } else if let Some(name) = self
-            .late
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        let Some(child) = state
+            .children
             .iter()
-            .find(|(_, late)| late.get_id() == cell.get_id())
+            .find(|(_, child)| child.get_id() == cell.get_id())
             .map(|(name, _)| *name)
-        {
-            name
-        } else {
+        else {
             return Ok(());
         };
         tracing::error!(child, reason = %reason, "a top-level child is gone; the application stops");
