@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{
@@ -31,6 +31,9 @@ use ractor::{
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+
+// Tokio's clock, not the system's: the host's timing is tested with paused time.
+use tokio::time::Instant;
 
 /// An actor that owns one entity, spawned with the entity's id.
 pub trait EntityActor: Actor<Arguments = Uuid> + Clone + Sync {
@@ -501,4 +504,186 @@ impl<A: EntityActor> EntityClient<A> {
 enum Delivery {
     NotDelivered,
     DiedHolding,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host's policies with tokio's clock paused: no PostgreSQL, no waiting.
+    use super::*;
+
+    /// An entity actor that answers pings and crashes on demand.
+    #[derive(Debug, Clone)]
+    struct Probe;
+
+    #[derive(Debug)]
+    enum ProbeMessage {
+        Ping(RpcReplyPort<()>),
+        Crash,
+    }
+
+    impl Actor for Probe {
+        type Msg = ProbeMessage;
+        type State = ();
+        type Arguments = Uuid;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<ProbeMessage>,
+            _: Uuid,
+        ) -> std::result::Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<ProbeMessage>,
+            message: ProbeMessage,
+            _: &mut (),
+        ) -> std::result::Result<(), ActorProcessingErr> {
+            match message {
+                ProbeMessage::Ping(reply) => {
+                    let _ = reply.send(());
+                    Ok(())
+                }
+                ProbeMessage::Crash => Err("crashed on purpose".into()),
+            }
+        }
+    }
+
+    impl EntityActor for Probe {
+        const KIND: &'static str = "probe";
+    }
+
+    fn settings() -> EntityHostSettings {
+        EntityHostSettings {
+            idle_timeout: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(30),
+            max_restarts: 2,
+            restart_window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    type Host = ActorRef<EntityHostMessage<ProbeMessage>>;
+
+    async fn host() -> Host {
+        let host = EntityHost {
+            factory: Probe,
+            settings: settings(),
+        };
+        Actor::spawn(None, host, ()).await.unwrap().0
+    }
+
+    async fn lookup(host: &Host, id: Uuid) -> Result<ActorRef<ProbeMessage>> {
+        ractor::call!(host, |reply| EntityHostMessage::Lookup { id, reply }).unwrap()
+    }
+
+    async fn stats(host: &Host) -> EntityHostStats {
+        ractor::call!(host, |reply| EntityHostMessage::Stats { reply }).unwrap()
+    }
+
+    /// Lets the actors run what is queued (time stands still meanwhile).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Crashes the live actor of `id` and waits until the host has counted it.
+    async fn crash(host: &Host, id: Uuid) {
+        let before = stats(host).await.restarts_total;
+        lookup(host, id)
+            .await
+            .unwrap()
+            .send_message(ProbeMessage::Crash)
+            .unwrap();
+        while stats(host).await.restarts_total == before {
+            settle().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_actor_is_passivated_after_the_idle_timeout_and_respawned_on_use() {
+        let host = host().await;
+        let id = Uuid::new_v4();
+        let first = lookup(&host, id).await.unwrap();
+        assert_eq!(stats(&host).await.live, 1);
+
+        // Used within the timeout: kept.
+        tokio::time::advance(Duration::from_secs(200)).await;
+        ractor::call!(first, ProbeMessage::Ping).unwrap();
+        assert_eq!(lookup(&host, id).await.unwrap().get_id(), first.get_id());
+        tokio::time::advance(Duration::from_secs(200)).await;
+        settle().await;
+        assert_eq!(
+            stats(&host).await.live,
+            1,
+            "accessed 200 s ago: not idle yet"
+        );
+
+        // Idle past the timeout: the next sweep passivates it; the next use spawns afresh.
+        tokio::time::advance(Duration::from_secs(150)).await;
+        settle().await;
+        let after = stats(&host).await;
+        assert_eq!((after.live, after.passivated_total), (0, 1));
+        let second = lookup(&host, id).await.unwrap();
+        assert_ne!(second.get_id(), first.get_id());
+        ractor::call!(second, ProbeMessage::Ping).unwrap();
+        host.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_actor_respawns_after_a_doubling_backoff() {
+        let host = host().await;
+        let id = Uuid::new_v4();
+        crash(&host, id).await;
+        let Err(Error::Unavailable { retry_after, .. }) = lookup(&host, id).await else {
+            panic!("a crashed entity waits for its backoff");
+        };
+        assert_eq!(retry_after, Some(Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let actor = lookup(&host, id)
+            .await
+            .expect("respawned after the backoff");
+        ractor::call!(actor, ProbeMessage::Ping).unwrap();
+
+        // The second crash within the window waits twice as long.
+        crash(&host, id).await;
+        let Err(Error::Unavailable { retry_after, .. }) = lookup(&host, id).await else {
+            panic!("a crashed entity waits for its backoff");
+        };
+        assert_eq!(retry_after, Some(Duration::from_millis(200)));
+        // Other entities are not affected.
+        assert!(lookup(&host, Uuid::new_v4()).await.is_ok());
+        host.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entity_crashing_past_its_budget_is_quarantined_until_the_window_ends() {
+        let host = host().await;
+        let id = Uuid::new_v4();
+        for _ in 0..3 {
+            // Wait out each backoff, then crash again: three crashes, the budget is two.
+            while lookup(&host, id).await.is_err() {
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            crash(&host, id).await;
+        }
+        let Err(Error::Unavailable { retry_after, .. }) = lookup(&host, id).await else {
+            panic!("quarantined");
+        };
+        let wait = retry_after.unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(stats(&host).await.quarantined, 1);
+        tokio::time::advance(wait).await;
+        assert!(
+            lookup(&host, id).await.is_ok(),
+            "released when the window ends"
+        );
+        host.stop(None);
+    }
 }
