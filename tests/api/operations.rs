@@ -29,6 +29,52 @@ async fn probes_and_metrics_answer() {
 }
 
 #[tokio::test]
+async fn every_metric_the_readme_names_is_described_and_counters_exist_before_they_happen() {
+    // With the search indexer running, so a consumer group registers its series.
+    let app = spawn_app_with(|settings| settings.search.enabled = true).await;
+    let created = app.create_patient(&patient_body(54)).await;
+    let path = format!("/api/v1/patients/{}", created["id"].as_str().unwrap());
+    assert_eq!(app.get(&path).await.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    // Every `medflow_*` name the README mentions has its HELP line.
+    let readme = include_str!("../../README.md");
+    let mut named: Vec<&str> = readme
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("medflow_") && word.len() > "medflow_".len())
+        .filter(|word| !matches!(*word, "medflow_actors" | "medflow_audit" | "medflow_cdc"))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    assert!(named.len() >= 20, "{named:?}");
+    for name in &named {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP line"
+        );
+    }
+    // Counters that had nothing to count yet are there at zero.
+    for series in [
+        r#"medflow_entity_actor_passivations_total{kind="appointment"} 0"#,
+        r#"medflow_entity_actor_crashes_total{kind="document"}"#,
+        r#"medflow_supervisor_restarts_total{child="audit_sealer"}"#,
+        r#"medflow_audit_tampering_seen_total{operation="delete"}"#,
+        "medflow_cdc_slot_recreated_total",
+        r#"medflow_consumer_dead_lettered_total{group="#,
+        r#"medflow_consumer_retried_total{group="#,
+        r#"medflow_consumer_restarts_total{group="#,
+    ] {
+        assert!(metrics.contains(series), "{series} is missing");
+    }
+    // The read-audit batch size is counted in rows, with buckets for rows.
+    assert!(
+        metrics.contains(r#"medflow_audit_batch_rows_bucket{le="1000"}"#),
+        "row buckets"
+    );
+    assert!(!metrics.contains(r#"medflow_audit_batch_rows_bucket{le="0.001"}"#));
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn request_ids_are_echoed_or_assigned() {
     let app = spawn_app().await;
     let response = app

@@ -77,6 +77,23 @@ impl Actor for ConsumerActor {
         _: (),
     ) -> Result<ConsumerState, ActorProcessingErr> {
         let topics = GroupTopics::new(&self.kafka, &self.spec.name, &self.spec.retry);
+        // The group's series exist from its start (at zero), not from its first event.
+        let group = topics.group_id.clone();
+        for name in [
+            "medflow_consumer_consumed_total",
+            "medflow_consumer_succeeded_total",
+            "medflow_consumer_dead_lettered_total",
+            "medflow_consumer_restarts_total",
+        ] {
+            metrics::counter!(name, "group" => group.clone()).increment(0);
+        }
+        for name in ["medflow_consumer_lag", "medflow_consumer_partial"] {
+            metrics::gauge!(name, "group" => group.clone()).increment(0.0);
+        }
+        for stage in 1..=self.spec.retry.0.len() {
+            metrics::counter!("medflow_consumer_retried_total", "group" => group.clone(), "stage" => stage.to_string())
+                .increment(0);
+        }
         let mut subscribed = self.spec.topics.clone();
         for topic in &topics.retry {
             // A schedule may repeat a delay: its stages share one topic.
