@@ -139,15 +139,7 @@ async fn plain_sql_insert(pool: &Pool, n: usize) -> bool {
 }
 
 fn main() {
-    if std::env::var("MEDFLOW_TEST_DATABASE_URL").is_err() {
-        eprintln!("the benchmark needs the private stack: run scripts/bench");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    load::on_private_stack("scripts/bench", run());
 }
 
 async fn run() {

@@ -34,15 +34,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const PATIENTS: usize = 200;
 
 fn main() {
-    if std::env::var("MEDFLOW_TEST_DATABASE_URL").is_err() {
-        eprintln!("the benchmark needs the private stack: run scripts/bench-audit");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    load::on_private_stack("scripts/bench-audit", run());
 }
 
 /// `instances` applications on one fresh database, and a client carrying a staff token.

@@ -32,6 +32,20 @@ impl Figures {
     }
 }
 
+/// Runs a benchmark's `run` on a multi-threaded runtime, if `script` started the private
+/// stack it needs (PostgreSQL and the broker, named by the environment).
+pub fn on_private_stack<F: std::future::Future<Output = ()>>(script: &str, run: F) {
+    if std::env::var("MEDFLOW_TEST_DATABASE_URL").is_err() {
+        eprintln!("the benchmark needs the private stack: run {script}");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run);
+}
+
 /// Runs `clients` loops of `operation` for `phase` after `warmup`, recording the latency of
 /// every operation that started after the warm-up; `operation(n)` gets a running number and
 /// answers whether it succeeded.
