@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod access;
+pub mod admin;
 pub mod appointments;
 pub mod audit;
 pub mod auth;
@@ -78,7 +79,7 @@ pub struct AppState {
     pub hub: Option<ractor::ActorRef<medflow_actors::bus::hub::HubMessage>>,
     /// The search index, when `search.enabled`.
     pub search: Option<search::SearchService>,
-    pub consumer_admin: search::ConsumerAdmin,
+    pub consumer_admin: admin::ConsumerAdmin,
 }
 
 /// One page of a list.
@@ -113,6 +114,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(documents::routes(state.clone()))
         .unify()
         .or(audit::routes(state.clone()))
+        .unify()
+        .or(admin::routes(state.clone()))
         .unify()
         .or(search::routes(state.clone()))
         .unify()

@@ -12,7 +12,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
-use crate::{appointments, audit, doctors, documents, json_reply, patients, search};
+use crate::{admin, appointments, audit, doctors, documents, json_reply, patients, search};
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
@@ -36,8 +36,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         documents::edit_document, documents::list_document_versions,
         documents::get_document_version, documents::sign_document,
         documents::record_registry_outcome,
-        audit::list_audit, audit::verify_audit, audit::inclusion_proof, audit::cdc_status,
-        search::search, search::list_consumers, search::replay_dlq,
+        audit::list_audit, admin::verify_audit, admin::inclusion_proof, admin::cdc_status,
+        search::search, admin::list_consumers, admin::replay_dlq,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -1,6 +1,5 @@
-//! `GET /api/v1/search` (full text over documents, fuzzy over patient names) and the
-//! consumer administration: `GET /api/v1/admin/consumers`,
-//! `POST /api/v1/admin/dlq/{group}/replay`.
+//! `GET /api/v1/search` (full text over documents, fuzzy over patient names). The consumer
+//! administration is in [`crate::admin`].
 //!
 //! Search permissions are those of listing: `type=patient` needs "list patients",
 //! `type=document` needs "list documents" — a patient token is confined to its own documents
@@ -10,9 +9,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use medflow_actors::Error;
-use medflow_actors::bus::KafkaSettings;
-use medflow_actors::consume::dlq::{self, DlqDepth, ReplayReport};
-use medflow_actors::consume::{ConsumerSnapshot, Consumers};
 use medflow_actors::domain::DocumentType;
 use medflow_actors::search::{Kind, SearchHit, SearchIndex, SearchQuery, SearchResults};
 use serde::{Deserialize, Serialize};
@@ -38,13 +34,6 @@ const MAX_QUERY_CHARS: usize = 200;
 pub struct SearchService {
     pub index: Arc<dyn SearchIndex>,
     pub max_limit: usize,
-}
-
-/// Consumer groups and the broker their retry paths live on.
-#[derive(Clone, Default)]
-pub struct ConsumerAdmin {
-    pub consumers: Consumers,
-    pub kafka: Option<KafkaSettings>,
 }
 
 /// Search parameters.
@@ -99,24 +88,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(|caller, query: String, state: AppState| async move {
             outcome(search(&state, caller, &query).await)
         });
-    let consumers = warp::path!("api" / "v1" / "admin" / "consumers")
-        .and(warp::get())
-        .and(access::caller(&state))
-        .and(with_state.clone())
-        .then(
-            |caller, state: AppState| async move { outcome(list_consumers(&state, caller).await) },
-        );
-    let replay = warp::path!("api" / "v1" / "admin" / "dlq" / String / "replay")
-        .and(warp::post())
-        .and(access::caller(&state))
-        .and(crate::raw_query())
-        .and(with_state)
-        .then(
-            |group: String, caller, query: String, state: AppState| async move {
-                outcome(replay_dlq(&state, caller, &group, &query).await)
-            },
-        );
-    search.or(consumers).unify().or(replay).unify().boxed()
+    search.boxed()
 }
 
 /// Searches patients (fuzzy names) or documents (full text), with filters.
@@ -311,87 +283,4 @@ pub async fn run_search(
         .await?;
     }
     Ok(results)
-}
-
-/// One consumer group, with its dead-letter topic's depth.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConsumerView {
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub state: ConsumerSnapshot,
-    /// Dead letters retained and not yet replayed (null when the broker did not answer).
-    #[schema(value_type = Option<Object>)]
-    pub dlq: Option<DlqDepth>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConsumersView {
-    pub groups: Vec<ConsumerView>,
-}
-
-/// The consumer groups of this instance: counts, lag, retry stages and dead letters.
-#[utoipa::path(get, path = "/api/v1/admin/consumers", tag = "audit",
-    responses((status = 200, description = "Consumer groups", body = ConsumersView)))]
-pub async fn list_consumers(
-    state: &AppState,
-    caller: Result<Caller, Problem>,
-) -> Result<Response, Problem> {
-    caller?.authorize(Action::ConsumerAdmin, Target::Any)?;
-    let mut groups = Vec::new();
-    for snapshot in state.consumer_admin.consumers.snapshots() {
-        let dlq = match (
-            &state.consumer_admin.kafka,
-            state.consumer_admin.consumers.stats(&snapshot.group),
-        ) {
-            (Some(kafka), Some(stats)) => dlq::depth(kafka, &stats.topics).await.ok(),
-            _ => None,
-        };
-        groups.push(ConsumerView {
-            state: snapshot,
-            dlq,
-        });
-    }
-    Ok(json_reply(StatusCode::OK, &ConsumersView { groups }, None))
-}
-
-/// Replays the group's dead letters (at most `limit`, default 1000) to their original
-/// topics, where every consumer of those topics handles them again.
-#[utoipa::path(post, path = "/api/v1/admin/dlq/{group}/replay", tag = "audit",
-    params(("group" = String, Path, description = "The group, e.g. medflow.search-indexer"),
-        ("limit" = Option<u64>, Query, description = "Dead letters to replay at most (1–100000, default 1000)")),
-    responses(
-        (status = 200, description = "How many were replayed", body = Object),
-        (status = 400, description = "`limit` is not a number in 1–100000", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such consumer group here", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn replay_dlq(
-    state: &AppState,
-    caller: Result<Caller, Problem>,
-    group: &str,
-    raw_query: &str,
-) -> Result<Response, Problem> {
-    let caller = caller?;
-    caller.authorize(Action::ConsumerAdmin, Target::Any)?;
-    let query = Query::parse(raw_query, &["limit"])?;
-    let limit = query
-        .parsed("limit", "must be an integer from 1 to 100000", |raw| {
-            raw.parse::<u64>()
-                .ok()
-                .filter(|v| (1..=100_000).contains(v))
-        })?
-        .unwrap_or(1000);
-    let (Some(kafka), Some(stats)) = (
-        &state.consumer_admin.kafka,
-        state.consumer_admin.consumers.stats(group),
-    ) else {
-        return Err(Problem::not_found("consumer group"));
-    };
-    let report: ReplayReport = dlq::replay(kafka, &stats.topics, limit)
-        .await
-        .map_err(|error| Problem::from(Error::unavailable(format!("dlq replay: {error:#}"))))?;
-    tracing::info!(group = %stats.topics.group_id, replayed = report.replayed, subject = %caller.principal.subject, "dead letters replayed");
-    Ok(json_reply(StatusCode::OK, &report, None))
 }
