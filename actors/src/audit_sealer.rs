@@ -71,7 +71,7 @@ impl Actor for AuditSealer {
                     tracing::error!(
                         operation = seen.operation,
                         entry = seen.audit_id,
-                        "the WAL shows an audit row changed bypassing the append-only triggers"
+                        "the WAL shows an audit row written or changed bypassing the audit triggers"
                     );
                     metrics::counter!("medflow_audit_tampering_seen_total", "operation" => seen.operation)
                         .increment(1);

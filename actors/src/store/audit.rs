@@ -100,9 +100,10 @@ impl AuditContent {
         Sha256::digest(self.canonical()).into()
     }
 
-    /// Whether the row carries the stamp its content calls for.
-    pub fn stamp_matches(&self) -> bool {
-        self.stamp.as_deref() == Some(self.content_hash().as_slice())
+    /// Whether the row carries the stamp its content calls for; `content` is
+    /// [`Self::content_hash`], computed once by the caller that needs it too.
+    pub fn stamped_with(&self, content: &Hash) -> bool {
+        self.stamp.as_deref() == Some(content.as_slice())
     }
 
     /// Reads an entry from a row with the columns `id, occurred_at, actor_id, action,
@@ -242,11 +243,11 @@ mod tests {
              ~\
              14:{\"version\": 3}"
         );
-        assert!(!entry.stamp_matches());
+        assert!(!entry.stamped_with(&entry.content_hash()));
         let stamped = AuditContent {
             stamp: Some(entry.content_hash().to_vec()),
             ..entry
         };
-        assert!(stamped.stamp_matches());
+        assert!(stamped.stamped_with(&stamped.content_hash()));
     }
 }

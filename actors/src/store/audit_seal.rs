@@ -121,16 +121,13 @@ pub enum SealOutcome {
     Busy,
     /// Nothing new was committed.
     Idle,
-    /// `leaves` were sealed; the tree now has `tree_size` leaves; `more` is waiting.
-    Sealed {
-        leaves: u64,
-        tree_size: u64,
-        more: bool,
-    },
+    /// Leaves were sealed; `more` is waiting.
+    Sealed { more: bool },
 }
 
-/// What the WAL showed besides inserts: only someone bypassing the append-only triggers can
-/// update, delete or truncate audit rows.
+/// What the WAL showed besides rows written by the trigger: only someone bypassing the
+/// append-only triggers can update, delete or truncate audit rows, or insert one whose stamp
+/// does not match its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tampering {
     pub operation: &'static str,
@@ -360,6 +357,11 @@ struct SealState {
     unsealed_from: i64,
 }
 
+/// A frontier's nodes as stored (`bytea[]`); [`frontier_from`] reads them back.
+fn frontier_rows(frontier: &Frontier) -> Vec<Vec<u8>> {
+    frontier.nodes().iter().map(|node| node.to_vec()).collect()
+}
+
 fn frontier_from(size: i64, nodes: Vec<Vec<u8>>) -> StoreResult<Frontier> {
     let nodes: Option<Vec<Hash>> = nodes.iter().map(|node| hash_of(node)).collect();
     nodes
@@ -429,7 +431,7 @@ impl PgStore {
             backfill_pending: row.get("backfill_pending"),
             unsealed_from: row.get("unsealed_from"),
         };
-        let (entries, more, tampering) = if state.backfill_pending {
+        let (entries, more, mut tampering) = if state.backfill_pending {
             let rows = tx
                 .query(
                     "SELECT a.id, a.occurred_at, a.actor_id, a.action, a.object_type, a.object_id,
@@ -481,7 +483,7 @@ impl PgStore {
             (entries, more, tampering)
         };
         let sealed = self
-            .append_leaves(&tx, &mut state, entries, settings)
+            .append_leaves(&tx, &mut state, entries, settings, &mut tampering)
             .await?;
         tx.execute(
             "UPDATE audit_seal_state
@@ -489,12 +491,7 @@ impl PgStore {
                     backfill_pending = $4, unsealed_from = $5",
             &[
                 &(state.frontier.size() as i64),
-                &state
-                    .frontier
-                    .nodes()
-                    .iter()
-                    .map(|n| n.to_vec())
-                    .collect::<Vec<_>>(),
+                &frontier_rows(&state.frontier),
                 &lsn_text(state.sealed_lsn),
                 &state.backfill_pending,
                 &state.unsealed_from,
@@ -505,23 +502,21 @@ impl PgStore {
         let outcome = if sealed == 0 && !more {
             SealOutcome::Idle
         } else {
-            SealOutcome::Sealed {
-                leaves: sealed,
-                tree_size: state.frontier.size(),
-                more,
-            }
+            SealOutcome::Sealed { more }
         };
         Ok((outcome, tampering))
     }
 
     /// Appends the entries not sealed yet as leaves, with their completed subtrees and a
-    /// head; returns how many were appended.
+    /// head; returns how many were appended, and adds the entries not stamped by the trigger
+    /// to `tampering`.
     async fn append_leaves(
         &self,
         tx: &Transaction<'_>,
         state: &mut SealState,
         entries: Vec<AuditContent>,
         settings: &SealSettings,
+        tampering: &mut Vec<Tampering>,
     ) -> StoreResult<u64> {
         let ids: Vec<i64> = entries.iter().map(|entry| entry.id).collect();
         let already: std::collections::HashSet<i64> = if ids.is_empty() {
@@ -545,17 +540,16 @@ impl PgStore {
                 continue;
             }
             // The leaf seals the content as committed. A row whose stamp does not match it
-            // was written bypassing the trigger: it is sealed all the same, and verification
-            // names it.
-            if !entry.stamp_matches() {
-                tracing::error!(
-                    entry = entry.id,
-                    "an audit row's stamp does not match its content: it was written bypassing the audit trigger"
-                );
-                metrics::counter!("medflow_audit_tampering_seen_total", "operation" => "unstamped insert").increment(1);
+            // was written bypassing the trigger: it is sealed all the same, reported, and
+            // verification names it.
+            let content = entry.content_hash();
+            if !entry.stamped_with(&content) {
+                tampering.push(Tampering {
+                    operation: "unstamped insert",
+                    audit_id: Some(entry.id),
+                });
             }
             let index = state.frontier.size();
-            let content = entry.content_hash();
             let leaf = audit_tree::leaf_hash(index, &content);
             for ((level, position), hash) in state.frontier.push(leaf) {
                 levels.push(i16::from(level));
@@ -804,7 +798,7 @@ impl PgStore {
         }
         if problem.is_none() {
             problem = tail.iter().map(AuditContent::from_row).find_map(|entry| {
-                (!entry.stamp_matches()).then(|| AuditProblem {
+                (!entry.stamped_with(&entry.content_hash())).then(|| AuditProblem {
                     entry_id: Some(entry.id),
                     leaf_index: None,
                     reason: "the entry (not sealed yet) does not match its stamp: it was altered, or written bypassing the audit trigger".to_owned(),
@@ -814,13 +808,12 @@ impl PgStore {
         report.valid = problem.is_none();
         report.problem = problem;
         if report.valid && verified.size() > 0 {
-            let nodes: Vec<Vec<u8>> = verified.nodes().iter().map(|n| n.to_vec()).collect();
             let recorded = tx
                 .execute(
                     "UPDATE audit_verify_state
                         SET tree_size = $1, frontier = $2, verified_at = clock_timestamp()
                       WHERE tree_size < $1",
-                    &[&(verified.size() as i64), &nodes],
+                    &[&(verified.size() as i64), &frontier_rows(&verified)],
                 )
                 .await;
             match recorded {
@@ -963,12 +956,13 @@ fn check_leaf(row: &tokio_postgres::Row, expected: u64) -> Option<AuditProblem> 
         return named("the entry was deleted after it was committed");
     }
     let entry = AuditContent::from_row(row);
-    if entry.content_hash() != content {
+    let current = entry.content_hash();
+    if current != content {
         return named(
             "the entry was altered after it was committed: its content differs from what was sealed",
         );
     }
-    if !entry.stamp_matches() {
+    if !entry.stamped_with(&current) {
         return named(
             "the entry does not match its stamp: it was written bypassing the audit trigger",
         );
