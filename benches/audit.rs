@@ -22,7 +22,7 @@ mod helpers;
 mod load;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -107,22 +107,7 @@ async fn sealing_lag(app: &helpers::TestApp) {
         println!("(c) no sealed tree in this schema (the hash chain links rows at commit)");
         return;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let unsealed: i64 = db
-            .query_one(
-                "SELECT count(*) FROM audit_log a
-                  WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if unsealed == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.all_audit_sealed(Duration::from_secs(120)).await;
     let row = db
         .query_one(
             "SELECT count(*),

@@ -50,15 +50,12 @@ async fn fifty_concurrent_updates_to_one_patient_are_serialised_without_a_lost_u
     );
 
     // The database agrees: 51 audit rows and outbox events, with versions 1..=51.
-    let db = app.db().await;
-    let rows = db
-        .query(
+    let outbox_versions: Vec<i64> = app
+        .column(
             "SELECT version FROM outbox WHERE aggregate_id = $1::text::uuid ORDER BY version",
             &[&id],
         )
-        .await
-        .unwrap();
-    let outbox_versions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        .await;
     assert_eq!(outbox_versions, (1..=51).collect::<Vec<_>>());
     assert_eq!(app.count(WRITE_AUDIT_ROWS).await, 51);
     // Concurrent audited transactions are all sealed into one consistent tree.

@@ -53,17 +53,11 @@ async fn reads_and_writes_of_clinical_data_are_audited_and_refusals_are_not() {
         assert_eq!(response.status(), 200, "{path}");
     }
     let actions: Vec<String> = app
-        .db()
-        .await
-        .query(
+        .column(
             "SELECT action FROM audit_log WHERE id > $1 ORDER BY id",
             &[&rows],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .await;
     assert_eq!(
         actions,
         [
@@ -201,20 +195,7 @@ pub async fn verify(app: &TestApp) -> Value {
 
 /// Waits until every audit row present is sealed into the tree.
 pub async fn all_sealed(app: &TestApp) {
-    eventually(
-        Duration::from_secs(20),
-        "every audit row sealed",
-        || async {
-            let unsealed = app
-                .count(
-                    "SELECT count(*) FROM audit_log a
-                  WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
-                )
-                .await;
-            (unsealed == 0).then_some(())
-        },
-    )
-    .await;
+    app.all_audit_sealed(Duration::from_secs(20)).await;
 }
 
 /// Waits until the tree has at least `leaves` leaves.
@@ -460,14 +441,8 @@ async fn tampered(kind: Tamper, before_sealing: bool) -> (Value, i64) {
         all_sealed(&app).await;
     }
     let ids: Vec<i64> = app
-        .db()
-        .await
-        .query("SELECT id FROM audit_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .column("SELECT id FROM audit_log ORDER BY id", &[])
+        .await;
     assert_eq!(ids.len(), 4);
     let (second, third) = (ids[1], ids[2]);
     let named = match kind {
@@ -721,18 +696,12 @@ async fn a_log_chained_before_the_upgrade_is_sealed_first_and_keeps_verifying() 
     app.create_patient(&patient_body(1)).await;
     all_sealed(&app).await;
     let first: Vec<i64> = app
-        .db()
-        .await
-        .query(
+        .column(
             "SELECT a.chain_seq FROM audit_leaves l JOIN audit_log a ON a.id = l.audit_id
               ORDER BY l.leaf_index LIMIT 5",
             &[],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .await;
     assert_eq!(
         first,
         [1, 2, 3, 4, 5],

@@ -118,17 +118,11 @@ async fn every_edit_of_a_draft_is_a_version_and_the_history_is_complete_and_orde
     .await;
 
     let events: Vec<String> = app
-        .db()
-        .await
-        .query(
+        .column(
             "SELECT event_type FROM outbox WHERE aggregate_id = $1::text::uuid ORDER BY version",
             &[&id],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .await;
     assert_eq!(
         events,
         ["DocumentCreated", "DocumentUpdated", "DocumentUpdated"]
@@ -298,17 +292,11 @@ async fn the_registry_lifecycle_allows_only_its_transitions() {
     expect_problem(registry(&app, id, json!({"outcome": "lost"})).await, 400).await;
 
     let events: Vec<String> = app
-        .db()
-        .await
-        .query(
+        .column(
             "SELECT event_type FROM outbox WHERE aggregate_id = $1::text::uuid ORDER BY version",
             &[&id],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .await;
     assert_eq!(
         events,
         [

@@ -235,6 +235,30 @@ impl TestApp {
         self.db().await.query_one(sql, &[]).await.expect(sql).get(0)
     }
 
+    /// Waits at most `deadline` until every audit row present is sealed into the tree.
+    pub async fn all_audit_sealed(&self, deadline: Duration) {
+        eventually(deadline, "every audit row sealed", || async {
+            let unsealed = self
+                .count(
+                    "SELECT count(*) FROM audit_log a
+                      WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.audit_id = a.id)",
+                )
+                .await;
+            (unsealed == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// The first column of every row `sql` returns.
+    pub async fn column<T: tokio_postgres::types::FromSqlOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<T> {
+        let rows = self.db().await.query(sql, params).await.expect(sql);
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
