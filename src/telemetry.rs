@@ -62,18 +62,6 @@ enum Kind {
     Histogram,
 }
 
-/// The entity kinds, the domain supervisor's children and the CDC pipeline: the label values
-/// known at start.
-const KINDS: [&str; 3] = ["patient", "appointment", "document"];
-const CHILDREN: [&str; 6] = [
-    "patient_host",
-    "appointment_host",
-    "document_host",
-    "audit_writer",
-    "audit_sealer",
-    "cdc-pipeline",
-];
-
 /// Every metric medflow exports, with its HELP text. Consumer-group series are registered
 /// by each group at its start (`actors/src/consume/worker.rs`).
 const CATALOGUE: &[(&str, Kind, &str)] = &[
@@ -290,12 +278,12 @@ fn register_catalogue() {
             match *name {
                 "medflow_entity_actor_passivations_total"
                 | "medflow_entity_actor_crashes_total" => {
-                    for entity in KINDS {
+                    for entity in medflow_actors::ENTITY_KINDS {
                         metrics::counter!(*name, "kind" => entity).increment(0);
                     }
                 }
                 "medflow_supervisor_restarts_total" => {
-                    for child in CHILDREN {
+                    for child in medflow_supervisors::supervised_children() {
                         metrics::counter!(*name, "child" => child).increment(0);
                     }
                 }
@@ -316,7 +304,7 @@ fn register_catalogue() {
             }
         }
     }
-    for entity in KINDS {
+    for entity in medflow_actors::ENTITY_KINDS {
         metrics::gauge!("medflow_entity_actors_live", "kind" => entity).increment(0.0);
     }
     metrics::gauge!("medflow_degraded", "component" => "cdc").increment(0.0);

@@ -35,3 +35,10 @@ pub use documents::Documents;
 pub use error::{Error, Result};
 pub use patients::Patients;
 pub use store::PgStore;
+
+/// The kinds of entity actors (`kind` in the entity metrics).
+pub const ENTITY_KINDS: [&str; 3] = [
+    <patient_actor::PatientActor as entity_host::EntityActor>::KIND,
+    <appointment_actor::AppointmentActor as entity_host::EntityActor>::KIND,
+    <document_actor::DocumentActor as entity_host::EntityActor>::KIND,
+];

@@ -44,7 +44,7 @@ pub enum DomainChild {
 }
 
 impl DomainChild {
-    const ALL: [DomainChild; 5] = [
+    pub const ALL: [DomainChild; 5] = [
         DomainChild::PatientHost,
         DomainChild::AppointmentHost,
         DomainChild::DocumentHost,
@@ -52,7 +52,8 @@ impl DomainChild {
         DomainChild::AuditSealer,
     ];
 
-    fn name(self) -> &'static str {
+    /// The child's name in logs and in `medflow_supervisor_restarts_total{child}`.
+    pub fn name(self) -> &'static str {
         match self {
             DomainChild::PatientHost => "patient_host",
             DomainChild::AppointmentHost => "appointment_host",

@@ -29,6 +29,9 @@ pub enum IntegrationMessage {
     Spawn,
 }
 
+/// The CDC pipeline's name in `medflow_supervisor_restarts_total{child}`.
+pub const CHILD_NAME: &str = "cdc-pipeline";
+
 #[derive(Debug, Clone)]
 pub struct IntegrationSupervisor {
     pub cdc: CdcSettings,
@@ -170,8 +173,7 @@ impl IntegrationSupervisor {
         let standby = medflow_actors::cdc::slot_in_use(&reason);
         metrics::counter!("medflow_cdc_restarts_total").increment(1);
         // The restarts of every supervised child, by child (one series per child).
-        metrics::counter!("medflow_supervisor_restarts_total", "child" => "cdc-pipeline")
-            .increment(1);
+        metrics::counter!("medflow_supervisor_restarts_total", "child" => CHILD_NAME).increment(1);
         self.status.update(|status| {
             status.state = if standby {
                 CdcState::Standby

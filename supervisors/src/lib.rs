@@ -41,6 +41,15 @@ use tokio::sync::watch;
 
 pub use policy::RestartPolicy;
 
+/// Every child whose restarts `medflow_supervisor_restarts_total{child}` counts from the
+/// start (consumer groups add theirs, by group name, when they start).
+pub fn supervised_children() -> impl Iterator<Item = &'static str> {
+    domain::DomainChild::ALL
+        .into_iter()
+        .map(domain::DomainChild::name)
+        .chain([integration::CHILD_NAME])
+}
+
 use crate::consumers::ConsumerSupervisor;
 use crate::domain::{DomainSlots, DomainSupervisor};
 use crate::integration::IntegrationSupervisor;
