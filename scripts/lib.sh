@@ -49,6 +49,43 @@ ensure_tansu() {
   export TANSU
 }
 
+# Node.js and npm build GraphiQL's bundle (http/build.rs) and run the browser tests;
+# installs Debian's `nodejs` and `npm` if missing.
+ensure_node() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return
+  log "installing Node.js and npm (Debian packages nodejs, npm)"
+  [ "$(id -u)" = 0 ] || die "Node.js is missing and installing it needs root"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >&2 || die "apt-get install nodejs npm failed"
+}
+
+# What the black-box tests drive: Debian's Chromium (tests/browser, through playwright-core
+# from npm) and schemathesis from PyPI (pinned in tests/schemathesis/requirements.txt, in a
+# virtualenv under target/). Exports MEDFLOW_TEST_CHROMIUM and MEDFLOW_TEST_SCHEMATHESIS.
+ensure_test_tools() {
+  ensure_node
+  if ! [ -x /usr/bin/chromium ]; then
+    log "installing Chromium (Debian package chromium) for the browser tests"
+    [ "$(id -u)" = 0 ] || die "Chromium is missing and installing it needs root"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq chromium >&2 || die "apt-get install chromium failed"
+  fi
+  export MEDFLOW_TEST_CHROMIUM=/usr/bin/chromium
+  if ! [ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
+    log "installing the browser tests' npm packages (tests/browser)"
+    (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund >&2) || die "npm ci in tests/browser failed"
+  fi
+  local venv=$PWD/target/schemathesis-venv
+  local wanted=tests/schemathesis/requirements.txt
+  if ! [ "$venv/.installed" -nt "$wanted" ]; then
+    log "installing schemathesis into $venv (PyPI)"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: python3-venv)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$wanted" >&2 || die "pip install schemathesis failed"
+    touch "$venv/.installed"
+  fi
+  export MEDFLOW_TEST_SCHEMATHESIS=$venv/bin/schemathesis
+}
+
 # Prints a TCP port nobody listens on.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return

@@ -489,7 +489,40 @@ async fn introspection_and_graphiql_follow_the_configuration() {
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "QueryRoot");
     let page = app.anonymous.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("graphiql"));
+    // Self-hosted: the page loads only its own bundle, under a CSP allowing exactly that.
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"src="/graphql/assets/graphiql.js""#),
+        "{html}"
+    );
+    for (asset, content_type) in [
+        (
+            "/graphql/assets/graphiql.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/graphql/assets/graphiql.css", "text/css; charset=utf-8"),
+        ("/graphql/assets/licenses.txt", "text/plain; charset=utf-8"),
+    ] {
+        let response = app.anonymous.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        assert_eq!(response.headers()["content-type"], content_type, "{asset}");
+    }
+    let missing = app
+        .anonymous
+        .get(app.url("/graphql/assets/other.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     // The served SDL is the one committed in the repository.
     let served = app
         .anonymous
@@ -518,6 +551,13 @@ async fn introspection_and_graphiql_follow_the_configuration() {
     // Only POST is left on /graphql.
     let page = app.anonymous.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 405);
+    let bundle = app
+        .anonymous
+        .get(app.url("/graphql/assets/graphiql.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), 404);
     let served = app
         .anonymous
         .get(app.url("/graphql/schema.graphql"))

@@ -4,6 +4,7 @@ mod actors;
 mod appointments;
 mod audit;
 mod auth;
+mod browser;
 mod bus;
 mod cdc;
 #[cfg(feature = "chaos")]

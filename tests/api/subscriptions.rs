@@ -30,7 +30,7 @@ async fn hub_stats(app: &TestApp) -> HubStats {
     }
 }
 
-async fn wait_hub(app: &TestApp, what: &str, done: impl Fn(&HubStats) -> bool) {
+pub(crate) async fn wait_hub(app: &TestApp, what: &str, done: impl Fn(&HubStats) -> bool) {
     eventually(Duration::from_secs(30), what, || async {
         done(&hub_stats(app).await).then_some(())
     })

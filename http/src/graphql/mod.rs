@@ -7,6 +7,7 @@
 //! costs a constant number of queries. Errors carry `extensions.code`, the REST problem's
 //! slug (`not-found`, `forbidden`, `validation-error`, …), and `extensions.status`.
 
+mod graphiql;
 pub mod loaders;
 mod mutation;
 mod nulls;
@@ -230,24 +231,7 @@ pub fn routes(state: AppState, settings: GraphqlSettings) -> BoxedFilter<(Respon
                 json_response(&response)
             },
         );
-    let graphiql_enabled = settings.graphiql;
-    let graphiql = warp::path!("graphql")
-        .and(warp::get())
-        .and_then(move || async move {
-            if !graphiql_enabled {
-                return Err(warp::reject::not_found());
-            }
-            let html = async_graphql::http::GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql/ws")
-                .finish();
-            let mut response = Response::new(html.into());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            Ok::<_, warp::Rejection>(response)
-        });
+    let graphiql = graphiql::routes(settings.graphiql);
     let introspection = settings.introspection;
     let schema_file = warp::path!("graphql" / "schema.graphql")
         .and(warp::get())
