@@ -327,7 +327,7 @@ pub async fn verify_audit(
 
 /// Returns an audit entry's inclusion proof in the newest tree head.
 #[utoipa::path(get, path = "/api/v1/admin/audit/entries/{id}/proof", tag = "audit",
-    params(("id" = i64, Path, description = "The audit entry's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The audit entry's id")),
     responses(
         (status = 200, description = "The proof", body = InclusionProofView),
         (status = 400, description = "The id is not a positive integer", body = Problem, content_type = "application/problem+json"),
@@ -409,7 +409,7 @@ pub async fn list_consumers(
 /// topics, where every consumer of those topics handles them again.
 #[utoipa::path(post, path = "/api/v1/admin/dlq/{group}/replay", tag = "audit",
     params(("group" = String, Path, description = "The group, e.g. medflow.search-indexer"),
-        ("limit" = Option<u64>, Query, description = "Dead letters to replay at most (1–100000, default 1000)")),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100000, description = "Dead letters to replay at most (default 1000)")),
     responses(
         (status = 200, description = "How many were replayed", body = Object),
         (status = 400, description = "`limit` is not a number in 1–100000", body = Problem, content_type = "application/problem+json"),

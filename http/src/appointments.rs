@@ -76,14 +76,11 @@ pub struct AppointmentInput {
     pub doctor_id: Uuid,
     /// RFC 3339 with an offset, not in the past.
     pub starts_at: DateTime<Utc>,
-    /// 5–240.
-    #[schema(example = 30)]
+    #[schema(example = 30, minimum = 5, maximum = 240)]
     pub duration_minutes: i64,
-    /// `oms` (compulsory insurance) or `paid`.
-    #[schema(example = "oms")]
+    #[schema(schema_with = crate::contract::payment, example = "oms")]
     pub payment: String,
-    /// `primary` or `repeat`.
-    #[schema(example = "primary")]
+    #[schema(schema_with = crate::contract::visit, example = "primary")]
     pub visit: String,
 }
 
@@ -91,7 +88,7 @@ pub struct AppointmentInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelInput {
-    /// 1–500 characters.
+    #[schema(schema_with = crate::contract::cancel_reason)]
     pub reason: String,
 }
 
@@ -100,8 +97,9 @@ pub struct CancelInput {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RescheduleInput {
     pub starts_at: DateTime<Utc>,
-    /// 5–240; unchanged when absent.
+    /// Unchanged when absent.
     #[serde(default)]
+    #[schema(minimum = 5, maximum = 240)]
     pub duration_minutes: Option<i64>,
 }
 
@@ -113,13 +111,17 @@ pub struct RescheduleInput {
 pub struct AppointmentListParams {
     patient_id: Option<Uuid>,
     doctor_id: Option<Uuid>,
-    /// `scheduled`, `in_progress`, `completed` or `cancelled`.
+    #[param(schema_with = crate::contract::appointment_status)]
     status: Option<String>,
     /// Starting at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Starting before this time (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Skip this many appointments (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
     offset: Option<i64>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -351,7 +353,7 @@ enum StepResponses {
 /// `POST /api/v1/appointments/{id}/start`: the patient arrived (scheduled → in progress).
 #[utoipa::path(post, path = "/api/v1/appointments/{id}/start", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         StepResponses,
     ))]
@@ -367,7 +369,7 @@ pub async fn start_appointment(
 /// `POST /api/v1/appointments/{id}/complete`: the visit is over (in progress → completed).
 #[utoipa::path(post, path = "/api/v1/appointments/{id}/complete", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         StepResponses,
     ))]
@@ -383,7 +385,7 @@ pub async fn complete_appointment(
 /// `POST /api/v1/appointments/{id}/cancel` with `{"reason": …}`.
 #[utoipa::path(post, path = "/api/v1/appointments/{id}/cancel", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     request_body = CancelInput,
     responses(
         StepResponses,
@@ -402,7 +404,7 @@ pub async fn cancel_appointment(
 /// `POST /api/v1/appointments/{id}/reschedule` with `{"startsAt": …, "durationMinutes"?: …}`.
 #[utoipa::path(post, path = "/api/v1/appointments/{id}/reschedule", tag = "appointments",
     params(("id" = Uuid, Path, description = "Appointment id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     request_body = RescheduleInput,
     responses(
         StepResponses,

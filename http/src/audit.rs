@@ -74,9 +74,11 @@ pub struct AuditListParams {
     object_id: Option<Uuid>,
     /// Only entries by this token subject.
     actor_id: Option<String>,
-    /// Skip this many entries (≥ 0, default 0).
+    /// Skip this many entries (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
     offset: Option<i64>,
-    /// Page size (1–100, default 20).
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

@@ -63,13 +63,14 @@ impl From<&Doctor> for DoctorView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DoctorInput {
-    /// 1–100 characters.
+    #[schema(schema_with = crate::contract::person_name)]
     pub first_name: String,
     #[serde(default)]
+    #[schema(schema_with = crate::contract::optional_person_name, required = false)]
     pub middle_name: Option<String>,
-    /// 1–100 characters.
+    #[schema(schema_with = crate::contract::person_name)]
     pub last_name: String,
-    /// 1–100 characters.
+    #[schema(schema_with = crate::contract::specialty)]
     pub specialty: String,
 }
 
@@ -90,9 +91,11 @@ impl From<DoctorInput> for DoctorFields {
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct DoctorListParams {
-    /// Skip this many doctors (≥ 0, default 0).
+    /// Skip this many doctors (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
     offset: Option<i64>,
-    /// Page size (1–100, default 20).
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Case-insensitive prefix of the last name.
     last_name: Option<String>,
@@ -258,7 +261,7 @@ pub async fn get_doctor(
 /// Replaces a doctor's data.
 #[utoipa::path(put, path = "/api/v1/doctors/{id}", tag = "doctors", request_body = DoctorInput,
     params(("id" = Uuid, Path, description = "Doctor id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Replaced", body = DoctorView),
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),

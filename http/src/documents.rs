@@ -183,23 +183,25 @@ pub struct DocumentInput {
     pub appointment_id: Option<Uuid>,
     /// A doctor.
     pub author_id: Uuid,
-    /// consultation, referral, discharge_summary, sick_leave or prescription.
     #[serde(rename = "type")]
-    #[schema(example = "consultation")]
+    #[schema(schema_with = crate::contract::document_type, example = "consultation")]
     pub doc_type: String,
-    /// 1–300 characters.
+    #[schema(schema_with = crate::contract::title)]
     pub title: String,
-    /// Clinical text, up to 1 MiB.
+    #[schema(schema_with = crate::contract::body)]
     pub body: String,
 }
 
 /// An edit of a draft: a new content version with the given fields replaced.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct DocumentEditInput {
     #[serde(default)]
+    #[schema(schema_with = crate::contract::title, required = false)]
     pub title: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::contract::body, required = false)]
     pub body: Option<String>,
 }
 
@@ -236,14 +238,19 @@ pub struct DocumentListParams {
     patient_id: Option<Uuid>,
     author_id: Option<Uuid>,
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", schema_with = crate::contract::document_type)]
     doc_type: Option<String>,
+    #[param(schema_with = crate::contract::document_status)]
     status: Option<String>,
     /// Created at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Skip this many documents (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
     offset: Option<i64>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -500,7 +507,7 @@ pub async fn get_document(
 /// Edits a draft: a new content version. A signed document is immutable (409).
 #[utoipa::path(patch, path = "/api/v1/documents/{id}", tag = "documents", request_body = DocumentEditInput,
     params(("id" = Uuid, Path, description = "Document id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "The document with its new content version", body = DocumentView),
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
@@ -563,7 +570,7 @@ pub async fn list_document_versions(
 /// Reads content version `n` of a document.
 #[utoipa::path(get, path = "/api/v1/documents/{id}/versions/{n}", tag = "documents",
     params(("id" = Uuid, Path, description = "Document id"),
-           ("n" = i32, Path, description = "Content version, from 1")),
+           ("n" = i32, Path, minimum = 1, description = "Content version, from 1")),
     responses(
         (status = 200, description = "The version with its body", body = DocumentVersionView),
         (status = 400, description = "Bad id or version number", body = Problem, content_type = "application/problem+json"),
@@ -601,7 +608,7 @@ pub async fn get_document_version(
 /// SHA-256 of the canonical content; the document becomes immutable.
 #[utoipa::path(post, path = "/api/v1/documents/{id}/sign", tag = "documents", request_body = SignInput,
     params(("id" = Uuid, Path, description = "Document id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag of the content being signed; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag of the content being signed; a stale one answers 412")),
     responses(
         (status = 200, description = "Signed", body = DocumentView),
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),

@@ -74,6 +74,9 @@ pub fn parse_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::invalid_field("id", "must be a UUID"))
 }
 
+/// The largest `offset` of a list (the OpenAPI document's `maximum`).
+pub const MAX_OFFSET: i64 = 1_000_000_000;
+
 /// Parses `If-Match`: `None` when absent or `*`, else the version in the entity tag.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
     let Some(value) = headers.get(header::IF_MATCH) else {
@@ -106,13 +109,16 @@ pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
         .any(|tag| tag == "*" || parse_etag(tag) == Some(version))
 }
 
+/// A version tag as medflow writes it: `"<version>"` (optionally weak, `W/`), the version
+/// in decimal digits without a leading zero, at most 18 of them (the OpenAPI document's
+/// `If-Match` pattern says the same).
 fn parse_etag(tag: &str) -> Option<i64> {
     let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    tag.strip_prefix('"')?
-        .strip_suffix('"')?
-        .parse::<i64>()
-        .ok()
-        .filter(|version| *version > 0)
+    let digits = tag.strip_prefix('"')?.strip_suffix('"')?;
+    let well_formed = (1..=18).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    well_formed.then(|| digits.parse::<i64>().ok()).flatten()
 }
 
 /// The `ETag` of an entity at `version`.
@@ -354,8 +360,10 @@ impl Query {
 
     /// `offset` (≥ 0, default 0) and `limit` (1–`max`, default `default`).
     pub fn pagination(&self, default: i64, max: i64) -> Result<(i64, i64), Problem> {
-        let offset = self.parsed("offset", "must be an integer ≥ 0", |raw| {
-            raw.parse::<i64>().ok().filter(|v| *v >= 0)
+        let offset = self.parsed("offset", "must be an integer from 0 to 1000000000", |raw| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|v| (0..=MAX_OFFSET).contains(v))
         })?;
         let limit = self.parsed(
             "limit",

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod appointments;
 pub mod audit;
 pub mod auth;
+mod contract;
 pub mod doctors;
 pub mod documents;
 pub mod extract;

@@ -81,25 +81,23 @@ impl From<&Patient> for PatientView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[graphql(name = "PatientCreateInput")]
 pub struct PatientInput {
-    /// 1–100 characters.
-    #[schema(example = "Анна")]
+    #[schema(schema_with = crate::contract::person_name, example = "Анна")]
     pub first_name: String,
     #[serde(default)]
+    #[schema(schema_with = crate::contract::optional_person_name, required = false)]
     pub middle_name: Option<String>,
-    /// 1–100 characters.
-    #[schema(example = "Иванова")]
+    #[schema(schema_with = crate::contract::person_name, example = "Иванова")]
     pub last_name: String,
     /// After 1900-01-01 and not in the future.
     pub birth_date: NaiveDate,
     #[serde(default)]
     #[schema(example = "anna@example.org")]
     pub email: Option<String>,
-    /// 11 digits with a valid checksum.
     #[serde(default)]
-    #[schema(example = "11223344595")]
+    #[schema(schema_with = crate::contract::snils, required = false)]
     pub snils: Option<String>,
-    /// 16 digits.
     #[serde(default)]
+    #[schema(schema_with = crate::contract::oms_policy, required = false)]
     pub oms_policy: Option<String>,
 }
 
@@ -123,25 +121,25 @@ impl From<PatientInput> for PatientFields {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatientPatchInput {
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::person_name, required = false)]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::optional_person_name, required = false)]
     pub middle_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::person_name, required = false)]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<NaiveDate>)]
+    #[schema(value_type = NaiveDate)]
     pub birth_date: Option<Option<NaiveDate>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::snils, required = false)]
     pub snils: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::oms_policy, required = false)]
     pub oms_policy: Option<Option<String>>,
 }
 
@@ -219,9 +217,11 @@ impl PatientPatchInput {
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct PatientListParams {
-    /// Skip this many patients (≥ 0, default 0).
+    /// Skip this many patients (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
     offset: Option<i64>,
-    /// Page size (1–100, default 20).
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Case-insensitive prefix of the last name.
     last_name: Option<String>,
@@ -437,7 +437,7 @@ pub async fn get_patient(
 /// Replaces a patient's data.
 #[utoipa::path(put, path = "/api/v1/patients/{id}", tag = "patients", request_body = PatientInput,
     params(("id" = Uuid, Path, description = "Patient id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Replaced", body = PatientView),
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
@@ -469,7 +469,7 @@ pub async fn replace_patient(
 #[utoipa::path(patch, path = "/api/v1/patients/{id}", tag = "patients",
     request_body(content = PatientPatchInput, content_type = "application/merge-patch+json"),
     params(("id" = Uuid, Path, description = "Patient id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Updated", body = PatientView),
         (status = 415, description = "The body is not JSON (`Content-Type`)", body = Problem, content_type = "application/problem+json"),
@@ -500,7 +500,7 @@ pub async fn patch_patient(
 /// Archives a patient: the record is kept, read-only, and left out of lists by default.
 #[utoipa::path(delete, path = "/api/v1/patients/{id}", tag = "patients",
     params(("id" = Uuid, Path, description = "Patient id"),
-           ("If-Match" = Option<String>, Header, description = "The ETag last read; a stale one answers 412")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#, description = "The ETag last read; a stale one answers 412")),
     responses(
         (status = 200, description = "Archived", body = PatientView),
         (status = 400, description = "The id is not a UUID, or `If-Match` is not an ETag", body = Problem, content_type = "application/problem+json"),

@@ -36,6 +36,15 @@ pub struct SearchService {
     pub max_limit: usize,
 }
 
+/// What a search looks through (the OpenAPI document's enum of `type`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SearchKind {
+    Patient,
+    Document,
+}
+
 /// Search parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -45,22 +54,26 @@ pub struct SearchParams {
     /// Words to find (1–200 characters): in document titles and bodies (Russian stemming),
     /// or in patient names (fuzzy: a typo or two still matches; a prefix matches).
     q: String,
-    /// `patient` or `document`.
+    /// What to search.
     #[serde(rename = "type")]
+    #[param(value_type = SearchKind, inline)]
     kind: String,
     /// Documents of this patient only.
     patient_id: Option<Uuid>,
     /// Documents by this author only.
     author_id: Option<Uuid>,
-    /// Documents of this type only (consultation, referral, …).
+    /// Documents of this type only.
+    #[param(schema_with = crate::contract::document_type)]
     document_type: Option<String>,
     /// Documents created at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Documents created before this time (RFC 3339).
     to: Option<DateTime<Utc>>,
-    /// Skip this many hits (0–10000, default 0).
+    /// Skip this many hits (default 0).
+    #[param(minimum = 0, maximum = 10000)]
     offset: Option<i64>,
-    /// Page size (1–`search.max_limit`, default 20).
+    /// Page size (default 20; at most `search.max_limit`, 100 unless configured).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

@@ -10,6 +10,7 @@ mod cdc;
 #[cfg(feature = "chaos")]
 mod chaos;
 mod consumers;
+mod contract;
 mod doctors;
 mod documents;
 mod graphql;

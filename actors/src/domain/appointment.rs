@@ -194,16 +194,14 @@ pub enum AppointmentAction {
 impl AppointmentAction {
     /// Validates a cancellation reason.
     pub fn cancel(reason: &str) -> Result<Self, ValidationErrors> {
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
-            return Err(ValidationErrors(vec![FieldError::new(
-                "reason",
-                "must be 1–500 characters",
-            )]));
-        }
-        Ok(Self::Cancel {
-            reason: reason.to_owned(),
-        })
+        let reason = super::values::line(reason, MAX_REASON_CHARS).map_err(|problem| {
+            let message = match problem {
+                super::values::LineProblem::Control => "must not contain control characters",
+                _ => "must be 1–500 characters",
+            };
+            ValidationErrors(vec![FieldError::new("reason", message)])
+        })?;
+        Ok(Self::Cancel { reason })
     }
 
     /// Validates a new time; the duration stays unless given.

