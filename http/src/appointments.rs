@@ -76,10 +76,13 @@ pub struct AppointmentInput {
     pub doctor_id: Uuid,
     /// RFC 3339 with an offset, not in the past.
     pub starts_at: DateTime<Utc>,
+    /// 5–240.
     #[schema(example = 30, minimum = 5, maximum = 240)]
     pub duration_minutes: i64,
+    /// `oms` (compulsory insurance) or `paid`.
     #[schema(schema_with = crate::contract::payment, example = "oms")]
     pub payment: String,
+    /// `primary` or `repeat`.
     #[schema(schema_with = crate::contract::visit, example = "primary")]
     pub visit: String,
 }

@@ -81,11 +81,13 @@ impl From<&Patient> for PatientView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[graphql(name = "PatientCreateInput")]
 pub struct PatientInput {
+    /// 1–100 characters.
     #[schema(schema_with = crate::contract::person_name, example = "Анна")]
     pub first_name: String,
     #[serde(default)]
     #[schema(schema_with = crate::contract::optional_person_name, required = false)]
     pub middle_name: Option<String>,
+    /// 1–100 characters.
     #[schema(schema_with = crate::contract::person_name, example = "Иванова")]
     pub last_name: String,
     /// After 1900-01-01 and not in the future.
@@ -93,9 +95,11 @@ pub struct PatientInput {
     #[serde(default)]
     #[schema(example = "anna@example.org")]
     pub email: Option<String>,
+    /// 11 digits with a valid checksum.
     #[serde(default)]
     #[schema(schema_with = crate::contract::snils, required = false)]
     pub snils: Option<String>,
+    /// 16 digits.
     #[serde(default)]
     #[schema(schema_with = crate::contract::oms_policy, required = false)]
     pub oms_policy: Option<String>,

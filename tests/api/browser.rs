@@ -3,13 +3,12 @@
 //! the page — and Swagger UI's "Try it out", and fails on any page error or CSP violation.
 //! `scripts/test` installs Chromium and the script's npm packages where missing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use medflow_http::policy::Role;
 
 use crate::cdc::wait_streaming;
-use crate::helpers::{patient_body, spawn_app_with};
+use crate::helpers::{patient_body, run_tool, spawn_app_with};
 use crate::subscriptions::wait_hub;
 
 #[tokio::test]
@@ -29,23 +28,9 @@ async fn graphiql_and_swagger_ui_work_in_a_real_browser() {
         .env(
             "CHROMIUM",
             std::env::var("MEDFLOW_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        );
     // The script bounds each of its waits (30 s), so it ends on its own.
-    let run = tokio::task::spawn_blocking(move || node.output());
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run ended within 3 minutes")
-        .expect("the blocking task ran")
-        .expect("node runs tests/browser/pages.mjs (scripts/test installs its packages)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser checks failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let stdout = run_tool(node, Duration::from_secs(180), "the browser checks").await;
     for check in [
         "ok - GraphiQL runs a query and shows the answer",
         "ok - GraphiQL runs a subscription and shows its events",

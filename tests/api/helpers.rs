@@ -472,3 +472,32 @@ pub async fn emit_mark(db: &tokio_postgres::Client) -> String {
     .unwrap()
     .get(0)
 }
+
+/// Runs an external test tool (node, schemathesis) to completion off the runtime, bounded by
+/// `deadline`, and returns its stdout; fails the test naming `what` and both outputs when it
+/// does not succeed.
+pub async fn run_tool(
+    mut command: std::process::Command,
+    deadline: Duration,
+    what: &str,
+) -> String {
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let run = tokio::task::spawn_blocking(move || command.output());
+    let output = tokio::time::timeout(deadline, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {deadline:?}"))
+        .expect("the blocking task ran")
+        .unwrap_or_else(|error| {
+            panic!("{what} could not start: {error} (scripts/test installs it)")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
