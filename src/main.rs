@@ -35,6 +35,8 @@ enum Command {
     Token(TokenArgs),
     /// Prints the GraphQL schema (SDL), as committed in `http/schema.graphql`.
     GraphqlSchema,
+    /// Prints the OpenAPI document (JSON), as served at `/api/v1/openapi.json`.
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +70,16 @@ fn main() -> ExitCode {
         print!("{}", medflow_http::graphql::sdl());
         return ExitCode::SUCCESS;
     }
+    if matches!(cli.command, Some(Command::Openapi)) {
+        match serde_json::to_string_pretty(&medflow_http::openapi::document()) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("medflow: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -82,7 +94,9 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(settings),
         Command::Token(args) => token(&settings, args),
-        Command::GraphqlSchema => unreachable!("handled before the configuration is loaded"),
+        Command::GraphqlSchema | Command::Openapi => {
+            unreachable!("handled before the configuration is loaded")
+        }
     }
 }
 

@@ -77,6 +77,7 @@ pub struct AppointmentInput {
     /// RFC 3339 with an offset, not in the past.
     pub starts_at: DateTime<Utc>,
     /// 5–240.
+    #[serde(deserialize_with = "crate::extract::whole_number")]
     #[schema(example = 30, minimum = 5, maximum = 240)]
     pub duration_minutes: i64,
     /// `oms` (compulsory insurance) or `paid`.
@@ -101,7 +102,7 @@ pub struct CancelInput {
 pub struct RescheduleInput {
     pub starts_at: DateTime<Utc>,
     /// Unchanged when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     #[schema(minimum = 5, maximum = 240)]
     pub duration_minutes: Option<i64>,
 }

@@ -73,6 +73,7 @@ pub struct AuditListParams {
     /// Only entries about this object.
     object_id: Option<Uuid>,
     /// Only entries by this token subject.
+    #[param(min_length = 1, max_length = 128)]
     actor_id: Option<String>,
     /// Skip this many entries (default 0).
     #[param(minimum = 0, maximum = 1000000000)]
@@ -115,7 +116,7 @@ pub async fn list_audit(
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let object_id = query.uuid("objectId")?;
     let actor_id = query.parsed("actorId", "must be 1–128 characters", |raw| {
-        (!raw.is_empty() && raw.len() <= 128).then(|| raw.to_owned())
+        (!raw.is_empty() && raw.chars().count() <= 128).then(|| raw.to_owned())
     })?;
     let filter = AuditFilter {
         object_id,

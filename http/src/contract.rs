@@ -16,6 +16,25 @@ const NOT_CONTROL: &str = r"[^\u0000-\u001F\u007F-\u009F]";
 const VISIBLE: &str =
     r"[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 
+/// A character that is neither NUL nor white space as `str::trim` removes it.
+const NOT_BLANK: &str =
+    r"[^\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// A query's text filter (`extract::text_filter`): at most `max` characters, not only white
+/// space.
+fn filter(max: usize, description: &str) -> RefOr<Schema> {
+    schema(
+        string(false)
+            .max_length(Some(max))
+            .pattern(Some(format!("^[^\\u0000]*{NOT_BLANK}[^\\u0000]*$")))
+            .description(Some(description))
+            .build(),
+    )
+}
+pub fn name_filter() -> RefOr<Schema> {
+    filter(100, "1–100 characters, not only white space; trimmed")
+}
+
 fn string(nullable: bool) -> ObjectBuilder {
     let builder = ObjectBuilder::new();
     if nullable {
@@ -148,4 +167,77 @@ pub fn document_status() -> RefOr<Schema> {
         false,
         "A document's status",
     ))
+}
+
+/// `RegistryInput`: one of `sent`; `accepted` with a `registryId` (1–200 characters); or
+/// `rejected` with a `reason` (1–2000 characters) — each a one-line text. The field another
+/// outcome does not use may be sent and is ignored.
+pub fn registry_input() -> RefOr<Schema> {
+    use utoipa::openapi::schema::{AdditionalProperties, OneOfBuilder};
+    let variant = |outcome: &str, required: Option<(&str, usize)>| {
+        let mut builder = ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::Object))
+            .property(
+                "outcome",
+                string(false).enum_values(Some([serde_json::Value::from(outcome)])),
+            )
+            .required("outcome")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for (field, max) in [("registryId", 200), ("reason", 2000)] {
+            if required.is_some_and(|(name, _)| name == field) {
+                builder = builder
+                    .property(field, line(max, false, &format!("1–{max} characters")))
+                    .required(field);
+            } else {
+                builder = builder.property(field, string(true).build());
+            }
+        }
+        builder.build()
+    };
+    RefOr::T(Schema::OneOf(
+        OneOfBuilder::new()
+            .description(Some(
+                "What the federal registry said: `sent`, `accepted` with `registryId`, \
+                 or `rejected` with `reason`",
+            ))
+            .item(variant("sent", None))
+            .item(variant("accepted", Some(("registryId", 200))))
+            .item(variant("rejected", Some(("reason", 2000))))
+            .build(),
+    ))
+}
+
+pub fn email() -> RefOr<Schema> {
+    schema(
+        string(true)
+            .max_length(Some(medflow_actors::domain::EMAIL_MAX_CHARS))
+            .pattern(Some(medflow_actors::domain::EMAIL_PATTERN))
+            .description(Some("A bare e-mail address with a dotted domain"))
+            .examples([serde_json::json!("anna@example.org")])
+            .build(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::{RefOr, Schema};
+
+    fn pattern(schema: RefOr<Schema>) -> String {
+        match schema {
+            RefOr::T(Schema::Object(object)) => object.pattern.expect("a pattern"),
+            _ => panic!("not an object schema"),
+        }
+    }
+
+    #[test]
+    fn the_search_words_parameter_states_the_filter_rule() {
+        let document = crate::openapi::document();
+        let parameters = document["paths"]["/api/v1/search"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let q = parameters.iter().find(|p| p["name"] == "q").unwrap();
+        assert_eq!(q["required"], true);
+        assert_eq!(q["schema"]["maxLength"], 200);
+        assert_eq!(q["schema"]["pattern"], pattern(super::name_filter()));
+    }
 }

@@ -98,8 +98,10 @@ pub struct DoctorListParams {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Case-insensitive prefix of the last name.
+    #[param(schema_with = crate::contract::name_filter)]
     last_name: Option<String>,
     /// Exact specialty.
+    #[param(schema_with = crate::contract::name_filter)]
     specialty: Option<String>,
 }
 
@@ -172,10 +174,7 @@ pub async fn list_doctors(
     caller?.authorize(Action::DoctorList, Target::Any)?;
     let query = Query::parse(raw_query, &["offset", "limit", "lastName", "specialty"])?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
-    let non_empty = |raw: &str| {
-        let raw = raw.trim();
-        (!raw.is_empty() && raw.chars().count() <= 100).then(|| raw.to_owned())
-    };
+    let non_empty = |raw: &str| crate::extract::text_filter(raw, 100);
     let last_name_prefix = query.parsed("lastName", "must be 1–100 characters", non_empty)?;
     let specialty = query.parsed("specialty", "must be 1–100 characters", non_empty)?;
     let filter = DoctorFilter {

@@ -195,7 +195,6 @@ pub struct DocumentInput {
 /// An edit of a draft: a new content version with the given fields replaced.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(min_properties = 1)]
 pub struct DocumentEditInput {
     #[serde(default)]
     #[schema(schema_with = crate::contract::title, required = false)]
@@ -217,8 +216,8 @@ pub struct SignInput {
     pub certificate_thumbprint: String,
 }
 
-/// What the federal registry said.
-#[derive(Debug, Deserialize, ToSchema)]
+/// What the federal registry said (its schema: `contract::registry_input`).
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistryInput {
     /// `sent`, `accepted` (with `registryId`) or `rejected` (with `reason`).
@@ -228,6 +227,14 @@ pub struct RegistryInput {
     #[serde(default)]
     pub reason: Option<String>,
 }
+
+impl utoipa::PartialSchema for RegistryInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::registry_input()
+    }
+}
+
+impl ToSchema for RegistryInput {}
 
 /// Filters and pagination of the document list.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -74,6 +74,14 @@ pub fn parse_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::invalid_field("id", "must be a UUID"))
 }
 
+/// A text filter of a query (a name prefix, a specialty, search words): at most `max_chars`
+/// characters as sent, something besides white space; used trimmed. NUL is refused for every
+/// parameter by [`Query::parse`]. `contract::filter` states the same rule in the document.
+pub fn text_filter(raw: &str, max_chars: usize) -> Option<String> {
+    let trimmed = raw.trim();
+    (!trimmed.is_empty() && raw.chars().count() <= max_chars).then(|| trimmed.to_owned())
+}
+
 /// The largest `offset` of a list (the OpenAPI document's `maximum`).
 pub const MAX_OFFSET: i64 = 1_000_000_000;
 
@@ -372,6 +380,33 @@ impl Query {
         )?;
         Ok((offset.unwrap_or(0), limit.unwrap_or(default)))
     }
+}
+
+/// An integer as JSON Schema reads one: `30` or `30.0` (a number whose fraction is zero).
+pub fn whole_number<'de, D>(deserializer: D) -> Result<i64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let number = <serde_json::Number as serde::Deserialize>::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && value.abs() < 9.0e15)
+                .map(|value| value as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number")))
+}
+
+/// [`whole_number`] for an optional field (with `#[serde(default)]`).
+pub fn optional_whole_number<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(<Option<Whole> as serde::Deserialize>::deserialize(deserializer)?.map(|Whole(n)| n))
 }
 
 /// Accepts `null` as an explicit value: `Some(None)` for null, `Some(Some(v))` for a value;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::Config;
 use warp::Filter;
@@ -39,7 +39,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         audit::list_audit, admin::verify_audit, admin::inclusion_proof, admin::cdc_status,
         search::search, admin::list_consumers, admin::replay_dlq,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CreatedLinks),
     security(("bearer" = [])),
     tags(
         (name = "patients", description = "Patients' personal data; archived, never deleted"),
@@ -114,9 +114,108 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Returns the OpenAPI document as served.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// OpenAPI links from each creating operation (`POST` on a collection, answering 201) to every
+/// operation on the created resource (`{collection}/{id}` and below) that needs no other
+/// path parameter: `id` from the response body, `If-Match` from its `ETag`. A generated
+/// client (and schemathesis' stateful run) follows them.
+struct CreatedLinks;
+
+impl Modify for CreatedLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut targets: Vec<(String, String, bool)> = Vec::new();
+        for (path, item) in &openapi.paths.paths {
+            let Some((collection, rest)) = path.split_once("/{id}") else {
+                continue;
+            };
+            if rest.contains('{') {
+                continue;
+            }
+            for operation in operations(item) {
+                let Some(operation_id) = &operation.operation_id else {
+                    continue;
+                };
+                let takes_if_match = operation.parameters.iter().flatten().any(|parameter| {
+                    parameter.name == "If-Match"
+                        && parameter.parameter_in == utoipa::openapi::path::ParameterIn::Header
+                });
+                targets.push((collection.to_owned(), operation_id.clone(), takes_if_match));
+            }
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let Some(create) = item.post.as_mut() else {
+                continue;
+            };
+            let Some(RefOr::T(created)) = create.responses.responses.get_mut("201") else {
+                continue;
+            };
+            for (_, operation_id, takes_if_match) in
+                targets.iter().filter(|(collection, ..)| collection == path)
+            {
+                let mut link = utoipa::openapi::link::LinkBuilder::new()
+                    .operation_id(operation_id.as_str())
+                    .parameter("id", "$response.body#/id");
+                if *takes_if_match {
+                    link = link.parameter("header.If-Match", "$response.header.ETag");
+                }
+                created.links.insert(operation_id.clone(), link.build().into());
+            }
+        }
+    }
+}
+
+fn operations(
+    item: &utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &utoipa::openapi::path::Operation> {
+    [
+        &item.get,
+        &item.put,
+        &item.post,
+        &item.patch,
+        &item.delete,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Returns the OpenAPI document as served (JSON).
+pub fn document() -> serde_json::Value {
+    let mut json = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    spell_links(&mut json);
+    // An edit names a title, a body or both (utoipa 5.5 writes `min_properties` as
+    // `maxProperties`, so it is set here).
+    json["components"]["schemas"]["DocumentEditInput"]["minProperties"] = 1.into();
+    json
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI spells
+/// them `operationId`, `operationRef` and `requestBody`.
+fn spell_links(json: &mut serde_json::Value) {
+    let Some(paths) = json["paths"].as_object_mut() else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation["responses"].as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|links| links.as_object_mut())
+        else {
+            continue;
+        };
+        for link in links.values_mut().filter_map(serde_json::Value::as_object_mut) {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
 }
 
 pub fn routes() -> BoxedFilter<(Response,)> {
@@ -163,10 +262,34 @@ fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Respo
 mod tests {
     #[test]
     fn list_responses_name_their_item_schema() {
-        let json = serde_json::to_value(super::document()).unwrap();
+        let json = super::document();
         let schema = &json["paths"]["/api/v1/patients"]["get"]["responses"]["200"]["content"]["application/json"]
             ["schema"];
         let text = schema.to_string();
         assert!(text.contains("PatientView"), "{text}");
+        let edit = &json["components"]["schemas"]["DocumentEditInput"];
+        assert_eq!(edit["minProperties"], 1, "{edit}");
+        assert!(edit.get("maxProperties").is_none(), "{edit}");
+    }
+
+    #[test]
+    fn creating_operations_link_to_the_created_resource() {
+        let json = super::document();
+        let links = &json["paths"]["/api/v1/patients"]["post"]["responses"]["201"]["links"];
+        assert_eq!(links["get_patient"]["operationId"], "get_patient");
+        assert_eq!(links["get_patient"]["parameters"]["id"], "$response.body#/id");
+        assert_eq!(
+            links["patch_patient"]["parameters"]["header.If-Match"],
+            "$response.header.ETag"
+        );
+        assert!(links["get_patient"].get("operation_id").is_none(), "{links}");
+        for (collection, target) in [
+            ("/api/v1/doctors", "get_doctor"),
+            ("/api/v1/appointments", "cancel_appointment"),
+            ("/api/v1/documents", "list_document_versions"),
+        ] {
+            let links = &json["paths"][collection]["post"]["responses"]["201"]["links"];
+            assert_eq!(links[target]["operationId"], target, "{collection}: {links}");
+        }
     }
 }

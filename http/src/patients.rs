@@ -93,7 +93,7 @@ pub struct PatientInput {
     /// After 1900-01-01 and not in the future.
     pub birth_date: NaiveDate,
     #[serde(default)]
-    #[schema(example = "anna@example.org")]
+    #[schema(schema_with = crate::contract::email, required = false)]
     pub email: Option<String>,
     /// 11 digits with a valid checksum.
     #[serde(default)]
@@ -137,7 +137,7 @@ pub struct PatientPatchInput {
     #[schema(value_type = NaiveDate)]
     pub birth_date: Option<Option<NaiveDate>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::contract::email, required = false)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(schema_with = crate::contract::snils, required = false)]
@@ -228,6 +228,7 @@ pub struct PatientListParams {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Case-insensitive prefix of the last name.
+    #[param(schema_with = crate::contract::name_filter)]
     last_name: Option<String>,
     /// Exact birth date.
     birth_date: Option<NaiveDate>,
@@ -343,8 +344,7 @@ pub async fn list_patients(
     )?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let last_name_prefix = query.parsed("lastName", "must be 1–100 characters", |raw| {
-        let raw = raw.trim();
-        (!raw.is_empty() && raw.chars().count() <= 100).then(|| raw.to_owned())
+        crate::extract::text_filter(raw, 100)
     })?;
     let birth_date = query.parsed("birthDate", "must be a date such as 1985-03-14", |raw| {
         raw.parse::<NaiveDate>().ok()

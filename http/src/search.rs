@@ -53,12 +53,18 @@ pub enum SearchKind {
 pub struct SearchParams {
     /// Words to find (1–200 characters): in document titles and bodies (Russian stemming),
     /// or in patient names (fuzzy: a typo or two still matches; a prefix matches).
+    // `contract::search_words`, spelt out: a `schema_with` parameter loses its `required`.
+    #[param(
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000]*$"
+    )]
     q: String,
     /// What to search.
     #[serde(rename = "type")]
     #[param(value_type = SearchKind, inline)]
     kind: String,
-    /// Documents of this patient only.
+    /// Documents of this patient only (this and the other document filters are ignored
+    /// when `type` is `patient`).
     patient_id: Option<Uuid>,
     /// Documents by this author only.
     author_id: Option<Uuid>,
@@ -191,10 +197,10 @@ pub async fn run_search(
     caller: &Caller,
     request: SearchRequest,
 ) -> Result<SearchResults, Problem> {
-    let text = request.text.trim();
-    if text.is_empty() || text.chars().count() > MAX_QUERY_CHARS {
+    let Some(text) = crate::extract::text_filter(&request.text, MAX_QUERY_CHARS) else {
         return Err(Problem::invalid_field("q", "is required: 1–200 characters"));
-    }
+    };
+    let text = text.as_str();
     let max_limit = max_limit(state);
     if !(1..=max_limit).contains(&request.limit) {
         return Err(Problem::invalid_field(
@@ -205,11 +211,7 @@ pub async fn run_search(
     if !(0..=MAX_OFFSET).contains(&request.offset) {
         return Err(Problem::invalid_field("offset", "must be from 0 to 10000"));
     }
-    if let (Some(from), Some(to)) = (request.from, request.to)
-        && from >= to
-    {
-        return Err(Problem::invalid_field("to", "must be after from"));
-    }
+    // `to` not after `from` is an empty range: it finds nothing.
     let doc_type = request
         .doc_type
         .as_deref()
@@ -225,14 +227,14 @@ pub async fn run_search(
         })
         .transpose()?;
     let mut patient_id = request.patient_id;
+    let (mut author_id, mut doc_type) = (request.author_id, doc_type);
+    let (mut from, mut to) = (request.from, request.to);
     match request.kind {
         Kind::Patient => {
             caller.authorize(Action::PatientList, Target::Any)?;
-            if patient_id.is_some() || request.author_id.is_some() || doc_type.is_some() {
-                return Err(Problem::bad_request(
-                    "patientId, authorId and documentType filter documents, not patients",
-                ));
-            }
+            // The document filters (patientId, authorId, documentType, from, to) do not apply
+            // to patients: ignored, as the OpenAPI document says.
+            (patient_id, author_id, doc_type, from, to) = (None, None, None, None, None);
         }
         Kind::Document => match patient_id {
             Some(id) => caller.authorize(Action::DocumentList, Target::Patient(id))?,
@@ -268,10 +270,10 @@ pub async fn run_search(
         limit: request.limit as usize,
         offset: request.offset as usize,
         patient_id,
-        author_id: request.author_id,
+        author_id,
         doc_type,
-        from: request.from,
-        to: request.to,
+        from,
+        to,
     };
     let started = std::time::Instant::now();
     let results = service

@@ -325,22 +325,26 @@ impl RegistryOutcome {
         match outcome {
             "sent" => Ok(Self::Sent),
             "accepted" => {
-                let id = registry_id.map(str::trim).unwrap_or_default();
-                if id.is_empty() || id.chars().count() > MAX_REGISTRY_ID_CHARS {
-                    return Err(error("registryId", "is required: 1–200 characters"));
-                }
-                Ok(Self::Accepted {
-                    registry_id: id.to_owned(),
-                })
+                let id = registry_id
+                    .and_then(|id| super::values::line(id, MAX_REGISTRY_ID_CHARS).ok())
+                    .ok_or_else(|| {
+                        error(
+                            "registryId",
+                            "is required: 1–200 characters, no control characters",
+                        )
+                    })?;
+                Ok(Self::Accepted { registry_id: id })
             }
             "rejected" => {
-                let text = reason.map(str::trim).unwrap_or_default();
-                if text.is_empty() || text.chars().count() > MAX_REASON_CHARS {
-                    return Err(error("reason", "is required: 1–2000 characters"));
-                }
-                Ok(Self::Rejected {
-                    reason: text.to_owned(),
-                })
+                let reason = reason
+                    .and_then(|reason| super::values::line(reason, MAX_REASON_CHARS).ok())
+                    .ok_or_else(|| {
+                        error(
+                            "reason",
+                            "is required: 1–2000 characters, no control characters",
+                        )
+                    })?;
+                Ok(Self::Rejected { reason })
             }
             _ => Err(error("outcome", "must be sent, accepted or rejected")),
         }

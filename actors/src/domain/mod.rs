@@ -22,7 +22,9 @@ pub use document::{
 pub use patient::{
     Patient, PatientData, PatientEvent, PatientFields, PatientPatch, PatientPatchFields,
 };
-pub use values::{BirthDate, Email, OmsPolicy, PersonName, Snils, Specialty};
+pub use values::{
+    BirthDate, EMAIL_MAX_CHARS, EMAIL_PATTERN, Email, OmsPolicy, PersonName, Snils, Specialty,
+};
 
 use serde::Serialize;
 

@@ -333,22 +333,22 @@ impl EmbeddedIndex {
             if let Some(doc_type) = &query.doc_type {
                 clauses.push((Occur::Must, term(f.doc_type, doc_type)));
             }
-            if query.from.is_some() || query.to.is_some() {
-                let date = |at: DateTime<Utc>| {
-                    Term::from_field_date_for_search(
-                        f.created_at,
-                        tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
-                    )
-                };
-                // No document was created before 1970: a bound before it is no bound (from) or
-                // the epoch itself (to), so the index never sees a negative timestamp.
-                let lower = query
-                    .from
-                    .filter(|t| *t > DateTime::UNIX_EPOCH)
-                    .map_or(Bound::Unbounded, |t| Bound::Included(date(t)));
-                let upper = query.to.map_or(Bound::Unbounded, |t| {
-                    Bound::Excluded(date(t.max(DateTime::UNIX_EPOCH)))
-                });
+            // tantivy keeps dates as i64 nanoseconds (1677–2262) and refuses a range without
+            // bounds. No document was created before 1970 or will be after 2200: a lower bound
+            // before 1970 is no bound, an upper bound after 2200 is none either, and the others
+            // are kept within the two, so any date a client sends is a query, not an overflow.
+            let date = |at: DateTime<Utc>| {
+                let at = at.clamp(DateTime::UNIX_EPOCH, latest_date());
+                Term::from_field_date_for_search(
+                    f.created_at,
+                    tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
+                )
+            };
+            let lower = query.from.filter(|t| *t > DateTime::UNIX_EPOCH);
+            let upper = query.to.filter(|t| *t < latest_date());
+            if lower.is_some() || upper.is_some() {
+                let lower = lower.map_or(Bound::Unbounded, |t| Bound::Included(date(t)));
+                let upper = upper.map_or(Bound::Unbounded, |t| Bound::Excluded(date(t)));
                 clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
             }
         }
@@ -445,6 +445,11 @@ impl EmbeddedIndex {
         hit.highlights = highlights;
         hit
     }
+}
+
+/// The latest creation date a range query names (see `search`).
+fn latest_date() -> DateTime<Utc> {
+    DateTime::from_timestamp(7_258_118_400, 0).expect("2200-01-01 is a valid date")
 }
 
 fn snippet_generator(
@@ -561,6 +566,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(EmbeddedIndex::open(dir.path()).unwrap());
         (dir, index)
+    }
+
+    /// Found by schemathesis: any text a user may type is a query, never an error of the index.
+    #[tokio::test]
+    async fn odd_text_and_old_dates_are_queries_not_errors() {
+        let (_dir, index) = temp_index();
+        let texts = [
+            "\u{DC314}ß\u{8F}\u{4}",
+            "TO8*\u{10}!¨\u{2E91A}",
+            "\u{4}",
+            "ß",
+            "a\u{8F}b",
+            "\\",
+            "title:",
+            "*",
+        ];
+        for text in texts {
+            for from in ["0197-09-01T13:01:29.1Z", "4429-04-15T15:29:32Z"] {
+                for kind in [Kind::Document, Kind::Patient] {
+                    let mut q = query(kind, text);
+                    q.patient_id = Some(Uuid::new_v4());
+                    q.from = Some(from.parse().unwrap());
+                    let result = index.search(&q).await;
+                    assert!(result.is_ok(), "{text:?} from {from} ({kind:?}): {result:?}");
+                    // An empty range (to before from) finds nothing.
+                    q.to = Some("2000-01-01T00:00:00Z".parse().unwrap());
+                    let result = index.search(&q).await;
+                    assert!(result.is_ok(), "{text:?} {from}..2000 ({kind:?}): {result:?}");
+                }
+            }
+        }
     }
 
     #[tokio::test]
