@@ -146,23 +146,6 @@ impl Caller {
     }
 }
 
-/// Records the caller's read of `objects` and returns once it is committed, with the
-/// committed versions of the entities read (see [`crate::reads`]): a read that cannot be
-/// audited is not answered (503).
-pub async fn audit_read(
-    state: &AppState,
-    caller: &Caller,
-    action: &'static str,
-    object_type: &'static str,
-    objects: impl IntoIterator<Item = Uuid>,
-) -> Result<medflow_actors::audit_writer::CommittedVersions, Problem> {
-    state
-        .audit
-        .record(caller.read_rows(action, object_type, objects))
-        .await
-        .map_err(Problem::from)
-}
-
 /// Authenticates the request and charges its rate limit; the handler receives the result
 /// and answers 401/429 itself, so these take precedence over everything but routing.
 pub fn caller(

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use medflow_actors::Error;
+
 use medflow_actors::domain::{
     Appointment, AppointmentAction, AppointmentFields, AppointmentStatus, NewAppointment,
 };
@@ -231,8 +231,6 @@ pub async fn list_appointments(
     )?;
     let from = query.time("from")?;
     let to = query.time("to")?;
-    let target = patient_id.map_or(Target::Any, Target::Patient);
-    caller.authorize(Action::AppointmentList, target)?;
     let filter = AppointmentFilter {
         direction: Default::default(),
         patient_id,
@@ -243,19 +241,7 @@ pub async fn list_appointments(
         offset,
         limit,
     };
-    let page = state
-        .store
-        .list_appointments(&filter)
-        .await
-        .map_err(|error| Error::from_store("appointment", error))?;
-    access::audit_read(
-        state,
-        &caller,
-        "appointment.list",
-        "appointment",
-        page.items.iter().map(|a| a.id),
-    )
-    .await?;
+    let page = crate::reads::appointments(state, &caller, &filter).await?;
     let body = Page::new(
         page.items.iter().map(AppointmentView::from).collect(),
         offset,

@@ -3,7 +3,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use medflow_actors::Error;
+
 use medflow_actors::domain::{
     Document, DocumentFields, DocumentStatus, DocumentType, DraftEdit, NewDocument,
     RegistryOutcome, SignatureInput,
@@ -367,19 +367,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Loads a document after checking the caller may read some documents, then checks they
-/// may read this patient's.
-pub(crate) async fn readable_document(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-) -> Result<std::sync::Arc<Document>, Problem> {
-    caller.authorize_some(Action::DocumentRead)?;
-    let document = state.documents.get(id).await?;
-    caller.authorize(Action::DocumentRead, Target::Patient(document.patient_id))?;
-    Ok(document)
-}
-
 /// Lists documents (without bodies), newest first. A `patient` token must filter by its own
 /// `patientId`.
 #[utoipa::path(get, path = "/api/v1/documents", tag = "documents", params(DocumentListParams),
@@ -427,23 +414,7 @@ pub async fn list_documents(
         offset,
         limit,
     };
-    caller.authorize(
-        Action::DocumentList,
-        filter.patient_id.map_or(Target::Any, Target::Patient),
-    )?;
-    let page = state
-        .store
-        .list_documents(&filter)
-        .await
-        .map_err(|error| Error::from_store("document", error))?;
-    access::audit_read(
-        state,
-        &caller,
-        "document.list",
-        "document",
-        page.items.iter().map(|d| d.id),
-    )
-    .await?;
+    let page = crate::reads::documents(state, &caller, &filter).await?;
     let body = Page::new(
         page.items.iter().map(DocumentSummaryView::from).collect(),
         offset,
@@ -558,13 +529,7 @@ pub async fn list_document_versions(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    readable_document(state, &caller, id).await?;
-    let versions = state
-        .store
-        .document_versions(id)
-        .await
-        .map_err(|error| Error::from_store("document", error))?;
-    access::audit_read(state, &caller, "document.versions", "document", [id]).await?;
+    let versions = crate::reads::document_versions(state, &caller, id).await?;
     let body = DocumentHistory {
         items: versions
             .into_iter()
@@ -596,14 +561,7 @@ pub async fn get_document_version(
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| Problem::invalid_field("n", "must be an integer ≥ 1"))?;
-    readable_document(state, &caller, id).await?;
-    let version = state
-        .store
-        .document_version(id, n)
-        .await
-        .map_err(|error| Error::from_store("document", error))?
-        .ok_or_else(|| Problem::not_found("document version"))?;
-    access::audit_read(state, &caller, "document.version.read", "document", [id]).await?;
+    let version = crate::reads::document_version(state, &caller, id, n).await?;
     Ok(json_reply(
         StatusCode::OK,
         &DocumentVersionView::from(version),

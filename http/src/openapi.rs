@@ -157,7 +157,9 @@ impl Modify for CreatedLinks {
                 if *takes_if_match {
                     link = link.parameter("header.If-Match", "$response.header.ETag");
                 }
-                created.links.insert(operation_id.clone(), link.build().into());
+                created
+                    .links
+                    .insert(operation_id.clone(), link.build().into());
             }
         }
     }
@@ -166,15 +168,9 @@ impl Modify for CreatedLinks {
 fn operations(
     item: &utoipa::openapi::path::PathItem,
 ) -> impl Iterator<Item = &utoipa::openapi::path::Operation> {
-    [
-        &item.get,
-        &item.put,
-        &item.post,
-        &item.patch,
-        &item.delete,
-    ]
-    .into_iter()
-    .flatten()
+    [&item.get, &item.put, &item.post, &item.patch, &item.delete]
+        .into_iter()
+        .flatten()
 }
 
 /// Returns the OpenAPI document as served (JSON).
@@ -200,11 +196,16 @@ fn spell_links(json: &mut serde_json::Value) {
         .filter_map(|operation| operation["responses"].as_object_mut())
         .flat_map(|responses| responses.values_mut());
     for response in responses {
-        let Some(links) = response.get_mut("links").and_then(|links| links.as_object_mut())
+        let Some(links) = response
+            .get_mut("links")
+            .and_then(|links| links.as_object_mut())
         else {
             continue;
         };
-        for link in links.values_mut().filter_map(serde_json::Value::as_object_mut) {
+        for link in links
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
             for (snake, camel) in [
                 ("operation_id", "operationId"),
                 ("operation_ref", "operationRef"),
@@ -277,19 +278,28 @@ mod tests {
         let json = super::document();
         let links = &json["paths"]["/api/v1/patients"]["post"]["responses"]["201"]["links"];
         assert_eq!(links["get_patient"]["operationId"], "get_patient");
-        assert_eq!(links["get_patient"]["parameters"]["id"], "$response.body#/id");
+        assert_eq!(
+            links["get_patient"]["parameters"]["id"],
+            "$response.body#/id"
+        );
         assert_eq!(
             links["patch_patient"]["parameters"]["header.If-Match"],
             "$response.header.ETag"
         );
-        assert!(links["get_patient"].get("operation_id").is_none(), "{links}");
+        assert!(
+            links["get_patient"].get("operation_id").is_none(),
+            "{links}"
+        );
         for (collection, target) in [
             ("/api/v1/doctors", "get_doctor"),
             ("/api/v1/appointments", "cancel_appointment"),
             ("/api/v1/documents", "list_document_versions"),
         ] {
             let links = &json["paths"][collection]["post"]["responses"]["201"]["links"];
-            assert_eq!(links[target]["operationId"], target, "{collection}: {links}");
+            assert_eq!(
+                links[target]["operationId"], target,
+                "{collection}: {links}"
+            );
         }
     }
 }

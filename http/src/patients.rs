@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
-use medflow_actors::Error;
+
 use medflow_actors::domain::{
     Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields,
 };
@@ -365,19 +365,7 @@ pub async fn list_patients(
         offset,
         limit,
     };
-    let page = state
-        .store
-        .list_patients(&filter)
-        .await
-        .map_err(|error| Error::from_store("patient", error))?;
-    access::audit_read(
-        state,
-        &caller,
-        "patient.list",
-        "patient",
-        page.items.iter().map(|patient| patient.id),
-    )
-    .await?;
+    let page = crate::reads::patients(state, &caller, &filter).await?;
     let body = Page::new(
         page.items.iter().map(PatientView::from).collect(),
         offset,

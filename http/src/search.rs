@@ -19,7 +19,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::access::{self, Caller, audit_read};
+use crate::access::{self, Caller};
 use crate::extract::Query;
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
@@ -288,7 +288,7 @@ pub async fn run_search(
         Kind::Document => ("document.search", "document"),
     };
     if !results.hits.is_empty() {
-        audit_read(
+        crate::reads::record_batch(
             state,
             caller,
             action,

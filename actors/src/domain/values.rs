@@ -292,8 +292,14 @@ mod tests {
         assert!(Email::parse("email", "Anna <anna@example.org>").is_err());
         assert!(Email::parse("email", "anna@").is_err());
         assert!(Email::parse("email", "anna").is_err());
-        assert!(Email::parse("email", "anna@localhost").is_err(), "a dotted domain");
-        assert!(Email::parse("email", " anna@example.org").is_err(), "as sent, untrimmed");
+        assert!(
+            Email::parse("email", "anna@localhost").is_err(),
+            "a dotted domain"
+        );
+        assert!(
+            Email::parse("email", " anna@example.org").is_err(),
+            "as sent, untrimmed"
+        );
         assert!(Email::parse("email", "a.b+tag@mail.example.org").is_ok());
     }
 

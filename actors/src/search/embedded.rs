@@ -589,11 +589,17 @@ mod tests {
                     q.patient_id = Some(Uuid::new_v4());
                     q.from = Some(from.parse().unwrap());
                     let result = index.search(&q).await;
-                    assert!(result.is_ok(), "{text:?} from {from} ({kind:?}): {result:?}");
+                    assert!(
+                        result.is_ok(),
+                        "{text:?} from {from} ({kind:?}): {result:?}"
+                    );
                     // An empty range (to before from) finds nothing.
                     q.to = Some("2000-01-01T00:00:00Z".parse().unwrap());
                     let result = index.search(&q).await;
-                    assert!(result.is_ok(), "{text:?} {from}..2000 ({kind:?}): {result:?}");
+                    assert!(
+                        result.is_ok(),
+                        "{text:?} {from}..2000 ({kind:?}): {result:?}"
+                    );
                 }
             }
         }

@@ -9,7 +9,7 @@ use medflow_actors::store::DocumentParent;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::access::{self, Caller};
+use crate::access::Caller;
 use crate::appointments::AppointmentView;
 use crate::doctors::DoctorView;
 use crate::documents::DocumentSummaryView;
@@ -51,9 +51,7 @@ impl StoreLoader {
         object_type: &'static str,
         ids: impl IntoIterator<Item = Uuid>,
     ) -> Result<(), Problem> {
-        access::audit_read(&self.state, &self.caller, action, object_type, ids)
-            .await
-            .map(|_| ())
+        crate::reads::record_batch(&self.state, &self.caller, action, object_type, ids).await
     }
 }
 

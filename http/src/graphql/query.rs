@@ -19,7 +19,6 @@ use super::loaders::{
     StoreLoader,
 };
 use super::{OrGql, page_size, request};
-use crate::access;
 use crate::appointments::AppointmentView;
 use crate::audit::AuditEntryView;
 use crate::doctors::DoctorView;
@@ -27,6 +26,7 @@ use crate::documents::{DocumentSummaryView, DocumentVersionView, DocumentView};
 use crate::patients::PatientView;
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
+use crate::reads;
 
 const DEFAULT_PAGE: i64 = 20;
 
@@ -39,6 +39,16 @@ pub struct Total {
 type Page<T> = Connection<usize, T, Total>;
 
 /// Runs a forward-paginated list: `load(offset, limit)` returns the items and the total.
+/// A text filter (a name prefix, a specialty): the same rule as REST's
+/// (`extract::text_filter`), refused naming `field`.
+fn name_filter(field: &str, raw: Option<String>) -> async_graphql::Result<Option<String>> {
+    raw.map(|raw| {
+        crate::extract::text_filter(&raw, 100)
+            .ok_or_else(|| invalid(field, "must be 1–100 characters, not only white space"))
+    })
+    .transpose()
+}
+
 async fn connection<T, F, Fut>(
     ctx: &Context<'_>,
     after: Option<String>,
@@ -281,38 +291,21 @@ impl QueryRoot {
     ) -> async_graphql::Result<Page<PatientView>> {
         let (order, direction) = order_by.store();
         let (state, caller) = request(ctx)?;
-        caller.authorize(Action::PatientList, Target::Any).gql()?;
         let filter = filter.unwrap_or_default();
-        if let Some(prefix) = &filter.last_name_prefix
-            && (prefix.trim().is_empty() || prefix.chars().count() > 100)
-        {
-            return Err(invalid("filter.lastNamePrefix", "must be 1–100 characters"));
-        }
+        let last_name_prefix = name_filter("filter.lastNamePrefix", filter.last_name_prefix)?;
         connection(ctx, after, first, |offset, limit| async move {
-            let page = state
-                .store
-                .list_patients(&PatientFilter {
-                    last_name_prefix: filter.last_name_prefix.map(|p| p.trim().to_owned()),
-                    birth_date: None,
-                    born_from: filter.born_from,
-                    born_to: filter.born_to,
-                    include_archived: filter.include_archived,
-                    order,
-                    direction,
-                    offset,
-                    limit,
-                })
-                .await
-                .map_err(store_error("patient"))?;
-            access::audit_read(
-                state,
-                caller,
-                "patient.list",
-                "patient",
-                page.items.iter().map(|p| p.id),
-            )
-            .await
-            .gql()?;
+            let filter = PatientFilter {
+                last_name_prefix,
+                birth_date: None,
+                born_from: filter.born_from,
+                born_to: filter.born_to,
+                include_archived: filter.include_archived,
+                order,
+                direction,
+                offset,
+                limit,
+            };
+            let page = reads::patients(state, caller, &filter).await.gql()?;
             Ok((
                 page.items.iter().map(PatientView::from).collect(),
                 page.total,
@@ -343,12 +336,14 @@ impl QueryRoot {
         let (state, caller) = request(ctx)?;
         caller.authorize(Action::DoctorList, Target::Any).gql()?;
         let filter = filter.unwrap_or_default();
+        let last_name_prefix = name_filter("filter.lastNamePrefix", filter.last_name_prefix)?;
+        let specialty = name_filter("filter.specialty", filter.specialty)?;
         connection(ctx, after, first, |offset, limit| async move {
             let page = state
                 .store
                 .list_doctors(&DoctorFilter {
-                    last_name_prefix: filter.last_name_prefix,
-                    specialty: filter.specialty,
+                    last_name_prefix,
+                    specialty,
                     offset,
                     limit,
                 })
@@ -387,12 +382,6 @@ impl QueryRoot {
     ) -> async_graphql::Result<Page<AppointmentView>> {
         let (state, caller) = request(ctx)?;
         let filter = filter.unwrap_or_default();
-        caller
-            .authorize(
-                Action::AppointmentList,
-                filter.patient_id.map_or(Target::Any, Target::Patient),
-            )
-            .gql()?;
         let status = match filter.status.as_deref() {
             None => None,
             Some(raw) => Some(AppointmentStatus::parse(raw).ok_or_else(|| {
@@ -403,32 +392,20 @@ impl QueryRoot {
             })?),
         };
         connection(ctx, after, first, |offset, limit| async move {
-            let page = state
-                .store
-                .list_appointments(&AppointmentFilter {
-                    patient_id: filter.patient_id,
-                    doctor_id: filter.doctor_id,
-                    status,
-                    from: filter.from,
-                    to: filter.to,
-                    direction: match order_by {
-                        TimeOrder::Asc => Direction::Ascending,
-                        TimeOrder::Desc => Direction::Descending,
-                    },
-                    offset,
-                    limit,
-                })
-                .await
-                .map_err(store_error("appointment"))?;
-            access::audit_read(
-                state,
-                caller,
-                "appointment.list",
-                "appointment",
-                page.items.iter().map(|a| a.id),
-            )
-            .await
-            .gql()?;
+            let filter = AppointmentFilter {
+                patient_id: filter.patient_id,
+                doctor_id: filter.doctor_id,
+                status,
+                from: filter.from,
+                to: filter.to,
+                direction: match order_by {
+                    TimeOrder::Asc => Direction::Ascending,
+                    TimeOrder::Desc => Direction::Descending,
+                },
+                offset,
+                limit,
+            };
+            let page = reads::appointments(state, caller, &filter).await.gql()?;
             Ok((
                 page.items.iter().map(AppointmentView::from).collect(),
                 page.total,
@@ -463,12 +440,6 @@ impl QueryRoot {
     ) -> async_graphql::Result<Page<DocumentSummaryView>> {
         let (state, caller) = request(ctx)?;
         let filter = filter.unwrap_or_default();
-        caller
-            .authorize(
-                Action::DocumentList,
-                filter.patient_id.map_or(Target::Any, Target::Patient),
-            )
-            .gql()?;
         let doc_type = match filter.doc_type.as_deref() {
             None => None,
             Some(raw) => Some(DocumentType::parse(raw).ok_or_else(|| {
@@ -488,30 +459,18 @@ impl QueryRoot {
             })?),
         };
         connection(ctx, after, first, |offset, limit| async move {
-            let page = state
-                .store
-                .list_documents(&DocumentFilter {
-                    patient_id: filter.patient_id,
-                    author_id: filter.author_id,
-                    doc_type,
-                    status,
-                    from: filter.from,
-                    to: filter.to,
-                    oldest_first: order_by == TimeOrder::Asc,
-                    offset,
-                    limit,
-                })
-                .await
-                .map_err(store_error("document"))?;
-            access::audit_read(
-                state,
-                caller,
-                "document.list",
-                "document",
-                page.items.iter().map(|d| d.id),
-            )
-            .await
-            .gql()?;
+            let filter = DocumentFilter {
+                patient_id: filter.patient_id,
+                author_id: filter.author_id,
+                doc_type,
+                status,
+                from: filter.from,
+                to: filter.to,
+                oldest_first: order_by == TimeOrder::Asc,
+                offset,
+                limit,
+            };
+            let page = reads::documents(state, caller, &filter).await.gql()?;
             Ok((
                 page.items.iter().map(DocumentSummaryView::from).collect(),
                 page.total,
@@ -788,15 +747,7 @@ impl DocumentView {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<Vec<DocumentVersionView>>> {
         let (state, caller) = request(ctx)?;
-        caller
-            .authorize(Action::DocumentRead, Target::Patient(self.patient_id))
-            .gql()?;
-        let versions = state
-            .store
-            .document_versions(self.id)
-            .await
-            .map_err(store_error("document"))?;
-        access::audit_read(state, caller, "document.versions", "document", [self.id])
+        let versions = reads::document_versions(state, caller, self.id)
             .await
             .gql()?;
         Ok(Some(
