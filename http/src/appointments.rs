@@ -3,10 +3,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-
-use medflow_actors::domain::{
-    Appointment, AppointmentAction, AppointmentFields, AppointmentStatus, NewAppointment,
-};
+use medflow_actors::domain::{Appointment, AppointmentFields, AppointmentStatus};
 use medflow_actors::store::AppointmentFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,8 +15,8 @@ use warp::reply::Response;
 
 use crate::access::{self, Caller};
 use crate::extract::{self, Query, etag, if_match, if_none_match_hits, json_body, parse_id};
-use crate::policy::{Action, Target};
 use crate::problem::Problem;
+use crate::writes::Step;
 use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
@@ -86,6 +83,19 @@ pub struct AppointmentInput {
     /// `primary` or `repeat`.
     #[schema(schema_with = crate::contract::visit, example = "primary")]
     pub visit: String,
+}
+
+impl From<AppointmentInput> for AppointmentFields {
+    fn from(input: AppointmentInput) -> Self {
+        Self {
+            patient_id: input.patient_id,
+            doctor_id: input.doctor_id,
+            starts_at: input.starts_at,
+            duration_minutes: input.duration_minutes,
+            payment: input.payment,
+            visit: input.visit,
+        }
+    }
 }
 
 /// Why an appointment is cancelled.
@@ -267,22 +277,10 @@ pub async fn create_appointment(
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
     let caller = caller?;
-    caller.authorize(Action::AppointmentCreate, Target::Any)?;
-    let body = body?;
-    let input: AppointmentInput = json_body(headers, &body)?;
-    let booking = NewAppointment::parse(
-        AppointmentFields {
-            patient_id: input.patient_id,
-            doctor_id: input.doctor_id,
-            starts_at: input.starts_at,
-            duration_minutes: input.duration_minutes,
-            payment: input.payment,
-            visit: input.visit,
-        },
-        Utc::now(),
-    )
-    .map_err(Problem::validation)?;
-    let appointment = state.appointments.create(&booking, &caller.ctx).await?;
+    let appointment = crate::writes::book_appointment(state, &caller, || {
+        Ok(json_body::<AppointmentInput>(headers, &body?)?.into())
+    })
+    .await?;
     let mut response = appointment_reply(StatusCode::CREATED, &appointment);
     crate::set_location(
         &mut response,
@@ -428,31 +426,23 @@ async fn act_on_appointment(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize(Action::AppointmentTransition, Target::Any)?;
     let expected = if_match(headers)?;
-    let action = match transition {
-        Transition::Start => AppointmentAction::Start,
-        Transition::Complete => AppointmentAction::Complete,
-        Transition::Cancel(body) => {
-            let input: CancelInput = json_body(headers, &body?)?;
-            AppointmentAction::cancel(&input.reason).map_err(Problem::validation)?
-        }
-        Transition::Reschedule(body) => {
-            let input: RescheduleInput = json_body(headers, &body?)?;
-            let current = state.appointments.get(id).await?;
-            AppointmentAction::reschedule(
-                input.starts_at,
-                input
-                    .duration_minutes
-                    .unwrap_or(i64::from(current.duration_minutes)),
-                Utc::now(),
-            )
-            .map_err(Problem::validation)?
-        }
-    };
-    let appointment = state
-        .appointments
-        .act(id, action, expected, &caller.ctx)
-        .await?;
+    let appointment = crate::writes::appointment_step(state, &caller, id, expected, || {
+        Ok(match transition {
+            Transition::Start => Step::Start,
+            Transition::Complete => Step::Complete,
+            Transition::Cancel(body) => Step::Cancel {
+                reason: json_body::<CancelInput>(headers, &body?)?.reason,
+            },
+            Transition::Reschedule(body) => {
+                let input: RescheduleInput = json_body(headers, &body?)?;
+                Step::Reschedule {
+                    starts_at: input.starts_at,
+                    duration_minutes: input.duration_minutes,
+                }
+            }
+        })
+    })
+    .await?;
     Ok(appointment_reply(StatusCode::OK, &appointment))
 }

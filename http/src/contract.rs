@@ -218,6 +218,33 @@ pub fn email() -> RefOr<Schema> {
     )
 }
 
+/// A detached signature: canonical base64 (RFC 4648 §4, padded, no stray bits) of 1 byte to
+/// 64 KiB, as `SignatureInput::parse` decodes it.
+pub fn signature() -> RefOr<Schema> {
+    schema(
+        string(false)
+            .min_length(Some(4))
+            .max_length(Some(87_384))
+            .pattern(Some(
+                r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)$",
+            ))
+            .description(Some("Base64 of the detached signature, 1 byte to 64 KiB"))
+            .build(),
+    )
+}
+
+/// A certificate thumbprint: SHA-1 (40) or SHA-256 (64) hexadecimal digits.
+pub fn thumbprint() -> RefOr<Schema> {
+    schema(
+        string(false)
+            .pattern(Some(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$"))
+            .description(Some(
+                "The signing certificate's SHA-1 or SHA-256 thumbprint, hex",
+            ))
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use utoipa::openapi::{RefOr, Schema};

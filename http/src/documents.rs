@@ -211,8 +211,10 @@ pub struct SignInput {
     /// The signing doctor: must be the token's subject.
     pub signer_id: Uuid,
     /// The detached signature bytes, base64 (up to 64 KiB).
+    #[schema(schema_with = crate::contract::signature)]
     pub signature: String,
     /// SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint of the signing certificate.
+    #[schema(schema_with = crate::contract::thumbprint)]
     pub certificate_thumbprint: String,
 }
 

@@ -28,6 +28,7 @@ pub mod problem;
 pub mod reads;
 pub mod search;
 pub mod server;
+pub mod writes;
 
 use std::convert::Infallible;
 use std::sync::Arc;

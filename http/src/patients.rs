@@ -2,10 +2,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
-
-use medflow_actors::domain::{
-    Patient, PatientData, PatientFields, PatientPatch, PatientPatchFields,
-};
+use medflow_actors::domain::{Patient, PatientFields, PatientPatch, PatientPatchFields};
 use medflow_actors::store::PatientFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -21,6 +18,7 @@ use crate::extract::{
 };
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
+use crate::writes;
 use crate::{AppState, Page, json_reply, not_modified, outcome};
 
 const MAX_PAGE: i64 = 100;
@@ -391,12 +389,10 @@ pub async fn create_patient(
     body: Result<Bytes, Problem>,
 ) -> Result<Response, Problem> {
     let caller = caller?;
-    caller.authorize(Action::PatientCreate, Target::Any)?;
-    let ctx = &caller.ctx;
-    let body = body?;
-    let input: PatientInput = json_body(headers, &body)?;
-    let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
-    let patient = state.patients.create(data, ctx).await?;
+    let patient = writes::create_patient(state, &caller, || {
+        Ok(json_body::<PatientInput>(headers, &body?)?.into())
+    })
+    .await?;
     let mut response = patient_reply(StatusCode::CREATED, &patient);
     crate::set_location(&mut response, &format!("/api/v1/patients/{}", patient.id));
     Ok(response)
@@ -447,13 +443,11 @@ pub async fn replace_patient(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize(Action::PatientUpdate, Target::Patient(id))?;
-    let ctx = &caller.ctx;
-    let body = body?;
     let expected = if_match(headers)?;
-    let input: PatientInput = json_body(headers, &body)?;
-    let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
-    let patient = state.patients.replace(id, data, expected, ctx).await?;
+    let patient = writes::replace_patient(state, &caller, id, expected, || {
+        Ok(json_body::<PatientInput>(headers, &body?)?.into())
+    })
+    .await?;
     Ok(patient_reply(StatusCode::OK, &patient))
 }
 
@@ -479,13 +473,11 @@ pub async fn patch_patient(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize(Action::PatientUpdate, Target::Patient(id))?;
-    let ctx = &caller.ctx;
-    let body = body?;
     let expected = if_match(headers)?;
-    let input: PatientPatchInput = json_body(headers, &body)?;
-    let patch = input.into_patch()?;
-    let patient = state.patients.patch(id, patch, expected, ctx).await?;
+    let patient = writes::patch_patient(state, &caller, id, expected, || {
+        json_body::<PatientPatchInput>(headers, &body?)?.into_patch()
+    })
+    .await?;
     Ok(patient_reply(StatusCode::OK, &patient))
 }
 
@@ -508,9 +500,7 @@ pub async fn archive_patient(
 ) -> Result<Response, Problem> {
     let caller = caller?;
     let id = parse_id(id)?;
-    caller.authorize(Action::PatientArchive, Target::Patient(id))?;
-    let ctx = &caller.ctx;
     let expected = if_match(headers)?;
-    let patient = state.patients.archive(id, expected, ctx).await?;
+    let patient = writes::archive_patient(state, &caller, id, expected).await?;
     Ok(patient_reply(StatusCode::OK, &patient))
 }

@@ -9,14 +9,13 @@
 
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::{DateTime, Utc};
-use medflow_actors::domain::{AppointmentAction, AppointmentFields, NewAppointment, PatientData};
 use uuid::Uuid;
 
-use super::{OrGql, request};
+use super::{gql_error, request};
 use crate::appointments::{AppointmentInput, AppointmentView};
 use crate::patients::{PatientInput, PatientUpdateInput, PatientView};
-use crate::policy::{Action, Target};
 use crate::problem::Problem;
+use crate::writes::{self, Step};
 
 /// Why a mutation did not take effect.
 #[derive(SimpleObject, Debug, Clone)]
@@ -100,11 +99,20 @@ fn appointment_payload(result: Result<AppointmentView, Problem>) -> AppointmentP
     }
 }
 
-fn today() -> chrono::NaiveDate {
-    Utc::now().date_naive()
+fn view(patient: std::sync::Arc<medflow_actors::domain::Patient>) -> PatientView {
+    PatientView::from(patient.as_ref())
 }
 
 pub struct MutationRoot;
+
+/// A refusal of the caller (401, 403) is the operation's error, as for queries; any other
+/// problem is the payload's `error`, for the client to show.
+fn refused_or<T>(result: Result<T, Problem>) -> async_graphql::Result<Result<T, Problem>> {
+    match result {
+        Err(problem) if matches!(problem.status, 401 | 403) => Err(gql_error(problem)),
+        other => Ok(other),
+    }
+}
 
 #[Object]
 impl MutationRoot {
@@ -114,14 +122,8 @@ impl MutationRoot {
         input: PatientInput,
     ) -> async_graphql::Result<PatientPayload> {
         let (state, caller) = request(ctx)?;
-        caller.authorize(Action::PatientCreate, Target::Any).gql()?;
-        let result = async {
-            let data = PatientData::parse(input.into(), today()).map_err(Problem::validation)?;
-            let patient = state.patients.create(data, &caller.ctx).await?;
-            Ok(PatientView::from(patient.as_ref()))
-        }
-        .await;
-        Ok(patient_payload(result))
+        let result = writes::create_patient(state, caller, || Ok(input.into())).await;
+        Ok(patient_payload(refused_or(result.map(view))?))
     }
 
     /// Changes a patient's data: absent fields stay, `null` clears an optional one;
@@ -138,19 +140,9 @@ impl MutationRoot {
             Ok(id) => id,
             Err(problem) => return Ok(patient_payload(Err(problem))),
         };
-        caller
-            .authorize(Action::PatientUpdate, Target::Patient(id))
-            .gql()?;
-        let result = async {
-            let patch = input.into_patch()?;
-            let patient = state
-                .patients
-                .patch(id, patch, expected_version, &caller.ctx)
-                .await?;
-            Ok(PatientView::from(patient.as_ref()))
-        }
-        .await;
-        Ok(patient_payload(result))
+        let result =
+            writes::patch_patient(state, caller, id, expected_version, || input.into_patch()).await;
+        Ok(patient_payload(refused_or(result.map(view))?))
     }
 
     /// Archives a patient (records are never erased).
@@ -170,23 +162,15 @@ impl MutationRoot {
             Ok(id) => id,
             Err(problem) => return Ok(refused(problem)),
         };
-        caller
-            .authorize(Action::PatientArchive, Target::Patient(id))
-            .gql()?;
-        Ok(
-            match state
-                .patients
-                .archive(id, expected_version, &caller.ctx)
-                .await
-            {
-                Ok(patient) => DeletePatientPayload {
-                    success: true,
-                    patient: Some(PatientView::from(patient.as_ref())),
-                    error: None,
-                },
-                Err(error) => refused(error.into()),
+        let result = writes::archive_patient(state, caller, id, expected_version).await;
+        Ok(match refused_or(result)? {
+            Ok(patient) => DeletePatientPayload {
+                success: true,
+                patient: Some(PatientView::from(patient.as_ref())),
+                error: None,
             },
-        )
+            Err(problem) => refused(problem),
+        })
     }
 
     async fn book_appointment(
@@ -195,27 +179,10 @@ impl MutationRoot {
         input: AppointmentInput,
     ) -> async_graphql::Result<AppointmentPayload> {
         let (state, caller) = request(ctx)?;
-        caller
-            .authorize(Action::AppointmentCreate, Target::Any)
-            .gql()?;
-        let result = async {
-            let booking = NewAppointment::parse(
-                AppointmentFields {
-                    patient_id: input.patient_id,
-                    doctor_id: input.doctor_id,
-                    starts_at: input.starts_at,
-                    duration_minutes: input.duration_minutes,
-                    payment: input.payment,
-                    visit: input.visit,
-                },
-                Utc::now(),
-            )
-            .map_err(Problem::validation)?;
-            let appointment = state.appointments.create(&booking, &caller.ctx).await?;
-            Ok(AppointmentView::from(appointment.as_ref()))
-        }
-        .await;
-        Ok(appointment_payload(result))
+        let result = writes::book_appointment(state, caller, || Ok(input.into()))
+            .await
+            .map(|appointment| AppointmentView::from(appointment.as_ref()));
+        Ok(appointment_payload(refused_or(result)?))
     }
 
     async fn start_appointment(
@@ -224,7 +191,7 @@ impl MutationRoot {
         id: Uuid,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<AppointmentPayload> {
-        act(ctx, id, Ok(AppointmentAction::Start), expected_version).await
+        step(ctx, id, Step::Start, expected_version).await
     }
 
     async fn complete_appointment(
@@ -233,7 +200,7 @@ impl MutationRoot {
         id: Uuid,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<AppointmentPayload> {
-        act(ctx, id, Ok(AppointmentAction::Complete), expected_version).await
+        step(ctx, id, Step::Complete, expected_version).await
     }
 
     async fn cancel_appointment(
@@ -243,8 +210,7 @@ impl MutationRoot {
         reason: String,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<AppointmentPayload> {
-        let action = AppointmentAction::cancel(&reason).map_err(Problem::validation);
-        act(ctx, id, action, expected_version).await
+        step(ctx, id, Step::Cancel { reason }, expected_version).await
     }
 
     /// Moves an appointment; the duration stays unless given.
@@ -256,44 +222,23 @@ impl MutationRoot {
         duration_minutes: Option<i64>,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<AppointmentPayload> {
-        let (state, caller) = request(ctx)?;
-        caller
-            .authorize(Action::AppointmentTransition, Target::Any)
-            .gql()?;
-        let action = match duration_minutes {
-            Some(minutes) => Ok(minutes),
-            None => state
-                .appointments
-                .get(id)
-                .await
-                .map(|current| i64::from(current.duration_minutes))
-                .map_err(Problem::from),
-        }
-        .and_then(|minutes| {
-            AppointmentAction::reschedule(starts_at, minutes, Utc::now())
-                .map_err(Problem::validation)
-        });
-        act(ctx, id, action, expected_version).await
+        let step_asked = Step::Reschedule {
+            starts_at,
+            duration_minutes,
+        };
+        step(ctx, id, step_asked, expected_version).await
     }
 }
 
-async fn act(
+async fn step(
     ctx: &Context<'_>,
     id: Uuid,
-    action: Result<AppointmentAction, Problem>,
+    step: Step,
     expected_version: Option<i64>,
 ) -> async_graphql::Result<AppointmentPayload> {
     let (state, caller) = request(ctx)?;
-    caller
-        .authorize(Action::AppointmentTransition, Target::Any)
-        .gql()?;
-    let result = async {
-        let appointment = state
-            .appointments
-            .act(id, action?, expected_version, &caller.ctx)
-            .await?;
-        Ok(AppointmentView::from(appointment.as_ref()))
-    }
-    .await;
-    Ok(appointment_payload(result))
+    let result = writes::appointment_step(state, caller, id, expected_version, || Ok(step))
+        .await
+        .map(|appointment| AppointmentView::from(appointment.as_ref()));
+    Ok(appointment_payload(refused_or(result)?))
 }
