@@ -171,7 +171,7 @@ pub async fn list_doctors(
     caller: Result<Caller, Problem>,
     raw_query: &str,
 ) -> Result<Response, Problem> {
-    caller?.authorize(Action::DoctorList, Target::Any)?;
+    let caller = caller?;
     let query = Query::parse(raw_query, &["offset", "limit", "lastName", "specialty"])?;
     let (offset, limit) = query.pagination(DEFAULT_PAGE, MAX_PAGE)?;
     let non_empty = |raw: &str| crate::extract::text_filter(raw, 100);
@@ -183,11 +183,7 @@ pub async fn list_doctors(
         offset,
         limit,
     };
-    let page = state
-        .store
-        .list_doctors(&filter)
-        .await
-        .map_err(|error| Error::from_store(KIND, error))?;
+    let page = crate::reads::doctors(state, &caller, &filter).await?;
     let body = Page::new(
         page.items.iter().map(DoctorView::from).collect(),
         offset,

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use medflow_actors::Error;
 use medflow_actors::audit_writer::CommittedVersions;
-use medflow_actors::domain::{Appointment, Document, Patient};
+use medflow_actors::domain::{Appointment, Doctor, Document, Patient};
 use medflow_actors::store::{
-    AppointmentFilter, DocumentFilter, DocumentSummary, DocumentVersion, Page, PatientFilter,
+    AppointmentFilter, DoctorFilter, DocumentFilter, DocumentSummary, DocumentVersion, Page,
+    PatientFilter,
 };
 use uuid::Uuid;
 
@@ -84,6 +85,21 @@ pub async fn patients(
     let ids = page.items.iter().map(|patient| patient.id);
     record(state, caller, "patient.list", "patient", ids).await?;
     Ok(page)
+}
+
+/// A page of doctors. Doctors' names and specialties are the clinic's directory, not
+/// patients' data: listing them is authorised but not audited.
+pub async fn doctors(
+    state: &AppState,
+    caller: &Caller,
+    filter: &DoctorFilter,
+) -> Result<Page<Doctor>, Problem> {
+    caller.authorize(Action::DoctorList, Target::Any)?;
+    state
+        .store
+        .list_doctors(filter)
+        .await
+        .map_err(store_error("doctor"))
 }
 
 /// An appointment, if the caller may read its patient's appointments.

@@ -334,21 +334,17 @@ impl QueryRoot {
         after: Option<String>,
     ) -> async_graphql::Result<Page<DoctorView>> {
         let (state, caller) = request(ctx)?;
-        caller.authorize(Action::DoctorList, Target::Any).gql()?;
         let filter = filter.unwrap_or_default();
         let last_name_prefix = name_filter("filter.lastNamePrefix", filter.last_name_prefix)?;
         let specialty = name_filter("filter.specialty", filter.specialty)?;
         connection(ctx, after, first, |offset, limit| async move {
-            let page = state
-                .store
-                .list_doctors(&DoctorFilter {
-                    last_name_prefix,
-                    specialty,
-                    offset,
-                    limit,
-                })
-                .await
-                .map_err(store_error("doctor"))?;
+            let filter = DoctorFilter {
+                last_name_prefix,
+                specialty,
+                offset,
+                limit,
+            };
+            let page = reads::doctors(state, caller, &filter).await.gql()?;
             Ok((
                 page.items.iter().map(DoctorView::from).collect(),
                 page.total,
