@@ -90,6 +90,11 @@ where
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     add_security_headers(&path, response.headers_mut());
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allowed) = allowed_methods(&path)
+    {
+        response.headers_mut().insert(header::ALLOW, allowed);
+    }
     let status = response.status();
     let elapsed = started.elapsed();
     let route = route_label(&path, status);
@@ -138,6 +143,44 @@ fn add_security_headers(path: &str, headers: &mut HeaderMap) {
     }
 }
 
+/// The methods a path answers (RFC 9110 §15.5.6: a 405 says them in `Allow`): the OpenAPI
+/// document's operations on the path's template, and `/graphql`'s.
+fn allowed_methods(path: &str) -> Option<HeaderValue> {
+    static ROUTES: std::sync::LazyLock<Vec<(Vec<String>, String)>> =
+        std::sync::LazyLock::new(|| {
+            let document = crate::openapi::document();
+            let mut routes: Vec<(Vec<String>, String)> = document["paths"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(template, item)| {
+                    let methods: Vec<String> = ["get", "put", "post", "patch", "delete"]
+                        .iter()
+                        .filter(|method| item.get(**method).is_some())
+                        .map(|method| method.to_ascii_uppercase())
+                        .collect();
+                    (
+                        template.split('/').map(str::to_owned).collect(),
+                        methods.join(", "),
+                    )
+                })
+                .collect();
+            routes.push((vec![String::new(), "graphql".into()], "GET, POST".into()));
+            routes
+        });
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(part, segment)| part.starts_with('{') || part == segment)
+        })
+        .and_then(|(_, methods)| HeaderValue::from_str(methods).ok())
+}
+
 /// A bounded metrics label for a path: ids become `{id}`, unrouted paths are `other`.
 fn route_label(path: &str, status: StatusCode) -> String {
     if status == StatusCode::NOT_FOUND
@@ -165,6 +208,23 @@ fn route_label(path: &str, status: StatusCode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_405_names_the_methods_the_path_answers() {
+        let id = Uuid::new_v4();
+        let allowed = |path: &str| allowed_methods(path).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allowed("/api/v1/doctors").as_deref(), Some("GET, POST"));
+        assert_eq!(
+            allowed(&format!("/api/v1/patients/{id}")).as_deref(),
+            Some("GET, PUT, PATCH, DELETE")
+        );
+        assert_eq!(
+            allowed(&format!("/api/v1/appointments/{id}/cancel")).as_deref(),
+            Some("POST")
+        );
+        assert_eq!(allowed("/graphql").as_deref(), Some("GET, POST"));
+        assert_eq!(allowed("/nowhere"), None);
+    }
 
     #[test]
     fn route_labels_are_bounded() {
