@@ -419,6 +419,12 @@ async fn a_permanent_failure_is_dead_lettered_with_headers_and_can_be_replayed()
         0,
         "a permanent failure skips the retry stages"
     );
+    // The admin view's lastError names the handler's failure.
+    let last_error = harness.stats.snapshot().last_error.unwrap_or_default();
+    assert!(
+        last_error.contains("poison cannot be handled") && last_error.contains(&harness.source),
+        "{last_error}"
+    );
     let topics = harness.topics();
     let (headers, payload) = read_message(&harness.kafka, &topics.dlq, "poison").await;
     assert_eq!(payload, json!({"payload": "bad"}));

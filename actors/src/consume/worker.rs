@@ -573,6 +573,11 @@ impl Loop {
             _ => None,
         };
         let text: String = error.to_string().chars().take(MAX_ERROR_HEADER).collect();
+        // `GET /admin/consumers` shows the newest handler failure while they go on.
+        self.stats.set_error(Some(format!(
+            "{} partition {} offset {} (attempt {attempt}): {text}",
+            message.topic, message.partition, message.offset
+        )));
         let mut extra = vec![
             (H_ORIGINAL_TOPIC, message.topic.clone()),
             (H_ATTEMPT, attempt.to_string()),
