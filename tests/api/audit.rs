@@ -195,12 +195,17 @@ pub async fn verify(app: &TestApp) -> Value {
 
 /// Waits until every audit row present is sealed into the tree.
 pub async fn all_sealed(app: &TestApp) {
-    app.all_audit_sealed(Duration::from_secs(20)).await;
+    app.all_audit_sealed(SEALING_DEADLINE).await;
 }
+
+/// How long sealing may take here. A round decodes the cluster's WAL, and the test cluster's
+/// WAL carries every concurrent test's writes (the schemathesis run alone writes thousands of
+/// rows): on two busy cores a round has taken over 20 s (2 of 10 full runs).
+const SEALING_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Waits until the tree has at least `leaves` leaves.
 async fn sealed_at_least(app: &TestApp, leaves: i64) {
-    eventually(Duration::from_secs(20), "leaves sealed", || async {
+    eventually(SEALING_DEADLINE, "leaves sealed", || async {
         (app.count("SELECT count(*) FROM audit_leaves").await >= leaves).then_some(())
     })
     .await;
