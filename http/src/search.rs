@@ -53,7 +53,9 @@ pub enum SearchKind {
 pub struct SearchParams {
     /// Words to find (1–200 characters): in document titles and bodies (Russian stemming),
     /// or in patient names (fuzzy: a typo or two still matches; a prefix matches).
-    // `contract::search_words`, spelt out: a `schema_with` parameter loses its `required`.
+    // The filter rule of `contract::name_filter` with 200 characters, spelt out (a
+    // `schema_with` parameter loses its `required`); a unit test there keeps the patterns
+    // equal.
     #[param(
         max_length = 200,
         pattern = r"^[^\u0000]*[^\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000]*$"

@@ -38,7 +38,6 @@ pub struct Total {
 
 type Page<T> = Connection<usize, T, Total>;
 
-/// Runs a forward-paginated list: `load(offset, limit)` returns the items and the total.
 /// A text filter (a name prefix, a specialty): the same rule as REST's
 /// (`extract::text_filter`), refused naming `field`.
 fn name_filter(field: &str, raw: Option<String>) -> async_graphql::Result<Option<String>> {
@@ -49,6 +48,7 @@ fn name_filter(field: &str, raw: Option<String>) -> async_graphql::Result<Option
     .transpose()
 }
 
+/// Runs a forward-paginated list: `load(offset, limit)` returns the items and the total.
 async fn connection<T, F, Fut>(
     ctx: &Context<'_>,
     after: Option<String>,
