@@ -117,9 +117,12 @@ pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
         .any(|tag| tag == "*" || parse_etag(tag) == Some(version))
 }
 
+/// What `If-Match` may carry: `*` or a tag [`parse_etag`] reads (the OpenAPI document gives
+/// every `If-Match` parameter this pattern).
+pub const IF_MATCH_PATTERN: &str = r#"^(\*|(W/)?"[1-9][0-9]{0,17}")$"#;
+
 /// A version tag as medflow writes it: `"<version>"` (optionally weak, `W/`), the version
-/// in decimal digits without a leading zero, at most 18 of them (the OpenAPI document's
-/// `If-Match` pattern says the same).
+/// in decimal digits without a leading zero, at most 18 of them ([`IF_MATCH_PATTERN`]).
 fn parse_etag(tag: &str) -> Option<i64> {
     let tag = tag.strip_prefix("W/").unwrap_or(tag);
     let digits = tag.strip_prefix('"')?.strip_suffix('"')?;

@@ -39,7 +39,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         audit::list_audit, admin::verify_audit, admin::inclusion_proof, admin::cdc_status,
         search::search, admin::list_consumers, admin::replay_dlq,
     ),
-    modifiers(&BearerAuth, &CreatedLinks),
+    modifiers(&BearerAuth, &CreatedLinks, &IfMatchPattern),
     security(("bearer" = [])),
     tags(
         (name = "patients", description = "Patients' personal data; archived, never deleted"),
@@ -85,16 +85,7 @@ impl Modify for BearerAuth {
                 .build()
         };
         for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for operation in operations_mut(item) {
                 let responses = &mut operation.responses.responses;
                 responses.insert(
                     "401".into(),
@@ -163,6 +154,50 @@ impl Modify for CreatedLinks {
             }
         }
     }
+}
+
+/// Every `If-Match` header parameter: an optional string of [`crate::extract::IF_MATCH_PATTERN`]
+/// (declared once here rather than on each operation).
+struct IfMatchPattern;
+
+impl Modify for IfMatchPattern {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let if_match = operation
+                    .parameters
+                    .iter_mut()
+                    .flatten()
+                    .filter(|parameter| {
+                        parameter.name == "If-Match"
+                            && parameter.parameter_in == ParameterIn::Header
+                    });
+                for parameter in if_match {
+                    let schema = ObjectBuilder::new()
+                        .schema_type(SchemaType::new(Type::String))
+                        .pattern(Some(crate::extract::IF_MATCH_PATTERN))
+                        .build();
+                    parameter.schema = Some(RefOr::T(utoipa::openapi::Schema::Object(schema)));
+                }
+            }
+        }
+    }
+}
+
+fn operations_mut(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 fn operations(
@@ -285,6 +320,22 @@ mod tests {
         assert_eq!(
             links["patch_patient"]["parameters"]["header.If-Match"],
             "$response.header.ETag"
+        );
+        let patch = &json["paths"]["/api/v1/patients/{id}"]["patch"]["parameters"];
+        let if_match = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "If-Match")
+            .unwrap();
+        assert_eq!(if_match["required"], false);
+        assert_eq!(
+            if_match["schema"]["type"], "string",
+            "not nullable: {if_match}"
+        );
+        assert_eq!(
+            if_match["schema"]["pattern"],
+            crate::extract::IF_MATCH_PATTERN
         );
         assert!(
             links["get_patient"].get("operation_id").is_none(),
