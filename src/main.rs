@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if matches!(cli.command, Some(Command::Openapi)) {
-        match serde_json::to_string_pretty(&medflow_http::openapi::document()) {
+        match serde_json::to_string_pretty(medflow_http::openapi::document()) {
             Ok(json) => println!("{json}"),
             Err(error) => {
                 eprintln!("medflow: {error}");

@@ -208,14 +208,18 @@ fn operations(
         .flatten()
 }
 
-/// Returns the OpenAPI document as served (JSON).
-pub fn document() -> serde_json::Value {
-    let mut json = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-    spell_links(&mut json);
-    // An edit names a title, a body or both (utoipa 5.5 writes `min_properties` as
-    // `maxProperties`, so it is set here).
-    json["components"]["schemas"]["DocumentEditInput"]["minProperties"] = 1.into();
-    json
+/// The OpenAPI document as served (JSON), built once per process: the route serving it, the
+/// `Allow` header of a 405 and `medflow openapi` all read this one.
+pub fn document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        let mut json = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        spell_links(&mut json);
+        // An edit names a title, a body or both (utoipa 5.5 writes `min_properties` as
+        // `maxProperties`, so it is set here).
+        json["components"]["schemas"]["DocumentEditInput"]["minProperties"] = 1.into();
+        json
+    });
+    &DOCUMENT
 }
 
 /// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI spells
@@ -255,10 +259,9 @@ fn spell_links(json: &mut serde_json::Value) {
 }
 
 pub fn routes() -> BoxedFilter<(Response,)> {
-    let document = Arc::new(document());
     let spec = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
-        .map(move || json_reply(StatusCode::OK, document.as_ref(), None));
+        .map(|| json_reply(StatusCode::OK, document(), None));
     let config = Arc::new(Config::from(OPENAPI_PATH));
     let docs = warp::path("docs")
         .and(warp::get())
