@@ -12,6 +12,13 @@ use warp::reply::Response;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
+/// Maps a store failure reading a `kind` of entity to its problem (for `map_err`).
+pub(crate) fn store_problem(
+    kind: &'static str,
+) -> impl Fn(medflow_actors::store::StoreError) -> Problem {
+    move |error| Problem::from(Error::from_store(kind, error))
+}
+
 /// An error answer (`application/problem+json`, RFC 7807).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use medflow_actors::Error;
 use medflow_actors::audit_writer::CommittedVersions;
 use medflow_actors::domain::{Appointment, Doctor, Document, Patient};
 use medflow_actors::store::{
@@ -25,7 +24,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::access::Caller;
 use crate::policy::{Action, Target};
-use crate::problem::Problem;
+use crate::problem::{Problem, store_problem};
 
 /// Records the caller's read of `objects` and returns once it is committed, with the
 /// committed versions of the entities read: a read that cannot be audited is not answered
@@ -58,10 +57,6 @@ pub(crate) async fn record_batch(
         .map(|_| ())
 }
 
-fn store_error(kind: &'static str) -> impl Fn(medflow_actors::store::StoreError) -> Problem {
-    move |error| Problem::from(Error::from_store(kind, error))
-}
-
 /// A patient, as the caller may read it.
 pub async fn patient(state: &AppState, caller: &Caller, id: Uuid) -> Result<Arc<Patient>, Problem> {
     caller.authorize(Action::PatientRead, Target::Patient(id))?;
@@ -81,7 +76,7 @@ pub async fn patients(
         .store
         .list_patients(filter)
         .await
-        .map_err(store_error("patient"))?;
+        .map_err(store_problem("patient"))?;
     let ids = page.items.iter().map(|patient| patient.id);
     record(state, caller, "patient.list", "patient", ids).await?;
     Ok(page)
@@ -99,7 +94,7 @@ pub async fn doctors(
         .store
         .list_doctors(filter)
         .await
-        .map_err(store_error("doctor"))
+        .map_err(store_problem("doctor"))
 }
 
 /// An appointment, if the caller may read its patient's appointments.
@@ -133,7 +128,7 @@ pub async fn appointments(
         .store
         .list_appointments(filter)
         .await
-        .map_err(store_error("appointment"))?;
+        .map_err(store_problem("appointment"))?;
     let ids = page.items.iter().map(|appointment| appointment.id);
     record(state, caller, "appointment.list", "appointment", ids).await?;
     Ok(page)
@@ -162,7 +157,7 @@ pub async fn documents(
         .store
         .list_documents(filter)
         .await
-        .map_err(store_error("document"))?;
+        .map_err(store_problem("document"))?;
     let ids = page.items.iter().map(|document| document.id);
     record(state, caller, "document.list", "document", ids).await?;
     Ok(page)
@@ -179,7 +174,7 @@ pub async fn document_versions(
         .store
         .document_versions(id)
         .await
-        .map_err(store_error("document"))?;
+        .map_err(store_problem("document"))?;
     record(state, caller, "document.versions", "document", [id]).await?;
     Ok(versions)
 }
@@ -196,7 +191,7 @@ pub async fn document_version(
         .store
         .document_version(id, n)
         .await
-        .map_err(store_error("document"))?
+        .map_err(store_problem("document"))?
         .ok_or_else(|| Problem::not_found("document version"))?;
     record(state, caller, "document.version.read", "document", [id]).await?;
     Ok(version)

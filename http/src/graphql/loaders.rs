@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use async_graphql::dataloader::Loader;
-use medflow_actors::Error;
 use medflow_actors::store::DocumentParent;
 use uuid::Uuid;
 
@@ -14,7 +13,7 @@ use crate::appointments::AppointmentView;
 use crate::doctors::DoctorView;
 use crate::documents::DocumentSummaryView;
 use crate::patients::PatientView;
-use crate::problem::Problem;
+use crate::problem::{Problem, store_problem};
 
 /// How long a loader gathers keys before it queries: the resolvers of one list level
 /// register their keys within this (async-graphql resolves siblings concurrently).
@@ -53,10 +52,6 @@ impl StoreLoader {
     ) -> Result<(), Problem> {
         crate::reads::record_batch(&self.state, &self.caller, action, object_type, ids).await
     }
-}
-
-fn store_problem(kind: &'static str) -> impl Fn(medflow_actors::store::StoreError) -> Problem {
-    move |error| Problem::from(Error::from_store(kind, error))
 }
 
 impl Loader<PatientId> for StoreLoader {

@@ -5,7 +5,6 @@ use async_graphql::connection::{Connection, Edge, query};
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
-use medflow_actors::Error;
 use medflow_actors::domain::{AppointmentStatus, DocumentStatus, DocumentType};
 use medflow_actors::search::Kind;
 use medflow_actors::store::{
@@ -94,7 +93,8 @@ fn loader<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a DataLoader<Stor
 fn store_error(
     kind: &'static str,
 ) -> impl Fn(medflow_actors::store::StoreError) -> async_graphql::Error {
-    move |error| super::gql_error(Problem::from(Error::from_store(kind, error)))
+    let problem = crate::problem::store_problem(kind);
+    move |error| super::gql_error(problem(error))
 }
 
 fn invalid(field: &str, message: &str) -> async_graphql::Error {
