@@ -322,30 +322,25 @@ impl RegistryOutcome {
     ) -> Result<Self, ValidationErrors> {
         let error =
             |field: &str, message: &str| ValidationErrors(vec![FieldError::new(field, message)]);
+        // The text the outcome needs: a one-line text of at most `max` characters.
+        let required = |value: Option<&str>, max: usize, field: &str| {
+            value
+                .and_then(|value| super::values::line(value, max).ok())
+                .ok_or_else(|| {
+                    error(
+                        field,
+                        &format!("is required: 1–{max} characters, no control characters"),
+                    )
+                })
+        };
         match outcome {
             "sent" => Ok(Self::Sent),
-            "accepted" => {
-                let id = registry_id
-                    .and_then(|id| super::values::line(id, MAX_REGISTRY_ID_CHARS).ok())
-                    .ok_or_else(|| {
-                        error(
-                            "registryId",
-                            "is required: 1–200 characters, no control characters",
-                        )
-                    })?;
-                Ok(Self::Accepted { registry_id: id })
-            }
-            "rejected" => {
-                let reason = reason
-                    .and_then(|reason| super::values::line(reason, MAX_REASON_CHARS).ok())
-                    .ok_or_else(|| {
-                        error(
-                            "reason",
-                            "is required: 1–2000 characters, no control characters",
-                        )
-                    })?;
-                Ok(Self::Rejected { reason })
-            }
+            "accepted" => Ok(Self::Accepted {
+                registry_id: required(registry_id, MAX_REGISTRY_ID_CHARS, "registryId")?,
+            }),
+            "rejected" => Ok(Self::Rejected {
+                reason: required(reason, MAX_REASON_CHARS, "reason")?,
+            }),
             _ => Err(error("outcome", "must be sent, accepted or rejected")),
         }
     }
