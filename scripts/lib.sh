@@ -7,6 +7,15 @@ TANSU_VERSION=0.6.0
 log() { printf '[medflow] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Installs Debian packages ("$@"), as root; `what` names them in the log and the error.
+apt_install() {
+  local what=$1; shift
+  log "installing $what (Debian: $*)"
+  [ "$(id -u)" = 0 ] || die "$what is missing and installing it needs root"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"
+}
+
 # Finds PostgreSQL's server binaries; installs Debian's `postgresql` package if missing.
 ensure_postgres() {
   PG_BIN=""
@@ -14,11 +23,7 @@ ensure_postgres() {
     if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then PG_BIN=$dir; break; fi
   done
   if [ -z "$PG_BIN" ]; then
-    log "installing PostgreSQL (Debian package postgresql)"
-    [ "$(id -u)" = 0 ] || die "PostgreSQL is missing and installing it needs root"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 && apt-get install -y -qq postgresql postgresql-contrib >&2 \
-      || die "apt-get install postgresql failed"
+    apt_install PostgreSQL postgresql postgresql-contrib
     for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
       if [ -x "$dir/initdb" ]; then PG_BIN=$dir; break; fi
     done
@@ -53,10 +58,7 @@ ensure_tansu() {
 # installs Debian's `nodejs` and `npm` if missing.
 ensure_node() {
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return
-  log "installing Node.js and npm (Debian packages nodejs, npm)"
-  [ "$(id -u)" = 0 ] || die "Node.js is missing and installing it needs root"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >&2 || die "apt-get install nodejs npm failed"
+  apt_install "Node.js and npm" nodejs npm
 }
 
 # What the black-box tests drive: Debian's Chromium (tests/browser, through playwright-core
@@ -64,12 +66,7 @@ ensure_node() {
 # virtualenv under target/). Exports MEDFLOW_TEST_CHROMIUM and MEDFLOW_TEST_SCHEMATHESIS.
 ensure_test_tools() {
   ensure_node
-  if ! [ -x /usr/bin/chromium ]; then
-    log "installing Chromium (Debian package chromium) for the browser tests"
-    [ "$(id -u)" = 0 ] || die "Chromium is missing and installing it needs root"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 && apt-get install -y -qq chromium >&2 || die "apt-get install chromium failed"
-  fi
+  [ -x /usr/bin/chromium ] || apt_install "Chromium (for the browser tests)" chromium
   export MEDFLOW_TEST_CHROMIUM=/usr/bin/chromium
   if ! [ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
     log "installing the browser tests' npm packages (tests/browser)"
