@@ -131,6 +131,7 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub body_limit_bytes: u64,
     pub request_timeout_ms: u64,
+    pub drain_delay_ms: u64,
     pub shutdown_grace_ms: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
@@ -202,6 +203,7 @@ pub struct SupervisionSettings {
     pub window_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    pub stop_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -240,6 +242,15 @@ impl Settings {
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         Self::from_figment(Self::base(file).merge(env))
+    }
+
+    /// The longest a graceful shutdown can take: the drain delay, then in-flight requests'
+    /// grace, then the actors' stop. The orchestrator's termination grace period must exceed it
+    /// (`k8s/base` is checked against it by a test).
+    pub fn longest_shutdown(&self) -> Duration {
+        ms(self.http.drain_delay_ms)
+            + ms(self.http.shutdown_grace_ms)
+            + ms(self.supervision.stop_timeout_ms)
     }
 
     fn base(file: Option<&Path>) -> Figment {
@@ -536,6 +547,12 @@ impl Settings {
             if value == 0 {
                 return invalid(key, "must be greater than 0");
             }
+        }
+        if self.http.drain_delay_ms > 120_000 {
+            return invalid("http.drain_delay_ms", "must be at most 120000");
+        }
+        if self.supervision.stop_timeout_ms == 0 {
+            return invalid("supervision.stop_timeout_ms", "must be greater than 0");
         }
         if self.http.rate_limit_per_second == 0 {
             return invalid("http.rate_limit_per_second", "must be greater than 0");

@@ -153,6 +153,7 @@ impl Application {
             listener,
             routes,
             ms(settings.http.request_timeout_ms),
+            shutting_down.clone(),
             async move {
                 let _ = stopped.await;
             },
@@ -169,7 +170,11 @@ impl Application {
                 }
             }
         }));
-        tracing::info!(address = %address, "medflow is listening");
+        tracing::info!(
+            address = %address,
+            longest_shutdown_ms = settings.longest_shutdown().as_millis() as u64,
+            "medflow is listening"
+        );
         Ok(Self {
             address,
             settings,
@@ -216,7 +221,7 @@ impl Application {
     }
 
     /// Runs until SIGTERM or SIGINT, a fatal supervision failure, or the server's end; then
-    /// shuts down gracefully.
+    /// shuts down gracefully (after a signal, draining first: see [`Application::drain`]).
     pub async fn run_until_stopped(mut self) -> anyhow::Result<StopReason> {
         let mut fatal = self.supervision.fatal.clone();
         let reason = tokio::select! {
@@ -233,12 +238,45 @@ impl Application {
             }
         };
         tracing::info!(reason = ?reason, "stopping");
+        if reason == StopReason::Signal {
+            // A second signal cuts the drain short (Ctrl-C twice on a terminal).
+            self.drain(shutdown_signal()).await;
+        }
         self.shutdown().await?;
         Ok(reason)
     }
 
+    /// What SIGTERM does, without the signal: drain, then shut down.
+    pub async fn terminate(self) -> anyhow::Result<()> {
+        self.drain(std::future::pending::<()>()).await;
+        self.shutdown().await
+    }
+
+    /// The first step of a graceful stop: `/readyz` answers 503 at once, so load balancers
+    /// take the instance out of rotation, while it keeps serving for `http.drain_delay_ms`
+    /// (or until `interrupt` resolves) — requests routed here before the balancer noticed
+    /// still succeed. Responses meanwhile carry `Connection: close`, so keep-alive clients
+    /// reconnect through the balancer to another instance.
+    pub async fn drain(&self, interrupt: impl Future<Output = ()>) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let delay = ms(self.settings.http.drain_delay_ms);
+        if delay.is_zero() {
+            return;
+        }
+        tracing::info!(
+            drain_delay_ms = self.settings.http.drain_delay_ms,
+            "draining: /readyz answers 503, requests are still served"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = interrupt => tracing::info!("a second signal: the drain is cut short"),
+        }
+    }
+
     /// Stops gracefully: readiness turns red, the server stops accepting and lets in-flight
-    /// requests finish (up to `http.shutdown_grace_ms`), then actors stop, then the pool.
+    /// requests finish (up to `http.shutdown_grace_ms`), then actors stop (up to
+    /// `supervision.stop_timeout_ms`), then the pool. Call [`Application::drain`] first to
+    /// leave load balancers time to notice.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let grace = ms(self.settings.http.shutdown_grace_ms);
         self.shutting_down.store(true, Ordering::Relaxed);
@@ -262,7 +300,9 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
-        self.supervision.stop(grace).await;
+        self.supervision
+            .stop(ms(self.settings.supervision.stop_timeout_ms))
+            .await;
         self.store.pool().close();
         tracing::info!("stopped");
         Ok(())

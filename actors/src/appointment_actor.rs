@@ -100,12 +100,13 @@ impl AppointmentActor {
         if_match: Option<i64>,
         ctx: RequestContext,
     ) -> Result<Arc<Appointment>> {
+        let mut moved = 0;
         loop {
             let cached = state.cached_version();
             let answer = self
                 .act_once(myself, state, action.clone(), if_match, ctx.clone())
                 .await;
-            if !state.redo_on_fresh(cached, &answer) {
+            if !state.redo_on_fresh(cached, &answer, &mut moved) {
                 return answer;
             }
         }

@@ -170,6 +170,7 @@ impl DocumentActor {
         command: Command,
         ctx: RequestContext,
     ) -> Result<Arc<Document>> {
+        let mut moved = 0;
         loop {
             let cached = state.cached_version();
             let ctx = ctx.clone();
@@ -183,7 +184,7 @@ impl DocumentActor {
                 } => self.sign(myself, state, signature, if_match, ctx).await,
                 Command::Registry { outcome } => self.registry(myself, state, outcome, ctx).await,
             };
-            if !state.redo_on_fresh(cached, &answer) {
+            if !state.redo_on_fresh(cached, &answer, &mut moved) {
                 return answer;
             }
         }

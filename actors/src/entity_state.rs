@@ -7,7 +7,10 @@
 //! a write that commits was decided on current state. Any other answer decided on cached
 //! state — a refusal (412, 409, an invalid transition) or "nothing to change" — may be wrong:
 //! [`EntityState::redo_on_fresh`] drops the cache and the actor decides again on the committed
-//! row, once. A cached version never decides a 409 or 412 by itself.
+//! row, once. A cached version never decides a 409 or 412 by itself. A write that loses the
+//! race to another instance between its read and its write (the row moved) is decided again
+//! on the new row, up to [`MAX_MOVED_REDOS`] times: an unconditional write does not fail
+//! because somebody else wrote, and a conditional one answers 412 with the committed version.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +20,10 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::{StoreError, StoreResult};
+
+/// How often one command is decided again because the row moved under it. Each redo means
+/// another writer committed (progress), so a few suffice for any realistic contention.
+pub const MAX_MOVED_REDOS: u32 = 8;
 
 /// The state of an entity actor.
 #[derive(Debug)]
@@ -150,8 +157,23 @@ impl<T: Versioned> EntityState<T> {
     /// Takes the answer to a write command on entity `id` decided on the state cached at
     /// version `cached` (`None`: it was loaded for this command). Unless it is a committed
     /// write, the answer may reflect a cache older than the row: the cache is dropped and
-    /// `true` says to decide again on a fresh load. A fresh decision is final.
-    pub fn redo_on_fresh(&mut self, cached: Option<i64>, answer: &Result<Arc<T>>) -> bool {
+    /// `true` says to decide again on a fresh load. A fresh decision is final, unless the row
+    /// moved before the write (`moved` counts those redos, up to [`MAX_MOVED_REDOS`]).
+    pub fn redo_on_fresh(
+        &mut self,
+        cached: Option<i64>,
+        answer: &Result<Arc<T>>,
+        moved: &mut u32,
+    ) -> bool {
+        if matches!(answer, Err(Error::ModifiedConcurrently { .. })) {
+            if *moved >= MAX_MOVED_REDOS {
+                return false;
+            }
+            *moved += 1;
+            metrics::counter!("medflow_entity_stale_redos_total").increment(1);
+            *self = Self::Unloaded { id: self.id() };
+            return true;
+        }
         let Some(cached) = cached else {
             return false;
         };
@@ -181,5 +203,59 @@ pub fn check_version(if_match: Option<i64>, current: i64) -> Result<()> {
             Err(Error::PreconditionFailed { expected, current })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Row(i64);
+
+    impl Versioned for Row {
+        fn id(&self) -> Uuid {
+            Uuid::nil()
+        }
+
+        fn version(&self) -> i64 {
+            self.0
+        }
+    }
+
+    fn live(version: i64) -> EntityState<Row> {
+        EntityState::Live(Arc::new(Row(version)))
+    }
+
+    #[test]
+    fn a_refusal_decided_on_a_cached_state_is_decided_again_once() {
+        let mut state = live(3);
+        let mut moved = 0;
+        let refusal = Err(Error::PreconditionFailed {
+            expected: 4,
+            current: 3,
+        });
+        assert!(state.redo_on_fresh(Some(3), &refusal, &mut moved));
+        assert!(matches!(state, EntityState::Unloaded { .. }));
+        // Decided on a fresh load: final.
+        assert!(!state.redo_on_fresh(None, &refusal, &mut moved));
+        // A committed write is final; "nothing changed" on a cache is not.
+        let mut state = live(3);
+        assert!(!state.redo_on_fresh(Some(3), &Ok(Arc::new(Row(4))), &mut moved));
+        assert!(state.redo_on_fresh(Some(3), &Ok(Arc::new(Row(3))), &mut moved));
+        assert_eq!(moved, 0);
+    }
+
+    #[test]
+    fn a_row_that_moved_under_a_fresh_decision_is_decided_again_a_bounded_number_of_times() {
+        let mut state = live(3);
+        let mut moved = 0;
+        let lost_race = Err(Error::ModifiedConcurrently { kind: "patient" });
+        for _ in 0..MAX_MOVED_REDOS {
+            assert!(state.redo_on_fresh(None, &lost_race, &mut moved));
+            assert!(matches!(state, EntityState::Unloaded { .. }));
+        }
+        assert!(!state.redo_on_fresh(None, &lost_race, &mut moved));
+        assert_eq!(moved, MAX_MOVED_REDOS);
     }
 }

@@ -15,7 +15,13 @@ pub enum Error {
     /// `If-Match` named a version that is no longer current.
     #[error("version {expected} is not current (current is {current})")]
     PreconditionFailed { expected: i64, current: i64 },
-    /// The operation conflicts with the entity's state or with a concurrent writer.
+    /// The row changed between the actor's read and its write (another instance wrote in
+    /// between). Entity actors decide again on the new row (see
+    /// [`crate::entity_state::EntityState::redo_on_fresh`]); only a writer that keeps losing
+    /// the race sees it.
+    #[error("the {kind} was modified concurrently; reload it and retry")]
+    ModifiedConcurrently { kind: &'static str },
+    /// The operation conflicts with the entity's state.
     #[error("{message}")]
     Conflict {
         message: String,
@@ -64,10 +70,7 @@ impl Error {
     pub fn from_store(kind: &'static str, error: StoreError) -> Self {
         match error {
             StoreError::NotFound => Self::NotFound { kind },
-            StoreError::VersionConflict => Self::Conflict {
-                message: format!("the {kind} was modified concurrently; reload it and retry"),
-                current_version: None,
-            },
+            StoreError::VersionConflict => Self::ModifiedConcurrently { kind },
             StoreError::Duplicate { field } => Self::Duplicate { field },
             StoreError::Overlap => Self::Conflict {
                 message: "the doctor already has an appointment overlapping this time".into(),

@@ -160,12 +160,13 @@ impl PatientActor {
         ctx: RequestContext,
         change: Change,
     ) -> Result<Arc<Patient>> {
+        let mut moved = 0;
         loop {
             let cached = state.cached_version();
             let answer = self
                 .write_once(myself, state, if_match, ctx.clone(), change.clone())
                 .await;
-            if !state.redo_on_fresh(cached, &answer) {
+            if !state.redo_on_fresh(cached, &answer, &mut moved) {
                 return answer;
             }
         }

@@ -226,6 +226,9 @@ impl From<Error> for Problem {
                 problem.current_version = Some(current);
                 problem
             }
+            Error::ModifiedConcurrently { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(error.to_string())
+            }
             Error::Conflict {
                 message,
                 current_version,

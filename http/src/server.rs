@@ -5,6 +5,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::AddrStream;
@@ -22,10 +24,13 @@ use crate::problem::Problem;
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then waits for in-flight requests.
+/// While `draining` is set, every response carries `Connection: close`: keep-alive clients
+/// reconnect (through their load balancer, to an instance that is not stopping).
 pub async fn serve(
     listener: std::net::TcpListener,
     routes: BoxedFilter<(Response,)>,
     request_timeout: Duration,
+    draining: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
@@ -33,9 +38,23 @@ pub async fn serve(
     let make_service = make_service_fn(move |connection: &AddrStream| {
         let peer = connection.remote_addr();
         let service = service.clone();
+        let draining = draining.clone();
         async move {
             Ok::<_, Infallible>(service_fn(move |request| {
-                handle(service.clone(), peer, request_timeout, request)
+                let draining = draining.clone();
+                let response = handle(service.clone(), peer, request_timeout, request);
+                async move {
+                    let mut response = response.await?;
+                    // Not on a WebSocket upgrade, whose `Connection: upgrade` it would replace.
+                    if draining.load(Ordering::Relaxed)
+                        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             }))
         }
     });

@@ -360,6 +360,13 @@ impl TestApp {
             app.shutdown().await.expect("graceful shutdown");
         }
     }
+
+    /// What SIGTERM does: drain (`http.drain_delay_ms`), then shut down.
+    pub async fn terminate(mut self) {
+        if let Some(app) = self.app.take() {
+            app.terminate().await.expect("graceful termination");
+        }
+    }
 }
 
 /// A valid patient; `n` varies the identifying fields so many can coexist.

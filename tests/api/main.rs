@@ -22,6 +22,7 @@ mod own_postgres;
 mod patients;
 mod registry;
 mod resilience;
+mod rollout;
 mod search;
 mod standins;
 mod subscriptions;
