@@ -16,6 +16,29 @@ apt_install() {
   apt-get update -qq >&2 && apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"
 }
 
+# rust-toolchain.toml pins a channel (e.g. 1.95.0), which rustup would download when it is
+# not installed; machines here reach no rustup server. An installed `stable` of that very
+# version is the same toolchain: register it under the pinned name (rustup keeps
+# toolchains as directories; it refuses `toolchain link` for official names).
+ensure_toolchain() {
+  local root channel host toolchains stable_version
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$root/rust-toolchain.toml")
+  [ -n "$channel" ] || return 0
+  command -v rustup >/dev/null || return 0
+  rustup toolchain list | grep -q "^$channel-" && return 0
+  host=$(rustc +stable -vV | sed -n 's/^host: //p')
+  stable_version=$(rustc +stable --version | awk '{print $2}')
+  toolchains="${RUSTUP_HOME:-$HOME/.rustup}/toolchains"
+  if [ "$stable_version" = "$channel" ] && [ -d "$toolchains/stable-$host" ]; then
+    log "serving the pinned Rust $channel from the installed stable toolchain"
+    ln -s "$toolchains/stable-$host" "$toolchains/$channel-$host"
+  else
+    log "rust-toolchain.toml pins $channel, installed stable is $stable_version: rustup will try to install $channel"
+  fi
+}
+ensure_toolchain
+
 # Finds PostgreSQL's server binaries; installs Debian's `postgresql` package if missing.
 ensure_postgres() {
   PG_BIN=""

@@ -47,6 +47,7 @@ pub struct ConsumersConfig {
     pub batch_wait_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    pub dead_letter_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +381,9 @@ impl Settings {
         }
         if self.consumers.batch_wait_ms == 0 {
             return invalid("consumers.batch_wait_ms", "must be greater than 0");
+        }
+        if self.consumers.dead_letter_poll_ms < 100 {
+            return invalid("consumers.dead_letter_poll_ms", "must be at least 100");
         }
         if self.consumers.backoff_initial_ms == 0
             || self.consumers.backoff_max_ms < self.consumers.backoff_initial_ms
@@ -715,7 +719,42 @@ impl Settings {
             max_batch: max_batch.min(self.consumers.max_batch),
             batch_wait: ms(self.consumers.batch_wait_ms),
             needs_every_partition: false,
+            dead_letter_poll: ms(self.consumers.dead_letter_poll_ms),
         }
+    }
+
+    /// The search indexer's group: it reads the patients' and documents' change topics.
+    pub fn search_indexer_spec(&self) -> medflow_actors::consume::ConsumerSpec {
+        self.consumer_spec(
+            medflow_actors::search::indexer::GROUP,
+            vec![
+                self.change_topic("patients"),
+                self.change_topic("documents"),
+            ],
+            self.consumers.max_batch,
+        )
+    }
+
+    /// The registry submitter's group: it reads `DocumentSigned`.
+    pub fn registry_submitter_spec(&self) -> medflow_actors::consume::ConsumerSpec {
+        self.consumer_spec(
+            medflow_actors::registry_submitter::GROUP,
+            vec![self.kafka().topic("DocumentSigned")],
+            self.registry.max_batch,
+        )
+    }
+
+    /// The consumer groups this configuration runs: the search indexer when
+    /// `search.enabled`, the registry submitter when `registry.url` is set.
+    pub fn consumer_specs(&self) -> Vec<medflow_actors::consume::ConsumerSpec> {
+        let mut specs = Vec::new();
+        if self.search.enabled {
+            specs.push(self.search_indexer_spec());
+        }
+        if !self.registry.url.is_empty() {
+            specs.push(self.registry_submitter_spec());
+        }
+        specs
     }
 
     /// The CDC topic of `table` (`<prefix><server_name>.public.<table>`).

@@ -14,12 +14,10 @@ use medflow_actors::bus::hub::{HubMessage, SubscriptionHub};
 use medflow_actors::cdc::reader::EVENT_TYPES;
 use medflow_actors::consume::{ConsumerActor, ConsumerStats, Consumers, Handler};
 use medflow_actors::domain::WellFormedSignature;
-use medflow_actors::registry_submitter::{
-    self, RegistryClientSettings, RegistrySubmitter, read_pem,
-};
+use medflow_actors::registry_submitter::{RegistryClientSettings, RegistrySubmitter, read_pem};
 use medflow_actors::search::SearchIndex;
 use medflow_actors::search::embedded::EmbeddedIndex;
-use medflow_actors::search::indexer::{self as search_indexer, SearchIndexer};
+use medflow_actors::search::indexer::SearchIndexer;
 use medflow_actors::search::opensearch::{OpenSearchIndex, OpenSearchSettings};
 use medflow_actors::{Patients, PgStore};
 use medflow_http::access::{RateLimitSettings, RateLimits};
@@ -334,14 +332,7 @@ async fn prepare_consumers(
     let search = if settings.search.enabled {
         let index = open_search_index(settings).await?;
         tracing::info!(adapter = index.name(), "search index ready");
-        let mut spec = settings.consumer_spec(
-            search_indexer::GROUP,
-            vec![
-                settings.change_topic("patients"),
-                settings.change_topic("documents"),
-            ],
-            settings.consumers.max_batch,
-        );
+        let mut spec = settings.search_indexer_spec();
         // The embedded index is this instance's own: complete only while this instance is
         // the group's only member.
         spec.needs_every_partition = index.name() == "embedded";
@@ -376,14 +367,7 @@ async fn prepare_consumers(
             ca_pem: read_pem(&settings.registry.ca_file, "registry.ca_file")?,
         };
         let submitter = RegistrySubmitter::new(&client, documents.clone(), store.clone())?;
-        child(
-            settings.consumer_spec(
-                registry_submitter::GROUP,
-                vec![kafka.topic("DocumentSigned")],
-                settings.registry.max_batch,
-            ),
-            Arc::new(submitter),
-        );
+        child(settings.registry_submitter_spec(), Arc::new(submitter));
     } else {
         tracing::info!("registry.url is empty: signed documents are not submitted");
     }

@@ -231,6 +231,11 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Messages not yet consumed, by group",
     ),
     (
+        "medflow_consumer_dead_letters_waiting",
+        Kind::Gauge,
+        "Dead letters not yet replayed, by group (the cluster's figure: take the max over instances)",
+    ),
+    (
         "medflow_consumer_partial",
         Kind::Gauge,
         "1 while a group needing every partition holds only some",

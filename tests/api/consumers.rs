@@ -202,6 +202,7 @@ impl Harness {
             max_batch: 100,
             batch_wait: Duration::from_millis(5),
             needs_every_partition: false,
+            dead_letter_poll: Duration::from_millis(200),
         };
         let stats = Arc::new(ConsumerStats::new(&kafka, &spec));
         let consumers = Consumers::default();
@@ -544,6 +545,15 @@ async fn the_search_indexer_survives_being_killed_and_the_admin_view_shows_it() 
     eventually(DEADLINE, "the malformed event in the DLQ", || async {
         let indexer = consumer_group(&app, group).await?;
         (indexer["dlq"]["waiting"] == 1 && indexer["deadLettered"] == 1).then_some(())
+    })
+    .await;
+    // … and counted by the gauge the dead-letter alert watches.
+    let waiting = format!(
+        "medflow_consumer_dead_letters_waiting{{group=\"{}\"}}",
+        kafka.topic(group)
+    );
+    eventually(DEADLINE, "the dead letter in the gauge", || async {
+        (app.metric(&waiting).await == 1.0).then_some(())
     })
     .await;
     let forbidden = app

@@ -117,6 +117,7 @@ pub fn test_settings(db_url: &str) -> Settings {
     settings.consumers.batch_wait_ms = 5;
     settings.consumers.backoff_initial_ms = 100;
     settings.consumers.backoff_max_ms = 1_000;
+    settings.consumers.dead_letter_poll_ms = 200;
     settings.log = LogSettings {
         format: LogFormat::Pretty,
         level: std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
@@ -359,6 +360,15 @@ impl TestApp {
         if let Some(app) = self.app.take() {
             app.shutdown().await.expect("graceful shutdown");
         }
+    }
+
+    /// The value of the Prometheus sample `name` (with its labels, if any, as rendered) on
+    /// `/metrics`; 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// What SIGTERM does: drain (`http.drain_delay_ms`), then shut down.

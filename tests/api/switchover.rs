@@ -86,14 +86,6 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// The value of the Prometheus sample `name` (without labels) on `/metrics`.
-async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_switchover_to_a_promoted_standby_recreates_the_slot_and_loses_no_event() {
     let primary = Arc::new(
@@ -177,7 +169,7 @@ async fn a_switchover_to_a_promoted_standby_recreates_the_slot_and_loses_no_even
             "a write while the service points at a standby"
         );
     }
-    let recreated_before = metric(&app, "medflow_cdc_slot_recreated_total").await;
+    let recreated_before = app.metric("medflow_cdc_slot_recreated_total").await;
 
     tokio::task::spawn_blocking({
         let standby = standby.clone();
@@ -271,7 +263,7 @@ async fn a_switchover_to_a_promoted_standby_recreates_the_slot_and_loses_no_even
         .unwrap()
         .get(0);
     assert!(confirmed.is_some(), "the slot on the new primary");
-    let recreated = metric(&app, "medflow_cdc_slot_recreated_total").await;
+    let recreated = app.metric("medflow_cdc_slot_recreated_total").await;
     assert!(
         recreated > recreated_before,
         "medflow_cdc_slot_recreated_total went from {recreated_before} to {recreated}"

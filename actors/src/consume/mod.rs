@@ -204,6 +204,9 @@ pub struct ConsumerSpec {
     /// assigned only part of the source partitions — others share the group — holds an
     /// incomplete copy, which is logged and shown (`medflow_consumer_partial`).
     pub needs_every_partition: bool,
+    /// How often the dead letters waiting for replay are counted
+    /// (`medflow_consumer_dead_letters_waiting`).
+    pub dead_letter_poll: Duration,
 }
 
 /// The names a group's retry path uses (all carry the topic prefix).

@@ -56,6 +56,8 @@ pub struct ConsumerState {
     task: Option<JoinHandle<()>>,
     /// Ends the loop when the state is dropped without `post_stop` (the actor was killed).
     _abort: AbortOnDrop,
+    /// Ends the count of waiting dead letters with the actor.
+    _dead_letters: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -87,7 +89,11 @@ impl Actor for ConsumerActor {
         ] {
             metrics::counter!(name, "group" => group.clone()).increment(0);
         }
-        for name in ["medflow_consumer_lag", "medflow_consumer_partial"] {
+        for name in [
+            "medflow_consumer_lag",
+            "medflow_consumer_partial",
+            "medflow_consumer_dead_letters_waiting",
+        ] {
             metrics::gauge!(name, "group" => group.clone()).increment(0.0);
         }
         for stage in 1..=self.spec.retry.0.len() {
@@ -104,6 +110,11 @@ impl Actor for ConsumerActor {
         let mut all = subscribed.clone();
         all.push(topics.dlq.clone());
         ensure_topics(&self.kafka, &all).await?;
+        let dead_letters = tokio::spawn(count_dead_letters(
+            self.kafka.clone(),
+            topics.clone(),
+            self.spec.dead_letter_poll,
+        ));
 
         let context = GroupContext {
             stats: self.stats.clone(),
@@ -153,6 +164,7 @@ impl Actor for ConsumerActor {
         Ok(ConsumerState {
             stop,
             _abort: AbortOnDrop(task.abort_handle()),
+            _dead_letters: AbortOnDrop(dead_letters.abort_handle()),
             task: Some(task),
         })
     }
@@ -185,6 +197,28 @@ impl Actor for ConsumerActor {
                 self.stats.running.store(false, Ordering::Relaxed);
                 self.stats.set_error(Some(reason.clone()));
                 Err(reason.into())
+            }
+        }
+    }
+}
+
+/// Keeps `medflow_consumer_dead_letters_waiting{group}` current: the group's dead letters not
+/// yet replayed. The figure is the cluster's (every instance reports the same), so alerts
+/// take the max over instances.
+async fn count_dead_letters(kafka: KafkaSettings, topics: GroupTopics, every: Duration) {
+    let gauge = metrics::gauge!(
+        "medflow_consumer_dead_letters_waiting",
+        "group" => topics.group_id.clone()
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match super::dlq::depth(&kafka, &topics).await {
+            Ok(depth) => gauge.set(depth.waiting as f64),
+            // The broker is down: the last figure stands; the consumer reports the outage.
+            Err(error) => {
+                tracing::debug!(group = %topics.group_id, error = %error, "cannot count dead letters")
             }
         }
     }
