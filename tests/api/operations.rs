@@ -36,12 +36,19 @@ async fn every_metric_the_readme_names_is_described_and_counters_exist_before_th
     let path = format!("/api/v1/patients/{}", created["id"].as_str().unwrap());
     assert_eq!(app.get(&path).await.status(), 200);
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    // Every `medflow_*` name the README mentions has its HELP line.
-    let readme = include_str!("../../README.md");
-    let mut named: Vec<&str> = readme
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    // Every `medflow_*` name the README, the alerts and the dashboard mention has its HELP
+    // line (a histogram's series named by their suffix).
+    let sources = [
+        include_str!("../../README.md"),
+        include_str!("../../k8s/components/monitoring/prometheus-rules.yaml"),
+        include_str!("../../k8s/components/monitoring/medflow-dashboard.json"),
+    ];
+    let mut named: Vec<&str> = sources
+        .iter()
+        .flat_map(|text| text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
         .filter(|word| word.starts_with("medflow_") && word.len() > "medflow_".len())
         .filter(|word| !matches!(*word, "medflow_actors" | "medflow_audit" | "medflow_cdc"))
+        .map(|word| word.strip_suffix("_bucket").unwrap_or(word))
         .collect();
     named.sort_unstable();
     named.dedup();
@@ -62,6 +69,7 @@ async fn every_metric_the_readme_names_is_described_and_counters_exist_before_th
         r#"medflow_consumer_dead_lettered_total{group="#,
         r#"medflow_consumer_retried_total{group="#,
         r#"medflow_consumer_restarts_total{group="#,
+        r#"medflow_consumer_dead_letters_waiting{group="#,
     ] {
         assert!(metrics.contains(series), "{series} is missing");
     }
