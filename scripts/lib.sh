@@ -85,16 +85,19 @@ ensure_node() {
 }
 
 # What the black-box tests drive: Debian's Chromium (tests/browser, through playwright-core
-# from npm) and schemathesis from PyPI (pinned in tests/schemathesis/requirements.txt, in a
+# from npm), @asyncapi/parser and ajv (tests/asyncapi, from npm) and schemathesis from PyPI (pinned in tests/schemathesis/requirements.txt, in a
 # virtualenv under target/). Exports MEDFLOW_TEST_CHROMIUM and MEDFLOW_TEST_SCHEMATHESIS.
 ensure_test_tools() {
   ensure_node
   [ -x /usr/bin/chromium ] || apt_install "Chromium (for the browser tests)" chromium
   export MEDFLOW_TEST_CHROMIUM=/usr/bin/chromium
-  if ! [ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
-    log "installing the browser tests' npm packages (tests/browser)"
-    (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund >&2) || die "npm ci in tests/browser failed"
-  fi
+  local project
+  for project in tests/browser tests/asyncapi; do
+    if ! [ "$project/node_modules/.package-lock.json" -nt "$project/package-lock.json" ]; then
+      log "installing the npm packages of $project"
+      (cd "$project" && npm ci --ignore-scripts --no-audit --no-fund >&2) || die "npm ci in $project failed"
+    fi
+  done
   local venv=$PWD/target/schemathesis-venv
   local wanted=tests/schemathesis/requirements.txt
   if ! [ "$venv/.installed" -nt "$wanted" ]; then

@@ -4,6 +4,7 @@
 //! store, entity actors), `medflow-supervisors` (the supervision tree) and `medflow-http`
 //! (REST, OpenAPI, health, metrics).
 
+pub mod asyncapi;
 pub mod channels;
 pub mod config;
 pub mod startup;

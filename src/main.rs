@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use medflow::asyncapi;
 use medflow::config::Settings;
 use medflow::startup::{Application, StopReason};
 use medflow::telemetry;
@@ -37,6 +38,9 @@ enum Command {
     GraphqlSchema,
     /// Prints the OpenAPI document (JSON), as served at `/api/v1/openapi.json`.
     Openapi,
+    /// Prints the AsyncAPI document of the Kafka channels for the configuration (JSON), as
+    /// served at `/api/v1/asyncapi.json`.
+    Asyncapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +98,16 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(settings),
         Command::Token(args) => token(&settings, args),
+        Command::Asyncapi => match serde_json::to_string_pretty(&asyncapi::document(&settings)) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("medflow: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::GraphqlSchema | Command::Openapi => {
             unreachable!("handled before the configuration is loaded")
         }

@@ -144,6 +144,7 @@ impl Application {
             hub: hub.clone(),
             search,
             consumer_admin: consumer_admin.clone(),
+            asyncapi: Arc::new(crate::asyncapi::document(&settings)),
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();

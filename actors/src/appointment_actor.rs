@@ -150,12 +150,7 @@ impl AppointmentActor {
         }
         let event = AppointmentEvent::StatusChanged {
             previous: current.status,
-            action: match action {
-                AppointmentAction::Reschedule { .. } => "rescheduled",
-                AppointmentAction::Start => "started",
-                AppointmentAction::Complete => "completed",
-                AppointmentAction::Cancel { .. } => "cancelled",
-            },
+            action: action.event_name(),
         };
         let result = self
             .store

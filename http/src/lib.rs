@@ -82,6 +82,9 @@ pub struct AppState {
     /// The search index, when `search.enabled`.
     pub search: Option<search::SearchService>,
     pub consumer_admin: admin::ConsumerAdmin,
+    /// The AsyncAPI document of this configuration's Kafka channels, served beside the
+    /// OpenAPI document.
+    pub asyncapi: Arc<serde_json::Value>,
 }
 
 /// One page of a list.
@@ -147,9 +150,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             .max_age(600);
         api.with(cors).map(Reply::into_response).boxed()
     };
+    let asyncapi = openapi::asyncapi_route(state.asyncapi.clone());
     api.or(health::routes(state))
         .unify()
         .or(openapi::routes())
+        .unify()
+        .or(asyncapi)
         .unify()
         .recover(recover)
         .unify()

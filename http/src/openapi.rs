@@ -271,6 +271,15 @@ pub fn routes() -> BoxedFilter<(Response,)> {
     spec.or(docs).unify().boxed()
 }
 
+/// `GET /api/v1/asyncapi.json`: the Kafka channels (AsyncAPI 3.0), like the OpenAPI
+/// document public.
+pub fn asyncapi_route(document: Arc<serde_json::Value>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "asyncapi.json")
+        .and(warp::get())
+        .map(move || json_reply(StatusCode::OK, &*document, None))
+        .boxed()
+}
+
 fn swagger_ui(full: FullPath, tail: Tail, config: Arc<Config<'static>>) -> Response {
     if full.as_str() == "/docs" {
         let mut response = warp::reply::Response::default();

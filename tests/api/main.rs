@@ -2,6 +2,7 @@
 
 mod actors;
 mod appointments;
+mod asyncapi;
 mod audit;
 mod auth;
 mod browser;

@@ -229,6 +229,19 @@ impl AppointmentAction {
         }
     }
 
+    /// What `AppointmentStatusChanged` calls the action (its payload's `action`).
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Self::Start => "started",
+            Self::Complete => "completed",
+            Self::Cancel { .. } => "cancelled",
+            Self::Reschedule { .. } => "rescheduled",
+        }
+    }
+
+    /// Every [`AppointmentAction::event_name`].
+    pub const EVENT_NAMES: [&'static str; 4] = ["started", "completed", "cancelled", "rescheduled"];
+
     /// The status after the action, or `None` when the current status does not allow it.
     pub fn next_status(&self, current: AppointmentStatus) -> Option<AppointmentStatus> {
         use AppointmentStatus::*;
