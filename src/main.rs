@@ -157,7 +157,9 @@ fn serve(settings: Settings) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match application.run_until_stopped().await {
+        let stopped = application.run_until_stopped().await;
+        telemetry::shutdown_traces();
+        match stopped {
             Ok(StopReason::Signal) => ExitCode::SUCCESS,
             Ok(reason) => {
                 tracing::error!(reason = ?reason, "medflow stopped abnormally");

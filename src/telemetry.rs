@@ -1,29 +1,161 @@
-//! Logs (tracing, JSON or pretty) and the Prometheus recorder, installed once per process.
+//! Logs (tracing, JSON or pretty), OpenTelemetry traces and the Prometheus recorder,
+//! installed once per process.
 
 use std::sync::OnceLock;
 
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber; a second call (tests) keeps the first.
+/// Where spans go. Export is off unless an OTLP endpoint is configured; trace context is
+/// propagated either way (a request's `traceparent` continues into the outbox, Kafka, the
+/// consumers and the subscription hub).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceExport {
+    /// The OTLP/HTTP endpoint; `None`: spans are not exported.
+    pub endpoint: Option<String>,
+    /// `http/json` instead of the default `http/protobuf`.
+    pub json: bool,
+    /// Record only traces a caller marked sampled (`traceparent` flag 01), as when export is
+    /// off; otherwise the standard `OTEL_TRACES_SAMPLER` applies (default: parent-based,
+    /// always on).
+    pub parent_decides: bool,
+}
+
+impl TraceExport {
+    /// The standard variables: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL) or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is appended), `OTEL_EXPORTER_OTLP_PROTOCOL`
+    /// (`http/protobuf` or `http/json`); `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none` turn export off. The exporter itself reads
+    /// `OTEL_EXPORTER_OTLP_HEADERS` and `…_TIMEOUT`; the resource `OTEL_SERVICE_NAME`
+    /// (default `medflow`) and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        });
+        let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        Self {
+            endpoint: endpoint.filter(|_| !disabled),
+            json: protocol.as_deref() == Some("http/json"),
+            parent_decides: false,
+        }
+    }
+}
+
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber: log lines (filtered by `settings.level`) and
+/// OpenTelemetry spans (medflow's request, consume and subscription spans). A second call
+/// (tests) keeps the first.
 pub fn init_logging(settings: &LogSettings) {
+    init(settings, TraceExport::from_env());
+}
+
+/// [`init_logging`] with an explicit trace export (tests point it at a stand-in collector).
+pub fn init(settings: &LogSettings, export: TraceExport) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match settings.format {
-        LogFormat::Json => builder
+    let logs = match settings.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    drop(result);
+    let provider = tracer_provider(&export);
+    let spans = Targets::new()
+        .with_target("medflow", Level::INFO)
+        .with_target("medflow_http", Level::INFO)
+        .with_target("medflow_actors", Level::INFO);
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("medflow"))
+        .with_filter(spans);
+    let installed = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init();
+    if installed.is_ok() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Some(endpoint) = &export.endpoint {
+            tracing::info!(endpoint = %endpoint, json = export.json, "exporting traces over OTLP");
+        }
+        let _ = TRACER_PROVIDER.set(provider);
+    }
+}
+
+fn tracer_provider(export: &TraceExport) -> SdkTracerProvider {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("medflow");
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let exporter = export.endpoint.as_ref().and_then(|endpoint| {
+        let protocol = if export.json {
+            Protocol::HttpJson
+        } else {
+            Protocol::HttpBinary
+        };
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_protocol(protocol)
+            .build()
+            .inspect_err(|error| eprintln!("medflow: traces are not exported: {error}"))
+            .ok()
+    });
+    match exporter {
+        Some(exporter) => {
+            builder = builder.with_batch_exporter(exporter);
+            if export.parent_decides {
+                builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+            }
+        }
+        // Nothing leaves the process: record only what a caller asked to be sampled (ids
+        // are still made and propagated).
+        None => {
+            builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+        }
+    }
+    builder.build()
+}
+
+/// Exports the spans ended so far (tests), or does nothing without export.
+pub fn flush_traces() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let _ = provider.force_flush();
+    }
+}
+
+/// Exports what is left and stops the exporter (at the end of `serve`).
+pub fn shutdown_traces() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
 }
 
 /// Returns the process's Prometheus handle, installing the recorder on first use.

@@ -27,6 +27,7 @@ pub mod patients;
 pub mod registry_submitter;
 pub mod search;
 pub mod store;
+pub mod trace;
 
 pub use appointments::Appointments;
 pub use audit_writer::AuditTrail;

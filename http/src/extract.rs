@@ -18,6 +18,8 @@ use crate::problem::Problem;
 pub struct RequestMeta {
     pub request_id: String,
     pub client_addr: Option<SocketAddr>,
+    /// The traceparent naming the request's span (a child of the client's, or a new trace).
+    pub traceparent: Option<String>,
 }
 
 const MAX_HEADER_ID_LEN: usize = 128;
@@ -32,12 +34,16 @@ pub fn request_context(
     let meta = meta.unwrap_or_else(|| RequestMeta {
         request_id: Uuid::new_v4().to_string(),
         client_addr: None,
+        traceparent: None,
     });
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| is_traceparent(value))
-        .map(str::to_owned);
+    // The request span's own traceparent; without tracing installed, the client's.
+    let traceparent = meta.traceparent.clone().or_else(|| {
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| is_traceparent(value))
+            .map(str::to_owned)
+    });
     RequestContext {
         actor_id,
         request_id: meta.request_id,

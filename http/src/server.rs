@@ -18,6 +18,8 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
+use medflow_actors::trace;
+
 use crate::extract::{RequestMeta, header_token};
 use crate::problem::Problem;
 
@@ -78,15 +80,27 @@ where
     let started = Instant::now();
     let request_id = header_token(request.headers(), REQUEST_ID_HEADER)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
-    request.extensions_mut().insert(RequestMeta {
-        request_id: request_id.clone(),
-        client_addr: Some(peer),
-    });
     let method = request.method().clone();
     // The path only: query strings may carry personal data (name filters).
     let path = request.uri().path().to_owned();
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {}", route_label(&path, StatusCode::OK)),
+        otel.kind = "server",
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status = tracing::field::Empty,
+    );
+    // The client's trace continues here (or one starts); what this request writes to the
+    // outbox carries the traceparent naming this span.
+    let incoming = header_token(request.headers(), trace::TRACEPARENT);
+    trace::continue_from(&span, incoming.as_deref());
+    request.extensions_mut().insert(RequestMeta {
+        request_id: request_id.clone(),
+        client_addr: Some(peer),
+        traceparent: trace::traceparent_of(&span),
+    });
     let mut response = async {
         match tokio::time::timeout(timeout, service.call(request)).await {
             Ok(Ok(response)) => response,
@@ -115,6 +129,7 @@ where
         response.headers_mut().insert(header::ALLOW, allowed);
     }
     let status = response.status();
+    span.record("status", status.as_u16());
     let elapsed = started.elapsed();
     let route = route_label(&path, status);
     metrics::counter!("medflow_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.as_u16().to_string())

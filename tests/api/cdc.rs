@@ -722,6 +722,43 @@ pub(crate) async fn consume_until(
     .collect()
 }
 
+/// The headers of the first message keyed `key` on `topic` (consumed from the beginning).
+pub(crate) async fn headers_of(brokers: &str, topic: &str, key: &str) -> HashMap<String, String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no message keyed {key} on {topic}"))
+            .unwrap();
+        if message.key() != Some(key.as_bytes()) {
+            continue;
+        }
+        return message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+}
+
 /// Consumes `topics` from the beginning until `done` holds for the (topic, key, value)
 /// triples seen.
 pub(crate) async fn consume_topics_until(

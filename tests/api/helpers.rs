@@ -1,6 +1,9 @@
 //! The end-to-end harness: every test gets the real application, started in-process on port
 //! 0 against its own fresh database in the PostgreSQL that `scripts/test` started.
 
+#[path = "collector.rs"]
+pub mod collector;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -144,9 +147,16 @@ pub async fn spawn_app_on(
     let mut settings = test_settings(&db_url);
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
-    if std::env::var("TEST_LOG").is_ok() {
-        telemetry::init_logging(&settings.log);
-    }
+    // Logs when TEST_LOG asks for them; spans of traces a request marked sampled go to the
+    // process's stand-in collector (tests/api/tracing.rs reads them).
+    telemetry::init(
+        &settings.log,
+        telemetry::TraceExport {
+            endpoint: Some(collector::collector().url.clone()),
+            json: true,
+            parent_decides: true,
+        },
+    );
     let auth = settings.auth.to_settings();
     let app = Application::build(settings)
         .await

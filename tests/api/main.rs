@@ -28,4 +28,5 @@ mod search;
 mod standins;
 mod subscriptions;
 mod switchover;
+mod tracing;
 mod validation;

@@ -9,6 +9,7 @@
 //!   `hits.total.value`, `_version`, `highlight`; `404 index_not_found_exception` before the
 //!   first write) and `GET {index}/_doc/{id}`. Its text analysis is an approximation (words
 //!   match on their first three letters, names within an edit distance), not Lucene's.
+//! - The OpenTelemetry collector stand-in is in `collector.rs` (the helpers start it).
 //! - [`RegistryStandIn`] is the federal registry as medflow's client speaks to it (see the
 //!   README): it can be told to answer 503, to stall past the client's timeout, to reject
 //!   with a reason, or to accept with a registry id; it records every request.

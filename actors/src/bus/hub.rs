@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,6 +46,9 @@ pub struct BusEvent {
     pub patient_id: Option<Uuid>,
     pub version: Option<i64>,
     pub payload: Value,
+    /// The message's `traceparent` header: the fan-out continues the writer's trace.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl BusEvent {
@@ -239,6 +242,16 @@ impl Actor for SubscriptionHub {
             }
             // The permit is returned when this arm ends: the event is fanned out.
             HubMessage::Event(event, _permit) => {
+                let span = tracing::info_span!(
+                    "subscriptions",
+                    otel.name = %format_args!("deliver {}", event.event_type),
+                    otel.kind = "consumer",
+                    event_type = %event.event_type,
+                    delivered = tracing::field::Empty,
+                );
+                crate::trace::continue_from(&span, event.traceparent.as_deref());
+                let _entered = span.enter();
+                let delivered_before = state.stats.delivered;
                 let mut gone = Vec::new();
                 for (id, subscriber) in &state.subscribers {
                     if !subscriber.filter.matches(&event) {
@@ -259,6 +272,7 @@ impl Actor for SubscriptionHub {
                 for id in gone {
                     state.subscribers.remove(&id);
                 }
+                span.record("delivered", state.stats.delivered - delivered_before);
             }
             HubMessage::Stats(reply) => {
                 let mut stats = state.stats;
@@ -331,7 +345,15 @@ async fn consume(
                     continue;
                 };
                 match serde_json::from_slice::<BusEvent>(payload) {
-                    Ok(event) => {
+                    Ok(mut event) => {
+                        event.traceparent = message.headers().and_then(|headers| {
+                            headers
+                                .iter()
+                                .find(|header| header.key == crate::trace::TRACEPARENT)
+                                .and_then(|header| header.value)
+                                .and_then(|value| std::str::from_utf8(value).ok())
+                                .map(str::to_owned)
+                        });
                         if !hub.hand(event).await {
                             return anyhow::anyhow!("the hub stopped");
                         }
@@ -395,6 +417,7 @@ mod tests {
             patient_id: Some(patient),
             version: Some(1),
             payload: serde_json::json!({"doctorId": doctor}),
+            traceparent: None,
         }
     }
 

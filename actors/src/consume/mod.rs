@@ -64,6 +64,12 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// A header's value as UTF-8 text, if present and valid.
+    pub fn header_text(&self, name: &str) -> Option<&str> {
+        self.header(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()

@@ -23,6 +23,7 @@ use rdkafka::statistics::Statistics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{
     ConsumerSpec, ConsumerStats, GroupTopics, H_ATTEMPT, H_ERROR, H_NOT_BEFORE, H_ORIGINAL_TOPIC,
@@ -30,6 +31,7 @@ use super::{
 };
 use crate::bus::KafkaSettings;
 use crate::bus::topics::ensure_topics;
+use crate::trace;
 
 /// How much of an error text travels in `x-error`.
 const MAX_ERROR_HEADER: usize = 1000;
@@ -530,7 +532,23 @@ impl Loop {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         metrics::counter!("medflow_consumer_consumed_total", "group" => group.clone())
             .increment(batch.len() as u64);
-        let mut outcomes = self.handler.handle(&batch).await;
+        // One span per batch, continuing the trace of a lone message, linked to each
+        // message's trace otherwise (OpenTelemetry's convention for batch receivers).
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format_args!("process {group}"),
+            otel.kind = "consumer",
+            group = %group,
+            messages = batch.len(),
+        );
+        if let [message] = batch.as_slice() {
+            trace::continue_from(&span, message.header_text(trace::TRACEPARENT));
+        } else {
+            for message in &batch {
+                trace::link_to(&span, message.header_text(trace::TRACEPARENT));
+            }
+        }
+        let mut outcomes = self.handler.handle(&batch).instrument(span).await;
         outcomes.resize_with(batch.len(), || {
             Err(HandlerError::transient("the handler gave no outcome"))
         });
