@@ -16,6 +16,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use medflow_actors::internal_events::{METRICS, MetricKind};
+
 use crate::config::{LogFormat, LogSettings};
 
 /// Where spans go. Export is off unless an OTLP endpoint is configured; trace context is
@@ -186,232 +188,19 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// What a metric is.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-/// Every metric medflow exports, with its HELP text. Consumer-group series are registered
-/// by each group at its start (`actors/src/consume/worker.rs`).
-const CATALOGUE: &[(&str, Kind, &str)] = &[
-    (
-        "medflow_http_requests_total",
-        Kind::Counter,
-        "HTTP requests answered, by method, route and status",
-    ),
-    (
-        "medflow_http_request_duration_seconds",
-        Kind::Histogram,
-        "HTTP request duration in seconds, by method and route",
-    ),
-    (
-        "medflow_http_unauthenticated_total",
-        Kind::Counter,
-        "Requests refused 401 for a missing or invalid token",
-    ),
-    (
-        "medflow_http_rate_limited_total",
-        Kind::Counter,
-        "Requests refused 429 by the per-client token bucket",
-    ),
-    (
-        "medflow_entity_actors_live",
-        Kind::Gauge,
-        "Entity actors alive now, by kind",
-    ),
-    (
-        "medflow_entity_actor_passivations_total",
-        Kind::Counter,
-        "Idle entity actors stopped, by kind",
-    ),
-    (
-        "medflow_entity_actor_crashes_total",
-        Kind::Counter,
-        "Entity actors that failed, by kind",
-    ),
-    (
-        "medflow_entity_stale_refreshes_total",
-        Kind::Counter,
-        "Reads whose cached entity was older than the committed row and was reloaded",
-    ),
-    (
-        "medflow_entity_stale_redos_total",
-        Kind::Counter,
-        "Writes redone on the current row after another instance wrote",
-    ),
-    (
-        "medflow_supervisor_restarts_total",
-        Kind::Counter,
-        "Restarts of supervised children, by child",
-    ),
-    (
-        "medflow_audit_batch_rows",
-        Kind::Histogram,
-        "Audit rows written per read-audit batch",
-    ),
-    (
-        "medflow_audit_sealing_lag_seconds",
-        Kind::Gauge,
-        "Seconds since the oldest unsealed audit row was written (0 when none waits)",
-    ),
-    (
-        "medflow_audit_sealed_entries_total",
-        Kind::Counter,
-        "Audit rows sealed into the Merkle tree by this instance",
-    ),
-    (
-        "medflow_audit_seal_rounds_total",
-        Kind::Counter,
-        "Sealing rounds, by outcome (sealed, idle, busy, failed)",
-    ),
-    (
-        "medflow_audit_tampering_seen_total",
-        Kind::Counter,
-        "Changes to audit rows bypassing the append-only triggers seen in the WAL, by operation",
-    ),
-    (
-        "medflow_audit_slot_created_total",
-        Kind::Counter,
-        "Audit sealing slots (re)created",
-    ),
-    (
-        "medflow_cdc_lag_bytes",
-        Kind::Gauge,
-        "WAL bytes written since the CDC slot's confirmed position",
-    ),
-    (
-        "medflow_cdc_lag_ms",
-        Kind::Gauge,
-        "Commit-to-acknowledgement delay of the last published transaction, in ms",
-    ),
-    (
-        "medflow_cdc_outbox_rows",
-        Kind::Gauge,
-        "Outbox rows not yet pruned",
-    ),
-    (
-        "medflow_cdc_outbox_pruned_total",
-        Kind::Counter,
-        "Outbox rows pruned after their events were acknowledged",
-    ),
-    (
-        "medflow_cdc_restarts_total",
-        Kind::Counter,
-        "CDC pipeline restarts",
-    ),
-    (
-        "medflow_cdc_decode_errors_total",
-        Kind::Counter,
-        "WAL messages that could not be decoded",
-    ),
-    (
-        "medflow_cdc_snapshot_rows_total",
-        Kind::Counter,
-        "Rows published by initial snapshots",
-    ),
-    (
-        "medflow_cdc_slot_recreated_total",
-        Kind::Counter,
-        "CDC slots recreated after a switchover or a dropped slot",
-    ),
-    (
-        "medflow_degraded",
-        Kind::Gauge,
-        "1 while a component (cdc) is degraded",
-    ),
-    (
-        "medflow_kafka_messages_produced_total",
-        Kind::Counter,
-        "Kafka records acknowledged by the broker",
-    ),
-    (
-        "medflow_kafka_produce_errors_total",
-        Kind::Counter,
-        "Kafka records the broker refused or that timed out",
-    ),
-    (
-        "medflow_consumer_consumed_total",
-        Kind::Counter,
-        "Messages consumed, by group",
-    ),
-    (
-        "medflow_consumer_succeeded_total",
-        Kind::Counter,
-        "Messages handled, by group",
-    ),
-    (
-        "medflow_consumer_retried_total",
-        Kind::Counter,
-        "Messages sent to a retry stage, by group and stage",
-    ),
-    (
-        "medflow_consumer_dead_lettered_total",
-        Kind::Counter,
-        "Messages sent to the dead-letter topic, by group",
-    ),
-    (
-        "medflow_consumer_restarts_total",
-        Kind::Counter,
-        "Consumer restarts, by group",
-    ),
-    (
-        "medflow_consumer_lag",
-        Kind::Gauge,
-        "Messages not yet consumed, by group",
-    ),
-    (
-        "medflow_consumer_dead_letters_waiting",
-        Kind::Gauge,
-        "Dead letters not yet replayed, by group (the cluster's figure: take the max over instances)",
-    ),
-    (
-        "medflow_consumer_partial",
-        Kind::Gauge,
-        "1 while a group needing every partition holds only some",
-    ),
-    (
-        "medflow_subscriptions",
-        Kind::Gauge,
-        "GraphQL subscriptions open",
-    ),
-    (
-        "medflow_subscriptions_dropped_slow_total",
-        Kind::Counter,
-        "Subscriptions dropped for not reading",
-    ),
-    (
-        "medflow_graphql_ws_connections",
-        Kind::Gauge,
-        "GraphQL WebSocket connections open",
-    ),
-    (
-        "medflow_graphql_ws_closed_slow_total",
-        Kind::Counter,
-        "GraphQL WebSocket connections closed for not reading",
-    ),
-    (
-        "medflow_search_seconds",
-        Kind::Histogram,
-        "Search request duration in seconds",
-    ),
-];
-
 /// Describes every metric (HELP, unit) and registers the series whose labels are known at
 /// start, at zero: `/metrics` shows them before they first happen.
 fn register_catalogue() {
-    for (name, kind, help) in CATALOGUE {
+    for (name, kind, help) in METRICS {
         let unit = name.ends_with("_seconds").then_some(Unit::Seconds);
         match (kind, unit) {
-            (Kind::Counter, _) => metrics::describe_counter!(*name, *help),
-            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(*name, unit, *help),
-            (Kind::Gauge, None) => metrics::describe_gauge!(*name, *help),
-            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(*name, unit, *help),
-            (Kind::Histogram, None) => metrics::describe_histogram!(*name, *help),
+            (MetricKind::Counter, _) => metrics::describe_counter!(*name, *help),
+            (MetricKind::Gauge, Some(unit)) => metrics::describe_gauge!(*name, unit, *help),
+            (MetricKind::Gauge, None) => metrics::describe_gauge!(*name, *help),
+            (MetricKind::Histogram, Some(unit)) => metrics::describe_histogram!(*name, unit, *help),
+            (MetricKind::Histogram, None) => metrics::describe_histogram!(*name, *help),
         }
-        if matches!(kind, Kind::Counter) && !name.starts_with("medflow_consumer_") {
+        if matches!(kind, MetricKind::Counter) && !name.starts_with("medflow_consumer_") {
             match *name {
                 "medflow_entity_actor_passivations_total"
                 | "medflow_entity_actor_crashes_total" => {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::backoff::doubling;
+use crate::internal_events::{AuditTamperingSeen, SealRoundEnded, emit};
 use crate::store::{PgStore, SealOutcome, SealSettings};
 
 /// How often the sealing lag gauge is refreshed.
@@ -68,21 +69,22 @@ impl Actor for AuditSealer {
                 }
                 state.failures = 0;
                 for seen in tampering {
-                    tracing::error!(
-                        operation = seen.operation,
-                        entry = seen.audit_id,
-                        "the WAL shows an audit row written or changed bypassing the audit triggers"
-                    );
-                    metrics::counter!("medflow_audit_tampering_seen_total", "operation" => seen.operation)
-                        .increment(1);
+                    emit(AuditTamperingSeen {
+                        operation: seen.operation,
+                        entry: seen.audit_id,
+                    });
                 }
                 let label = match outcome {
                     SealOutcome::Busy => "busy",
                     SealOutcome::Idle => "idle",
                     SealOutcome::Sealed { .. } => "sealed",
                 };
-                metrics::counter!("medflow_audit_seal_rounds_total", "outcome" => label)
-                    .increment(1);
+                emit(SealRoundEnded {
+                    outcome: label,
+                    error: None,
+                    failures: 0,
+                    retry: Duration::ZERO,
+                });
                 match outcome {
                     SealOutcome::Sealed { more: true, .. } => Duration::ZERO,
                     _ => self.interval,
@@ -90,14 +92,17 @@ impl Actor for AuditSealer {
             }
             Err(error) => {
                 state.failures += 1;
-                metrics::counter!("medflow_audit_seal_rounds_total", "outcome" => "failed")
-                    .increment(1);
                 let delay = doubling(self.backoff_initial, self.backoff_max, state.failures);
                 let error = match &error {
                     crate::store::StoreError::Unexpected(inner) => format!("{inner:#}"),
                     other => other.to_string(),
                 };
-                tracing::warn!(error = %error, failures = state.failures, retry_ms = delay.as_millis() as u64, "audit sealing round failed");
+                emit(SealRoundEnded {
+                    outcome: "failed",
+                    error: Some(&error),
+                    failures: state.failures,
+                    retry: delay,
+                });
                 delay
             }
         };

@@ -118,10 +118,10 @@ impl AuditWriter {
             .await
             .map(|versions| CommittedVersions(Arc::new(versions.into_iter().collect())))
             .map_err(|error| Error::from_store("audit log", error));
-        metrics::histogram!("medflow_audit_batch_rows").record(batch.len() as f64);
-        if let Err(error) = &outcome {
-            tracing::warn!(rows = batch.len(), error = %error, "cannot append audit rows");
-        }
+        crate::internal_events::emit(crate::internal_events::AuditBatchWritten {
+            rows: batch.len(),
+            error: outcome.as_ref().err().map(ToString::to_string).as_deref(),
+        });
         for reply in waiting {
             let _ = reply.send(outcome.clone());
         }

@@ -31,6 +31,7 @@ use ractor::{
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::internal_events::{EntityActorCrashed, EntityActorsPassivated, emit};
 
 // Tokio's clock, not the system's: the host's timing is tested with paused time.
 use tokio::time::Instant;
@@ -197,9 +198,12 @@ impl<A: EntityActor> Actor for EntityHost<A> {
                 if let Some(id) = state.forget(cell.get_id()) {
                     state.restarts_total += 1;
                     let record = self.record_crash(state, id);
-                    metrics::counter!("medflow_entity_actor_crashes_total", "kind" => A::KIND)
-                        .increment(1);
-                    tracing::warn!(kind = A::KIND, entity_id = %id, crashes = record, error = %error, "entity actor crashed; it reloads from PostgreSQL on next use");
+                    emit(EntityActorCrashed {
+                        kind: A::KIND,
+                        entity_id: id,
+                        crashes: record,
+                        error: &error.to_string(),
+                    });
                 }
             }
             _ => {}
@@ -291,14 +295,11 @@ impl<A: EntityActor> EntityHost<A> {
         });
         if passivated > 0 {
             state.passivated_total += passivated;
-            metrics::counter!("medflow_entity_actor_passivations_total", "kind" => A::KIND)
-                .increment(passivated);
-            tracing::debug!(
-                kind = A::KIND,
-                passivated,
-                live = state.live.len(),
-                "passivated idle entity actors"
-            );
+            emit(EntityActorsPassivated {
+                kind: A::KIND,
+                count: passivated,
+                live: state.live.len(),
+            });
         }
         metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
             .set(state.live.len() as f64);

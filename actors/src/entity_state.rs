@@ -19,6 +19,7 @@ use ractor::ActorRef;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::internal_events::{EntityStateStale, WriteDecidedAgain, emit};
 use crate::store::{StoreError, StoreResult};
 
 /// How often one command is decided again because the row moved under it. Each redo means
@@ -149,7 +150,7 @@ impl<T: Versioned> EntityState<T> {
     /// caller's read began), so the next use reloads.
     pub fn refresh_below(&mut self, version: i64) {
         if self.cached_version().is_some_and(|cached| cached < version) {
-            metrics::counter!("medflow_entity_stale_refreshes_total").increment(1);
+            emit(EntityStateStale);
             *self = Self::Unloaded { id: self.id() };
         }
     }
@@ -170,7 +171,7 @@ impl<T: Versioned> EntityState<T> {
                 return false;
             }
             *moved += 1;
-            metrics::counter!("medflow_entity_stale_redos_total").increment(1);
+            emit(WriteDecidedAgain { moved: true });
             *self = Self::Unloaded { id: self.id() };
             return true;
         }
@@ -189,7 +190,7 @@ impl<T: Versioned> EntityState<T> {
             Err(_) => false,
         };
         if redo {
-            metrics::counter!("medflow_entity_stale_redos_total").increment(1);
+            emit(WriteDecidedAgain { moved: false });
             *self = Self::Unloaded { id: self.id() };
         }
         redo

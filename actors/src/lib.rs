@@ -22,6 +22,7 @@ pub mod domain;
 pub mod entity_host;
 pub mod entity_state;
 pub mod error;
+pub mod internal_events;
 pub mod patient_actor;
 pub mod patients;
 pub mod registry_submitter;

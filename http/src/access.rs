@@ -13,6 +13,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use medflow_actors::RequestContext;
+use medflow_actors::internal_events::{RequestRateLimited, RequestUnauthenticated, emit};
 use medflow_actors::store::AuditAppend;
 use uuid::Uuid;
 use warp::Filter;
@@ -68,8 +69,8 @@ impl RateLimits {
 
     fn check(&self, key: &ClientKey) -> Result<(), Problem> {
         self.limiter.check_key(key).map_err(|not_until| {
-            metrics::counter!("medflow_http_rate_limited_total").increment(1);
             let wait = not_until.wait_time_from(DefaultClock::default().now());
+            emit(RequestRateLimited { retry_after: wait });
             Problem::too_many_requests(wait.max(Duration::from_millis(1)))
         })
     }
@@ -187,7 +188,9 @@ pub(crate) async fn authenticate(
                 .and_then(|meta| meta.client_addr)
                 .map_or(ClientKey::Unknown, |addr| ClientKey::Address(addr.ip()));
             state.rate_limits.check(&key)?;
-            metrics::counter!("medflow_http_unauthenticated_total").increment(1);
+            emit(RequestUnauthenticated {
+                invalid_token: failure == AuthFailure::Invalid,
+            });
             Err(Problem::unauthenticated(failure == AuthFailure::Invalid))
         }
     }

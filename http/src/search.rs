@@ -283,8 +283,11 @@ pub async fn run_search(
         .search(&query)
         .await
         .map_err(|error| Problem::from(Error::unavailable(format!("search index: {error}"))))?;
-    metrics::histogram!("medflow_search_seconds", "type" => request.kind.as_str())
-        .record(started.elapsed().as_secs_f64());
+    medflow_actors::internal_events::emit(medflow_actors::internal_events::SearchServed {
+        kind: request.kind.as_str(),
+        hits: results.hits.len(),
+        elapsed: started.elapsed(),
+    });
     let (action, object_type) = match request.kind {
         Kind::Patient => ("patient.search", "patient"),
         Kind::Document => ("document.search", "document"),

@@ -18,6 +18,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
+use medflow_actors::internal_events::{RequestServed, emit};
 use medflow_actors::trace;
 
 use crate::extract::{RequestMeta, header_token};
@@ -131,24 +132,13 @@ where
     let status = response.status();
     span.record("status", status.as_u16());
     let elapsed = started.elapsed();
-    let route = route_label(&path, status);
-    metrics::counter!("medflow_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.as_u16().to_string())
-        .increment(1);
-    metrics::histogram!("medflow_http_request_duration_seconds", "method" => method.to_string(), "route" => route).record(elapsed.as_secs_f64());
     span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(
-                status = status.as_u16(),
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request served"
-            );
-        } else {
-            tracing::info!(
-                status = status.as_u16(),
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request served"
-            );
-        }
+        emit(RequestServed {
+            method: method.as_str(),
+            route: route_label(&path, status),
+            status: status.as_u16(),
+            elapsed,
+        })
     });
     Ok(response)
 }

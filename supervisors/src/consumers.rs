@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use medflow_actors::consume::{ConsumerActor, Consumers};
+use medflow_actors::internal_events::{ConsumerRestarting, emit};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 #[derive(Debug)]
@@ -149,10 +150,12 @@ impl ConsumerSupervisor {
         let child = &self.children[index];
         child.stats.restarts.fetch_add(1, Ordering::Relaxed);
         child.stats.set_error(Some(reason.clone()));
-        metrics::counter!("medflow_consumer_restarts_total", "group" => child.stats.topics.group_id.clone()).increment(1);
-        metrics::counter!("medflow_supervisor_restarts_total", "child" => child.spec.name.clone())
-            .increment(1);
-        tracing::warn!(group = %child.stats.topics.group_id, reason = %reason, delay_ms = delay.as_millis() as u64, "consumer failed; restarting");
+        emit(ConsumerRestarting {
+            group: &child.stats.topics.group_id,
+            child: &child.spec.name,
+            reason: &reason,
+            delay,
+        });
         myself.send_after(delay, move || ConsumerSupervisorMessage::Spawn(index));
     }
 }

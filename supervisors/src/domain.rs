@@ -27,6 +27,7 @@ use medflow_actors::audit_writer::{AuditSlot, AuditWriter};
 use medflow_actors::document_actor::DocumentActor;
 use medflow_actors::domain::SignatureVerifier;
 use medflow_actors::entity_host::{EntityActor, EntityHost, EntityHostSettings, EntityHostSlot};
+use medflow_actors::internal_events::{ChildEscalated, ChildRestarting, emit};
 use medflow_actors::patient_actor::PatientActor;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -168,15 +169,21 @@ impl Actor for DomainSupervisor {
         let kind = child.kind;
         child.cell = None;
         self.clear_slot(kind);
-        metrics::counter!("medflow_supervisor_restarts_total", "child" => kind.name()).increment(1);
         match child.restarts.on_failure(&self.restart, Instant::now()) {
             RestartDecision::RestartAfter(delay) => {
-                tracing::warn!(child = kind.name(), reason = %reason, delay_ms = delay.as_millis() as u64, "child stopped; restarting");
+                emit(ChildRestarting {
+                    child: kind.name(),
+                    reason: &reason,
+                    delay,
+                });
                 myself.send_after(delay, move || DomainMessage::Spawn(kind));
                 Ok(())
             }
             RestartDecision::Escalate => {
-                tracing::error!(child = kind.name(), reason = %reason, "restart budget spent; escalating");
+                emit(ChildEscalated {
+                    child: kind.name(),
+                    reason: &reason,
+                });
                 Err(format!(
                     "{} failed {} times within the restart window: {reason}",
                     kind.name(),

@@ -21,6 +21,7 @@ use medflow_actors::bus::KafkaSettings;
 use medflow_actors::bus::producer::KafkaProducer;
 use medflow_actors::cdc::reader::{CdcReader, CdcSettings};
 use medflow_actors::cdc::{CdcState, CdcStatusCell};
+use medflow_actors::internal_events::{CdcPipelineRestarting, emit};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 #[derive(Debug)]
@@ -171,9 +172,6 @@ impl IntegrationSupervisor {
             medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, failures);
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
         let standby = medflow_actors::cdc::slot_in_use(&reason);
-        metrics::counter!("medflow_cdc_restarts_total").increment(1);
-        // The restarts of every supervised child, by child (one series per child).
-        metrics::counter!("medflow_supervisor_restarts_total", "child" => CHILD_NAME).increment(1);
         self.status.update(|status| {
             status.state = if standby {
                 CdcState::Standby
@@ -186,11 +184,13 @@ impl IntegrationSupervisor {
                 status.failed_at = Some(std::time::Instant::now());
             }
         });
-        if standby {
-            tracing::info!(slot = %self.cdc.slot, "another process streams from the slot; standing by");
-        } else {
-            tracing::warn!(reason = %reason, delay_ms = delay.as_millis() as u64, "cdc pipeline failed; restarting");
-        }
+        emit(CdcPipelineRestarting {
+            child: CHILD_NAME,
+            slot: &self.cdc.slot,
+            standby,
+            reason: &reason,
+            delay,
+        });
         myself.send_after(delay, || IntegrationMessage::Spawn);
     }
 }

@@ -261,8 +261,9 @@ impl Actor for SubscriptionHub {
                         Ok(()) => state.stats.delivered += 1,
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             state.stats.dropped_slow += 1;
-                            metrics::counter!("medflow_subscriptions_dropped_slow_total")
-                                .increment(1);
+                            crate::internal_events::emit(
+                                crate::internal_events::SubscriberDroppedSlow,
+                            );
                             subscriber.on_drop.notify_one();
                             gone.push(*id);
                         }

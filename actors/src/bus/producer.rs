@@ -15,6 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::KafkaSettings;
+use crate::internal_events::{MessagesProduced, ProduceFailed, emit};
 
 /// One message to publish; `payload: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,13 +158,15 @@ async fn await_deliveries(
             *produced.entry(record.topic.as_str()).or_default() += 1;
         }
     }
-    for (topic, n) in produced {
-        metrics::counter!("medflow_kafka_messages_produced_total", "topic" => topic.to_owned())
-            .increment(n);
+    for (topic, count) in produced {
+        emit(MessagesProduced { topic, count });
     }
     let failures = outcomes.iter().filter(|o| o.is_err()).count();
     if let Some(Err(first)) = outcomes.into_iter().find(Result::is_err) {
-        metrics::counter!("medflow_kafka_produce_errors_total").increment(failures as u64);
+        emit(ProduceFailed {
+            failures: failures as u64,
+            first: &first.to_string(),
+        });
         return Err(ProduceError(format!(
             "{failures} of {count} messages were not acknowledged; first: {first}"
         )));

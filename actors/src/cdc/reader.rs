@@ -56,6 +56,9 @@ use super::{CdcState, CdcStatusCell};
 use crate::bus::KafkaSettings;
 use crate::bus::producer::{OutgoingRecord, ProduceError, ProducerMessage};
 use crate::bus::topics::{create_topics, missing_topics};
+use crate::internal_events::{
+    CdcDecodeFailed, CdcSlotRecreated, CdcTableSnapshotted, OutboxPruned, emit,
+};
 
 /// How often the slot's lag in bytes is measured for the `medflow_cdc_lag_bytes` gauge.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -298,11 +301,9 @@ impl Actor for CdcReader {
             // standby (PostgreSQL 15 does not carry logical slots over), or an operator
             // dropped it. Changes since the last confirmed position cannot be replayed, so the
             // reader starts over: a new slot, the undelivered outbox events and a snapshot.
-            metrics::counter!("medflow_cdc_slot_recreated_total").increment(1);
-            tracing::warn!(
-                slot = %self.settings.slot,
-                "the replication slot is gone (a switchover or failover to a standby, or a dropped slot): recreating it, re-publishing undelivered outbox events and re-snapshotting the change topics"
-            );
+            emit(CdcSlotRecreated {
+                slot: &self.settings.slot,
+            });
             // The record goes first, so a crash before the new snapshot completes redoes it.
             control
                 .execute(
@@ -584,8 +585,10 @@ impl CdcReader {
                 }
             }
             self.publish(records).await?;
-            metrics::counter!("medflow_cdc_snapshot_rows_total").increment(rows.len() as u64);
-            tracing::info!(table, rows = rows.len(), "snapshot of table published");
+            emit(CdcTableSnapshotted {
+                table,
+                rows: rows.len(),
+            });
         }
         control.batch_execute("COMMIT").await?;
         Ok(delivered)
@@ -895,8 +898,10 @@ impl CdcReader {
         let message = match decode(data) {
             Ok(message) => message,
             Err(error) => {
-                metrics::counter!("medflow_cdc_decode_errors_total").increment(1);
-                tracing::error!(lsn = %lsn, error = %error, "cannot decode a WAL message; skipped");
+                emit(CdcDecodeFailed {
+                    lsn: &lsn.to_string(),
+                    error: &error.to_string(),
+                });
                 let mut context = Map::new();
                 context.insert("lsn".into(), Value::from(lsn.to_string()));
                 state
@@ -1061,9 +1066,7 @@ impl OutboxPruner {
             let outcome = futures::FutureExt::now_or_never(running).unwrap_or(Ok(Ok(0)));
             self.running = None;
             match outcome {
-                Ok(Ok(deleted)) => {
-                    metrics::counter!("medflow_cdc_outbox_pruned_total").increment(deleted);
-                }
+                Ok(Ok(deleted)) => emit(OutboxPruned { rows: deleted }),
                 Ok(Err(ids)) => {
                     self.backlog.extend(ids);
                     self.retry_at = Some(Instant::now() + PRUNE_RETRY);

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::bus::KafkaSettings;
 use crate::bus::topics::ensure_topics;
+use crate::internal_events::{BatchHandled, MessageFailed, emit};
 use crate::trace;
 
 /// How much of an error text travels in `x-error`.
@@ -530,8 +531,6 @@ impl Loop {
         self.stats
             .consumed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        metrics::counter!("medflow_consumer_consumed_total", "group" => group.clone())
-            .increment(batch.len() as u64);
         // One span per batch, continuing the trace of a lone message, linked to each
         // message's trace otherwise (OpenTelemetry's convention for batch receivers).
         let span = tracing::info_span!(
@@ -580,19 +579,25 @@ impl Loop {
         }
         for route in &routed {
             match route.stage {
-                Some(stage) => {
-                    self.stats.retried[stage].fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("medflow_consumer_retried_total", "group" => group.clone(), "stage" => (stage + 1).to_string()).increment(1);
-                }
-                None => {
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("medflow_consumer_dead_lettered_total", "group" => group.clone()).increment(1);
-                }
-            }
+                Some(stage) => self.stats.retried[stage].fetch_add(1, Ordering::Relaxed),
+                None => self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed),
+            };
+            emit(MessageFailed {
+                group: &group,
+                topic: &route.message.topic,
+                partition: route.message.partition,
+                offset: route.message.offset,
+                attempt: route.attempt,
+                stage: route.stage.map(|stage| stage + 1),
+                error: &route.error,
+            });
         }
         self.stats.succeeded.fetch_add(succeeded, Ordering::Relaxed);
-        metrics::counter!("medflow_consumer_succeeded_total", "group" => group.clone())
-            .increment(succeeded);
+        emit(BatchHandled {
+            group: &group,
+            consumed: batch.len() as u64,
+            succeeded,
+        });
 
         let mut last: HashMap<(&str, i32), i64> = HashMap::new();
         for message in &batch {
@@ -639,19 +644,17 @@ impl Loop {
             Some(stage) => {
                 let due = now_ms() + self.spec.retry.0[stage].as_millis() as i64;
                 extra.push((H_NOT_BEFORE, due.to_string()));
-                tracing::warn!(group = %self.topics.group_id, topic = %message.topic, partition = message.partition, offset = message.offset, attempt, error = %text, "message failed; retried later");
                 self.topics.retry[stage].clone()
             }
-            None => {
-                tracing::error!(group = %self.topics.group_id, topic = %message.topic, partition = message.partition, offset = message.offset, attempt, error = %text, "message dead-lettered");
-                self.topics.dlq.clone()
-            }
+            None => self.topics.dlq.clone(),
         };
         Route {
             topic,
             stage,
             extra,
             message,
+            attempt,
+            error: text,
         }
     }
 }
@@ -662,6 +665,9 @@ struct Route<'a> {
     /// The retry bookkeeping headers added to the message's own.
     extra: Vec<(&'static str, String)>,
     message: &'a Inbound,
+    attempt: u32,
+    /// The handler's error, as the `x-error` header carries it.
+    error: String,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -399,10 +399,9 @@ impl PgStore {
                 )
                 .await
             {
-                Ok(_) => {
-                    metrics::counter!("medflow_audit_slot_created_total").increment(1);
-                    tracing::info!(slot = %settings.slot, "audit sealing slot created; sealing earlier rows from the table");
-                }
+                Ok(_) => crate::internal_events::emit(crate::internal_events::AuditSlotCreated {
+                    slot: &settings.slot,
+                }),
                 Err(error) if error.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -615,7 +614,9 @@ impl PgStore {
             )
             .await?
             .get(0);
-        metrics::counter!("medflow_audit_sealed_entries_total").increment(indexes.len() as u64);
+        crate::internal_events::emit(crate::internal_events::AuditEntriesSealed {
+            count: indexes.len() as u64,
+        });
         Ok(indexes.len() as u64)
     }
 

@@ -611,8 +611,7 @@ async fn serve_connection(
         let _ = tokio::time::timeout(Duration::from_secs(1), ws_sink.send(close)).await;
     }
     if closed_for_lag {
-        metrics::counter!("medflow_graphql_ws_closed_slow_total").increment(1);
-        tracing::info!("closing a websocket whose subscriber cannot keep up");
+        medflow_actors::internal_events::emit(medflow_actors::internal_events::WebSocketClosedSlow);
         let close = Message::close_with(1008u16, "subscriber too slow");
         let _ = tokio::time::timeout(Duration::from_secs(1), ws_sink.send(close)).await;
     }
