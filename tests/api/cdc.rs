@@ -637,6 +637,20 @@ async fn a_broker_outage_during_a_thousand_writes_delays_events_but_loses_none()
         || async { (cdc_readiness(&app).await == "degraded").then_some(()) },
     )
     .await;
+    // And it does not flap: probed like a kubelet (here every 100 ms for 3 s) while the
+    // broker stays down and the pipeline restarts, every answer is 200.
+    let mut probe = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..30 {
+        probe.tick().await;
+        let status = app
+            .anonymous
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "readiness flapped during a broker outage");
+    }
 
     // Nothing unacknowledged was confirmed: the slot still holds the WAL of the outage.
     let held: bool = db
