@@ -43,9 +43,13 @@ impl TraceExport {
     /// `OTEL_EXPORTER_OTLP_HEADERS` and `…_TIMEOUT`; the resource `OTEL_SERVICE_NAME`
     /// (default `medflow`) and `OTEL_RESOURCE_ATTRIBUTES`.
     pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`TraceExport::from_env`] over any source of variables.
+    fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| {
-            std::env::var(name)
-                .ok()
+            lookup(name)
                 .map(|value| value.trim().to_owned())
                 .filter(|value| !value.is_empty())
         };
@@ -243,5 +247,52 @@ fn register_catalogue() {
         "medflow_graphql_ws_connections",
     ] {
         metrics::gauge!(name).increment(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(vars: &[(&str, &str)]) -> TraceExport {
+        TraceExport::from_vars(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn the_standard_otel_variables_decide_the_export() {
+        assert_eq!(export(&[]).endpoint, None, "off by default");
+        let base = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]);
+        assert_eq!(
+            base.endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert!(!base.json);
+        let traces = export(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert_eq!(
+            traces.endpoint.as_deref(),
+            Some("http://traces:4318/v1/traces")
+        );
+        assert!(traces.json);
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            let export = export(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                off,
+            ]);
+            assert_eq!(export.endpoint, None, "{off:?}");
+        }
     }
 }

@@ -118,20 +118,7 @@ impl Pipeline {
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}; seen {:#?}", self.seen))
                 .unwrap();
-            let headers = message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = header_map(&message);
             self.seen.push(Consumed {
                 topic: message.topic().to_owned(),
                 key: message
@@ -736,8 +723,8 @@ pub(crate) async fn consume_until(
     .collect()
 }
 
-/// The headers of the first message keyed `key` on `topic` (consumed from the beginning).
-pub(crate) async fn headers_of(brokers: &str, topic: &str, key: &str) -> HashMap<String, String> {
+/// A consumer of `topics` from their beginning, in a group of its own.
+pub(crate) fn reader_from_start(brokers: &str, topics: &[&str]) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
@@ -745,7 +732,31 @@ pub(crate) async fn headers_of(brokers: &str, topic: &str, key: &str) -> HashMap
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    consumer.subscribe(topics).unwrap();
+    consumer
+}
+
+/// A message's headers as text.
+pub(crate) fn header_map(message: &impl Message) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The headers of the first message keyed `key` on `topic` (consumed from the beginning).
+pub(crate) async fn headers_of(brokers: &str, topic: &str, key: &str) -> HashMap<String, String> {
+    let consumer = reader_from_start(brokers, &[topic]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -753,23 +764,9 @@ pub(crate) async fn headers_of(brokers: &str, topic: &str, key: &str) -> HashMap
             .await
             .unwrap_or_else(|_| panic!("no message keyed {key} on {topic}"))
             .unwrap();
-        if message.key() != Some(key.as_bytes()) {
-            continue;
+        if message.key() == Some(key.as_bytes()) {
+            return header_map(&message);
         }
-        return message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| {
-                        (
-                            header.key.to_owned(),
-                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
     }
 }
 
@@ -781,14 +778,7 @@ pub(crate) async fn consume_topics_until(
     what: &str,
     done: impl Fn(&[(String, String, Value)]) -> bool,
 ) -> Vec<(String, String, Value)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("g{}", uuid::Uuid::new_v4().simple()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(topics).unwrap();
+    let consumer = reader_from_start(brokers, topics);
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done(&seen) {
