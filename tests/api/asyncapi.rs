@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use medflow_actors::cdc::reader::EVENT_TYPES;
+use medflow_actors::cdc::reader::{EVENT_TYPES, PUBLISHED_TABLES};
 use rdkafka::Message;
 use serde_json::{Value, json};
 
@@ -131,15 +131,10 @@ async fn the_asyncapi_document_is_valid_and_every_published_message_matches_it()
             .filter(|sample| sample["value"]["status"] == "END")
             .count();
         events().all(|event| types.contains(event))
-            && [
-                "patients",
-                "doctors",
-                "appointments",
-                "documents",
-                "document_versions",
-            ]
-            .iter()
-            .all(|table| tables.contains(table))
+            && PUBLISHED_TABLES
+                .iter()
+                .filter(|table| **table != "outbox")
+                .all(|table| tables.contains(table))
             && boundaries > 0
     })
     .await;
