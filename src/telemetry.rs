@@ -234,6 +234,15 @@ fn register_catalogue() {
             }
         }
     }
+    // A histogram's handle taken now is rendered from the start (empty buckets); the
+    // request duration's routes are known only when requests come.
+    let _ = metrics::histogram!("medflow_audit_batch_rows");
+    for kind in [
+        medflow_actors::search::Kind::Patient,
+        medflow_actors::search::Kind::Document,
+    ] {
+        let _ = metrics::histogram!("medflow_search_seconds", "type" => kind.as_str());
+    }
     for entity in medflow_actors::ENTITY_KINDS {
         metrics::gauge!("medflow_entity_actors_live", "kind" => entity).increment(0.0);
     }

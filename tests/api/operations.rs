@@ -70,6 +70,8 @@ async fn every_metric_the_readme_names_is_described_and_counters_exist_before_th
         r#"medflow_consumer_retried_total{group="#,
         r#"medflow_consumer_restarts_total{group="#,
         r#"medflow_consumer_dead_letters_waiting{group="#,
+        // Histograms too, with empty buckets, before their first observation.
+        r#"medflow_search_seconds_bucket{type="document",le="0.001"}"#,
     ] {
         assert!(metrics.contains(series), "{series} is missing");
     }
