@@ -189,7 +189,14 @@ pub fn registry_input() -> RefOr<Schema> {
                     .property(field, line(max, false, &format!("1–{max} characters")))
                     .required(field);
             } else {
-                builder = builder.property(field, string(true).build());
+                // Ignored, but still text: NUL is refused in any request body.
+                builder = builder.property(
+                    field,
+                    string(true)
+                        .pattern(Some(r"^[^\u0000]*$"))
+                        .description(Some("Ignored by this outcome; no NUL (U+0000)"))
+                        .build(),
+                );
             }
         }
         builder.build()
