@@ -5,11 +5,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::AddrStream;
 use hyper::service::{Service, make_service_fn, service_fn};
 use hyper::{Body, Request};
 use tracing::Instrument;
@@ -26,6 +27,97 @@ use crate::problem::Problem;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The requests being handled. A shutdown stops the actors only after the last one: hyper's
+/// connections are tasks of their own and can outlive the server future (a connection kept
+/// open by a client or a proxy makes the graceful wait give up).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests being handled now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no request is being handled.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// An accepted connection that reads as closed once the server stops accepting, if no byte
+/// has arrived on it yet. Hyper's graceful shutdown closes idle keep-alive connections but
+/// keeps a connection that never carried a request (a client's pre-opened spare) and would
+/// answer its first request after the actors stopped; this closes such a connection instead.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    used: bool,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.used && self.stopping.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.used = true;
+        }
+        read
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then waits for in-flight requests.
 /// While `draining` is set, every response carries `Connection: close`: keep-alive clients
 /// reconnect (through their load balancer, to an instance that is not stopping).
@@ -34,20 +126,56 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     request_timeout: Duration,
     draining: Arc<AtomicBool>,
+    in_flight: Arc<InFlight>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let incoming = futures::stream::unfold(
+        (listener, stopped_rx),
+        |(listener, stopped)| async move {
+            let (stream, peer) = loop {
+                match listener.accept().await {
+                    Ok(accepted) => break accepted,
+                    // Out of file descriptors and the like: hyper's own acceptor waits too.
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot accept a connection; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let mut watch = stopped.clone();
+            let connection = Connection {
+                stream,
+                peer,
+                used: false,
+                stopping: Box::pin(async move {
+                    let _ = watch.wait_for(|stopped| *stopped).await;
+                }),
+            };
+            Some((Ok::<_, std::io::Error>(connection), (listener, stopped)))
+        },
+    );
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopped_tx.send(true);
+    };
     let service = warp::service(routes);
-    let make_service = make_service_fn(move |connection: &AddrStream| {
-        let peer = connection.remote_addr();
+    let make_service = make_service_fn(move |connection: &Connection| {
+        let peer = connection.peer;
         let service = service.clone();
         let draining = draining.clone();
+        let in_flight = in_flight.clone();
         async move {
             Ok::<_, Infallible>(service_fn(move |request| {
                 let draining = draining.clone();
+                let entered = in_flight.enter();
                 let response = handle(service.clone(), peer, request_timeout, request);
                 async move {
                     let mut response = response.await?;
+                    drop(entered);
                     // Not on a WebSocket upgrade, whose `Connection: upgrade` it would replace.
                     if draining.load(Ordering::Relaxed)
                         && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -61,7 +189,7 @@ pub async fn serve(
             }))
         }
     });
-    hyper::Server::from_tcp(listener)?
+    hyper::Server::builder(hyper::server::accept::from_stream(incoming))
         .http1_header_read_timeout(Duration::from_secs(10))
         .serve(make_service)
         .with_graceful_shutdown(shutdown)

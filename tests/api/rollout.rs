@@ -216,7 +216,8 @@ async fn client_loop(
                 let status = response.status().as_u16();
                 // Read the whole body: a connection cut mid-answer is a failure too.
                 match response.bytes().await {
-                    Ok(_) => Ok(status),
+                    Ok(_) if (200..300).contains(&status) => Ok(status),
+                    Ok(body) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
                     Err(error) => Err(format!("body: {error}")),
                 }
             }
