@@ -30,7 +30,8 @@ pub fn document(settings: &Settings) -> Value {
         .collect();
     let hub_reads_business = settings.graphql.enabled && settings.graphql.subscriptions;
     for channel in &all {
-        let id = channel_id(&channel.address);
+        // A channel's id is its topic: unique, and fit for an operation id.
+        let id = channel.address.clone();
         channel_map.insert(
             id.clone(),
             channel_object(settings, channel, &all, &consumed),
@@ -96,11 +97,6 @@ pub fn document(settings: &Settings) -> Value {
             "schemas": schemas(),
         },
     })
-}
-
-/// A channel id: the topic name, usable as a JSON pointer segment and an operation id.
-fn channel_id(address: &str) -> String {
-    address.to_owned()
 }
 
 /// JSON Pointer escaping (RFC 6901) of a map key.
@@ -572,7 +568,7 @@ mod tests {
         settings.cdc.provide_transaction_metadata = true;
         let document = document(&settings);
         let channels = document["channels"].as_object().unwrap();
-        assert_eq!(channels.len(), channels_count(&settings));
+        assert_eq!(channels.len(), crate::channels::channels(&settings).len());
         for (id, channel) in channels {
             assert!(!channel["messages"].as_object().unwrap().is_empty(), "{id}");
             for message in channel["messages"].as_object().unwrap().values() {
@@ -605,9 +601,5 @@ mod tests {
             retried["headers"]["properties"][H_ORIGINAL_TOPIC]["const"],
             "DocumentSigned"
         );
-    }
-
-    fn channels_count(settings: &Settings) -> usize {
-        channels(settings).len()
     }
 }

@@ -27,7 +27,6 @@ use medflow_http::health::CdcCheck;
 use medflow_http::health::DatabaseCheck;
 use medflow_http::policy::Policy;
 use medflow_http::search::SearchService;
-use medflow_http::server::InFlight;
 use medflow_http::{AppState, HttpLimits, ReadinessCheck};
 use medflow_supervisors::Supervision;
 use medflow_supervisors::consumers::ConsumerSupervisor;
@@ -47,7 +46,6 @@ pub struct Application {
     shutting_down: Arc<AtomicBool>,
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
-    in_flight: Arc<InFlight>,
     /// Housekeeping tasks (key-set refresh, rate-limit memory), aborted on shutdown.
     background: Vec<JoinHandle<()>>,
     /// Feeds GraphQL subscriptions; stopped after the server.
@@ -150,13 +148,11 @@ impl Application {
         };
         let routes = medflow_http::routes(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let in_flight = Arc::new(InFlight::default());
         let server = tokio::spawn(medflow_http::server::serve(
             listener,
             routes,
             ms(settings.http.request_timeout_ms),
             shutting_down.clone(),
-            in_flight.clone(),
             async move {
                 let _ = stopped.await;
             },
@@ -186,7 +182,6 @@ impl Application {
             shutting_down,
             stop_server,
             server,
-            in_flight,
             background,
             hub,
             consumer_admin,
@@ -283,12 +278,11 @@ impl Application {
     /// leave load balancers time to notice.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let grace = ms(self.settings.http.shutdown_grace_ms);
-        let deadline = tokio::time::Instant::now() + grace;
         self.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.stop_server.send(());
         let mut server = self.server;
         if !server.is_finished() {
-            match tokio::time::timeout_at(deadline, &mut server).await {
+            match tokio::time::timeout(grace, &mut server).await {
                 Ok(Ok(Err(error))) => {
                     tracing::warn!(error = %error, "http server ended with an error")
                 }
@@ -301,17 +295,6 @@ impl Application {
                     server.abort();
                 }
             }
-        }
-        // Connections are tasks of their own: a request still running on one (whatever the
-        // server future did) keeps the actors until it is answered, within the same grace.
-        if tokio::time::timeout_at(deadline, self.in_flight.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                in_flight = self.in_flight.count(),
-                "requests still running when the actors stop"
-            );
         }
         for task in &self.background {
             task.abort();

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,50 +26,6 @@ use crate::extract::{RequestMeta, header_token};
 use crate::problem::Problem;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The requests being handled. A shutdown stops the actors only after the last one: hyper's
-/// connections are tasks of their own and can outlive the server future (a connection kept
-/// open by a client or a proxy makes the graceful wait give up).
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl InFlight {
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self.clone())
-    }
-
-    /// Requests being handled now.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once no request is being handled.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-struct InFlightGuard(Arc<InFlight>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
 
 /// An accepted connection that reads as closed once the server stops accepting, if no byte
 /// has arrived on it yet. Hyper's graceful shutdown closes idle keep-alive connections but
@@ -126,7 +82,6 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     request_timeout: Duration,
     draining: Arc<AtomicBool>,
-    in_flight: Arc<InFlight>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
@@ -167,15 +122,12 @@ pub async fn serve(
         let peer = connection.peer;
         let service = service.clone();
         let draining = draining.clone();
-        let in_flight = in_flight.clone();
         async move {
             Ok::<_, Infallible>(service_fn(move |request| {
                 let draining = draining.clone();
-                let entered = in_flight.enter();
                 let response = handle(service.clone(), peer, request_timeout, request);
                 async move {
                     let mut response = response.await?;
-                    drop(entered);
                     // Not on a WebSocket upgrade, whose `Connection: upgrade` it would replace.
                     if draining.load(Ordering::Relaxed)
                         && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -212,9 +164,10 @@ where
     let method = request.method().clone();
     // The path only: query strings may carry personal data (name filters).
     let path = request.uri().path().to_owned();
+    let route = route_template(&path);
     let span = tracing::info_span!(
         "request",
-        otel.name = %format_args!("{method} {}", route_label(&path, StatusCode::OK)),
+        otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         request_id = %request_id,
         method = %method,
@@ -263,7 +216,7 @@ where
     span.in_scope(|| {
         emit(RequestServed {
             method: method.as_str(),
-            route: route_label(&path, status),
+            route: route_label(&path, route, status),
             status: status.as_u16(),
             elapsed,
         })
@@ -334,16 +287,10 @@ fn allowed_methods(path: &str) -> Option<HeaderValue> {
 }
 
 /// A bounded metrics label for a path: ids become `{id}`, unrouted paths are `other`.
-fn route_label(path: &str, status: StatusCode) -> String {
-    if status == StatusCode::NOT_FOUND
-        || status == StatusCode::METHOD_NOT_ALLOWED
-        || path.starts_with("/docs/")
-    {
-        return if path.starts_with("/docs") {
-            "/docs".into()
-        } else {
-            "other".into()
-        };
+/// The route `path` names, ids replaced by `{id}` (Swagger UI's files all `/docs`).
+fn route_template(path: &str) -> String {
+    if path.starts_with("/docs/") {
+        return "/docs".into();
     }
     path.split('/')
         .map(|segment| {
@@ -355,6 +302,19 @@ fn route_label(path: &str, status: StatusCode) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The metrics label of a request to `path` (whose route is `template`) answered `status`:
+/// a path that matched no route is `other` (or `/docs`), so label values stay bounded.
+fn route_label(path: &str, template: String, status: StatusCode) -> String {
+    if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+        return if path.starts_with("/docs") {
+            "/docs".into()
+        } else {
+            "other".into()
+        };
+    }
+    template
 }
 
 #[cfg(test)]
@@ -381,14 +341,15 @@ mod tests {
     #[test]
     fn route_labels_are_bounded() {
         let id = Uuid::new_v4();
+        let label = |path: &str, status| route_label(path, route_template(path), status);
         assert_eq!(
-            route_label(&format!("/api/v1/patients/{id}"), StatusCode::OK),
+            label(&format!("/api/v1/patients/{id}"), StatusCode::OK),
             "/api/v1/patients/{id}"
         );
         assert_eq!(
-            route_label("/api/v1/patients/nonsense", StatusCode::NOT_FOUND),
+            label("/api/v1/patients/nonsense", StatusCode::NOT_FOUND),
             "other"
         );
-        assert_eq!(route_label("/docs/swagger-ui.css", StatusCode::OK), "/docs");
+        assert_eq!(label("/docs/swagger-ui.css", StatusCode::OK), "/docs");
     }
 }
