@@ -190,6 +190,7 @@ pub struct DatabaseSettings {
 pub struct ActorSettings {
     pub idle_timeout_ms: u64,
     pub sweep_interval_ms: u64,
+    pub idle_states: usize,
     pub call_timeout_ms: u64,
     pub entity_max_restarts: u32,
     pub entity_restart_window_ms: u64,
@@ -605,6 +606,9 @@ impl Settings {
                 "must exceed twice the call timeout",
             );
         }
+        if self.actors.idle_states > 10_000_000 {
+            return invalid("actors.idle_states", "must be at most 10000000");
+        }
         if self.actors.sweep_interval_ms > self.actors.idle_timeout_ms {
             return invalid(
                 "actors.sweep_interval_ms",
@@ -791,6 +795,7 @@ impl Settings {
             entity_host: EntityHostSettings {
                 idle_timeout: ms(self.actors.idle_timeout_ms),
                 sweep_interval: ms(self.actors.sweep_interval_ms),
+                idle_states: self.actors.idle_states,
                 max_restarts: self.actors.entity_max_restarts,
                 restart_window: ms(self.actors.entity_restart_window_ms),
                 backoff_initial: ms(self.actors.entity_backoff_initial_ms),

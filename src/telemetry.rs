@@ -245,6 +245,7 @@ fn register_catalogue() {
     }
     for entity in medflow_actors::ENTITY_KINDS {
         metrics::gauge!("medflow_entity_actors_live", "kind" => entity).increment(0.0);
+        metrics::gauge!("medflow_entity_states_idle", "kind" => entity).increment(0.0);
     }
     metrics::gauge!("medflow_degraded", "component" => "cdc").increment(0.0);
     for name in [

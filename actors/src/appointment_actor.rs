@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Appointment, AppointmentAction, AppointmentEvent};
@@ -44,19 +43,20 @@ pub struct AppointmentActor {
 
 impl EntityActor for AppointmentActor {
     const KIND: &'static str = KIND;
+    type Entity = Appointment;
 }
 
 impl Actor for AppointmentActor {
     type Msg = AppointmentMessage;
     type State = EntityState<Appointment>;
-    type Arguments = Uuid;
+    type Arguments = EntityState<Appointment>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        id: Uuid,
+        start: EntityState<Appointment>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EntityState::new(id))
+        Ok(start)
     }
 
     async fn handle(

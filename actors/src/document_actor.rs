@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{
@@ -60,19 +59,20 @@ pub struct DocumentActor {
 
 impl EntityActor for DocumentActor {
     const KIND: &'static str = KIND;
+    type Entity = Document;
 }
 
 impl Actor for DocumentActor {
     type Msg = DocumentMessage;
     type State = EntityState<Document>;
-    type Arguments = Uuid;
+    type Arguments = EntityState<Document>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        id: Uuid,
+        start: EntityState<Document>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EntityState::new(id))
+        Ok(start)
     }
 
     async fn handle(

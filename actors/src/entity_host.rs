@@ -5,10 +5,19 @@
 //! ```text
 //! EntityHost<PatientActor>
 //! ├─ PatientActor(id₁)   spawned on the first Lookup of id₁
-//! ├─ PatientActor(id₂)   drained and stopped after `idle_timeout` without a Lookup
+//! ├─ PatientActor(id₂)   drained and stopped after `idle_timeout` without a Lookup; what it
+//! │                      knew stays with the host as an idle state (one `Arc` of the entity)
 //! └─ …                   a crashed child is forgotten; the next Lookup respawns it and it
 //!                        reloads from PostgreSQL, after a backoff that grows per crash
 //! ```
+//!
+//! An actor costs a few KiB (its task and mailboxes) even when nobody uses it; an idle state
+//! costs the entity and a map entry. A passivated actor's last state is kept (at most
+//! `idle_states` per kind, least recently used dropped first) and handed to the actor spawned
+//! for the same id, which then starts without a database read. Such a state is treated
+//! exactly like a live actor's: it may be older than the committed row (another instance
+//! wrote), so reads compare it with the committed version and writes are checked against the
+//! row (see [`EntityState`]).
 //!
 //! Every access goes through `Lookup`, which records the access time, so the sweep never
 //! stops an actor a caller has just been handed (callers' timeouts are far shorter than the
@@ -23,6 +32,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use lru::LruCache;
+
 use ractor::concurrency::JoinHandle;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr, RpcReplyPort,
@@ -30,16 +41,27 @@ use ractor::{
 };
 use uuid::Uuid;
 
+use crate::entity_state::{EntityState, Versioned};
 use crate::error::{Error, Result};
 use crate::internal_events::{EntityActorCrashed, EntityActorsPassivated, emit};
 
 // Tokio's clock, not the system's: the host's timing is tested with paused time.
 use tokio::time::Instant;
 
-/// An actor that owns one entity, spawned with the entity's id.
-pub trait EntityActor: Actor<Arguments = Uuid> + Clone + Sync {
+/// An actor that owns one entity. It starts with the state the host hands it (unloaded, or
+/// the idle state a passivated predecessor left) and stops with its state, which the host
+/// keeps while the entity is idle.
+pub trait EntityActor:
+    Actor<
+        Arguments = EntityState<<Self as EntityActor>::Entity>,
+        State = EntityState<<Self as EntityActor>::Entity>,
+    > + Clone
+    + Sync
+{
     /// The entity kind, for logs, metrics and error messages (`"patient"`).
     const KIND: &'static str;
+    /// The entity the actor owns.
+    type Entity: Versioned + Send + Sync + 'static;
 }
 
 /// Passivation and crash-restart policy of one host.
@@ -49,6 +71,9 @@ pub struct EntityHostSettings {
     pub idle_timeout: Duration,
     /// How often idle actors are looked for.
     pub sweep_interval: Duration,
+    /// How many passivated actors' last states are kept (least recently used dropped first;
+    /// 0 keeps none).
+    pub idle_states: usize,
     /// Crashes of one entity tolerated within `restart_window` before it is quarantined.
     pub max_restarts: u32,
     pub restart_window: Duration,
@@ -84,7 +109,10 @@ impl<M: ractor::Message> std::fmt::Debug for EntityHostMessage<M> {
 /// Counts a host reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EntityHostStats {
+    /// Entity actors running.
     pub live: usize,
+    /// Passivated entities whose last state is kept.
+    pub idle: usize,
     pub quarantined: usize,
     pub passivated_total: u64,
     pub restarts_total: u64,
@@ -108,9 +136,11 @@ struct CrashRecord {
     respawn_not_before: Instant,
 }
 
-pub struct EntityHostState<M: ractor::Message> {
-    live: HashMap<Uuid, LiveEntry<M>>,
+pub struct EntityHostState<A: EntityActor> {
+    live: HashMap<Uuid, LiveEntry<A::Msg>>,
     ids_by_actor: HashMap<ActorId, Uuid>,
+    /// Last states of passivated actors, by entity id.
+    idle: LruCache<Uuid, Arc<A::Entity>>,
     crashes: HashMap<Uuid, CrashRecord>,
     sweeper: Option<JoinHandle<()>>,
     passivated_total: u64,
@@ -119,7 +149,7 @@ pub struct EntityHostState<M: ractor::Message> {
 
 impl<A: EntityActor> Actor for EntityHost<A> {
     type Msg = EntityHostMessage<A::Msg>;
-    type State = EntityHostState<A::Msg>;
+    type State = EntityHostState<A>;
     type Arguments = ();
 
     async fn pre_start(
@@ -137,6 +167,8 @@ impl<A: EntityActor> Actor for EntityHost<A> {
         Ok(EntityHostState {
             live: HashMap::new(),
             ids_by_actor: HashMap::new(),
+            // Unbounded map, bounded by `keep_idle`: no allocation up front for the capacity.
+            idle: LruCache::unbounded(),
             crashes: HashMap::new(),
             sweeper: Some(sweeper),
             passivated_total: 0,
@@ -152,7 +184,8 @@ impl<A: EntityActor> Actor for EntityHost<A> {
         if let Some(sweeper) = state.sweeper.take() {
             sweeper.abort();
         }
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND).set(0.0);
+        state.idle.clear();
+        Self::report(state);
         Ok(())
     }
 
@@ -170,6 +203,7 @@ impl<A: EntityActor> Actor for EntityHost<A> {
             EntityHostMessage::Stats { reply } => {
                 let _ = reply.send(EntityHostStats {
                     live: state.live.len(),
+                    idle: state.idle.len(),
                     quarantined: state
                         .crashes
                         .values()
@@ -191,8 +225,15 @@ impl<A: EntityActor> Actor for EntityHost<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.forget(cell.get_id());
+            SupervisionEvent::ActorTerminated(cell, last_state, _) => {
+                if let Some(id) = state.forget(cell.get_id()) {
+                    let entity = last_state
+                        .and_then(|mut boxed| boxed.take::<A::State>().ok())
+                        .and_then(EntityState::into_live);
+                    if let Some(entity) = entity {
+                        self.keep_idle(state, id, entity);
+                    }
+                }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 if let Some(id) = state.forget(cell.get_id()) {
@@ -208,13 +249,12 @@ impl<A: EntityActor> Actor for EntityHost<A> {
             }
             _ => {}
         }
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
-            .set(state.live.len() as f64);
+        Self::report(state);
         Ok(())
     }
 }
 
-impl<M: ractor::Message> EntityHostState<M> {
+impl<A: EntityActor> EntityHostState<A> {
     /// Removes the entry of a stopped actor (if it is still the current one for its id).
     fn forget(&mut self, actor: ActorId) -> Option<Uuid> {
         let id = self.ids_by_actor.remove(&actor)?;
@@ -233,7 +273,7 @@ impl<A: EntityActor> EntityHost<A> {
     async fn lookup(
         &self,
         myself: &ActorRef<EntityHostMessage<A::Msg>>,
-        state: &mut EntityHostState<A::Msg>,
+        state: &mut EntityHostState<A>,
         id: Uuid,
     ) -> Result<ActorRef<A::Msg>> {
         let now = Instant::now();
@@ -257,7 +297,12 @@ impl<A: EntityActor> EntityHost<A> {
                 retry_after: Some(record.respawn_not_before - now),
             });
         }
-        let (actor, _) = Actor::spawn_linked(None, self.factory.clone(), id, myself.get_cell())
+        // The idle state moves into the actor (which may leave it again when it stops).
+        let start = match state.idle.pop(&id) {
+            Some(entity) => EntityState::Live(entity),
+            None => EntityState::new(id),
+        };
+        let (actor, _) = Actor::spawn_linked(None, self.factory.clone(), start, myself.get_cell())
             .await
             .map_err(|error| Error::Internal(format!("cannot spawn {} actor: {error}", A::KIND)))?;
         state.ids_by_actor.insert(actor.get_id(), id);
@@ -268,12 +313,38 @@ impl<A: EntityActor> EntityHost<A> {
                 last_access: now,
             },
         );
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
-            .set(state.live.len() as f64);
+        Self::report(state);
         Ok(actor)
     }
 
-    fn sweep(&self, state: &mut EntityHostState<A::Msg>) {
+    /// Keeps the last state of the passivated actor of `id`, unless a newer actor of `id` is
+    /// already live (it knows at least as much) or a newer state is already kept.
+    fn keep_idle(&self, state: &mut EntityHostState<A>, id: Uuid, entity: Arc<A::Entity>) {
+        let capacity = self.settings.idle_states;
+        if capacity == 0 || state.live.contains_key(&id) {
+            return;
+        }
+        if state
+            .idle
+            .peek(&id)
+            .is_some_and(|kept| kept.version() >= entity.version())
+        {
+            return;
+        }
+        state.idle.put(id, entity);
+        while state.idle.len() > capacity {
+            state.idle.pop_lru();
+        }
+    }
+
+    fn report(state: &EntityHostState<A>) {
+        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
+            .set(state.live.len() as f64);
+        metrics::gauge!("medflow_entity_states_idle", "kind" => A::KIND)
+            .set(state.idle.len() as f64);
+    }
+
+    fn sweep(&self, state: &mut EntityHostState<A>) {
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let mut passivated = 0u64;
@@ -301,12 +372,11 @@ impl<A: EntityActor> EntityHost<A> {
                 live: state.live.len(),
             });
         }
-        metrics::gauge!("medflow_entity_actors_live", "kind" => A::KIND)
-            .set(state.live.len() as f64);
+        Self::report(state);
     }
 
     /// Counts a crash of `id` and sets when it may respawn; returns the crash count.
-    fn record_crash(&self, state: &mut EntityHostState<A::Msg>, id: Uuid) -> u32 {
+    fn record_crash(&self, state: &mut EntityHostState<A>, id: Uuid) -> u32 {
         let settings = &self.settings;
         let now = Instant::now();
         let record = state.crashes.entry(id).or_insert(CrashRecord {
@@ -512,38 +582,93 @@ mod tests {
     //! The host's policies with tokio's clock paused: no PostgreSQL, no waiting.
     use super::*;
 
-    /// An entity actor that answers pings and crashes on demand.
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The committed rows of a stand-in store (id → version; an unknown id is at version 1),
+    /// shared by the instances' hosts like PostgreSQL, and how many loads it served.
+    #[derive(Debug, Default)]
+    struct Table {
+        versions: Mutex<HashMap<Uuid, i64>>,
+        loads: AtomicUsize,
+    }
+
+    impl Table {
+        /// Another instance commits a write of `id`.
+        fn write(&self, id: Uuid) -> i64 {
+            let mut versions = self.versions.lock().unwrap();
+            let version = versions.entry(id).or_insert(1);
+            *version += 1;
+            *version
+        }
+
+        fn loads(&self) -> usize {
+            self.loads.load(Ordering::SeqCst)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Row {
+        id: Uuid,
+        version: i64,
+    }
+
+    impl Versioned for Row {
+        fn id(&self) -> Uuid {
+            self.id
+        }
+        fn version(&self) -> i64 {
+            self.version
+        }
+    }
+
+    /// An entity actor over the stand-in store: reads like the real ones (load on first use,
+    /// reload when the committed version is newer) and crashes on demand.
     #[derive(Debug, Clone)]
-    struct Probe;
+    struct Probe(Arc<Table>);
 
     #[derive(Debug)]
     enum ProbeMessage {
-        Ping(RpcReplyPort<()>),
+        Get {
+            at_least: Option<i64>,
+            reply: RpcReplyPort<Result<Arc<Row>>>,
+        },
         Crash,
     }
 
     impl Actor for Probe {
         type Msg = ProbeMessage;
-        type State = ();
-        type Arguments = Uuid;
+        type State = EntityState<Row>;
+        type Arguments = EntityState<Row>;
 
         async fn pre_start(
             &self,
             _: ActorRef<ProbeMessage>,
-            _: Uuid,
-        ) -> std::result::Result<(), ActorProcessingErr> {
-            Ok(())
+            start: EntityState<Row>,
+        ) -> std::result::Result<EntityState<Row>, ActorProcessingErr> {
+            Ok(start)
         }
 
         async fn handle(
             &self,
-            _: ActorRef<ProbeMessage>,
+            myself: ActorRef<ProbeMessage>,
             message: ProbeMessage,
-            _: &mut (),
+            state: &mut EntityState<Row>,
         ) -> std::result::Result<(), ActorProcessingErr> {
             match message {
-                ProbeMessage::Ping(reply) => {
-                    let _ = reply.send(());
+                ProbeMessage::Get { at_least, reply } => {
+                    if let Some(at_least) = at_least {
+                        state.refresh_below(at_least);
+                    }
+                    let table = self.0.clone();
+                    let answer = state
+                        .loaded(&myself, Self::KIND, |id| async move {
+                            table.loads.fetch_add(1, Ordering::SeqCst);
+                            let version = *table.versions.lock().unwrap().get(&id).unwrap_or(&1);
+                            Ok(Some(Row { id, version }))
+                        })
+                        .await;
+                    let _ = reply.send(answer);
                     Ok(())
                 }
                 ProbeMessage::Crash => Err("crashed on purpose".into()),
@@ -553,12 +678,14 @@ mod tests {
 
     impl EntityActor for Probe {
         const KIND: &'static str = "probe";
+        type Entity = Row;
     }
 
     fn settings() -> EntityHostSettings {
         EntityHostSettings {
             idle_timeout: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(30),
+            idle_states: 100,
             max_restarts: 2,
             restart_window: Duration::from_secs(60),
             backoff_initial: Duration::from_millis(100),
@@ -569,11 +696,34 @@ mod tests {
     type Host = ActorRef<EntityHostMessage<ProbeMessage>>;
 
     async fn host() -> Host {
+        host_over(Arc::default(), settings()).await
+    }
+
+    async fn host_over(table: Arc<Table>, settings: EntityHostSettings) -> Host {
         let host = EntityHost {
-            factory: Probe,
-            settings: settings(),
+            factory: Probe(table),
+            settings,
         };
         Actor::spawn(None, host, ()).await.unwrap().0
+    }
+
+    /// Reads `id` through its actor, like a use case that saw `at_least` committed.
+    async fn get(host: &Host, id: Uuid, at_least: Option<i64>) -> i64 {
+        let actor = lookup(host, id).await.unwrap();
+        let row = ractor::call!(actor, |reply| ProbeMessage::Get { at_least, reply })
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.id, id);
+        row.version
+    }
+
+    /// Lets every actor go idle past the timeout and waits until the sweep stopped them.
+    async fn passivate(host: &Host) {
+        tokio::time::advance(settings().idle_timeout + settings().sweep_interval).await;
+        while stats(host).await.live > 0 {
+            settle().await;
+        }
+        settle().await;
     }
 
     async fn lookup(host: &Host, id: Uuid) -> Result<ActorRef<ProbeMessage>> {
@@ -613,7 +763,7 @@ mod tests {
 
         // Used within the timeout: kept.
         tokio::time::advance(Duration::from_secs(200)).await;
-        ractor::call!(first, ProbeMessage::Ping).unwrap();
+        assert_eq!(get(&host, id, None).await, 1);
         assert_eq!(lookup(&host, id).await.unwrap().get_id(), first.get_id());
         tokio::time::advance(Duration::from_secs(200)).await;
         settle().await;
@@ -630,7 +780,79 @@ mod tests {
         assert_eq!((after.live, after.passivated_total), (0, 1));
         let second = lookup(&host, id).await.unwrap();
         assert_ne!(second.get_id(), first.get_id());
-        ractor::call!(second, ProbeMessage::Ping).unwrap();
+        assert_eq!(get(&host, id, None).await, 1);
+        host.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passivated_entity_is_kept_as_its_state_and_its_next_actor_starts_without_a_load() {
+        let table = Arc::new(Table::default());
+        let host = host_over(table.clone(), settings()).await;
+        let id = Uuid::new_v4();
+        assert_eq!(get(&host, id, None).await, 1);
+        assert_eq!(table.loads(), 1);
+        passivate(&host).await;
+        let after = stats(&host).await;
+        assert_eq!((after.live, after.idle), (0, 1), "kept as an idle state");
+
+        // The next actor starts from the kept state: no load.
+        assert_eq!(get(&host, id, None).await, 1);
+        assert_eq!(table.loads(), 1);
+        let after = stats(&host).await;
+        assert_eq!(
+            (after.live, after.idle),
+            (1, 0),
+            "the state moved into the actor"
+        );
+        host.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_older_than_the_committed_row_is_reloaded_before_it_answers() {
+        let table = Arc::new(Table::default());
+        let host = host_over(table.clone(), settings()).await;
+        let (live, idle) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(get(&host, idle, None).await, 1);
+        passivate(&host).await;
+        assert_eq!(get(&host, live, None).await, 1);
+
+        // Another instance writes both: this host's live actor and kept state are now stale.
+        let committed = (table.write(live), table.write(idle));
+        assert_eq!(committed, (2, 2));
+        // A read that saw the committed version reloads; one that saw an older one does not.
+        assert_eq!(get(&host, live, Some(1)).await, 1);
+        assert_eq!(get(&host, live, Some(2)).await, 2);
+        assert_eq!(get(&host, idle, Some(2)).await, 2);
+        assert_eq!(table.loads(), 4, "one first load each, one reload each");
+        host.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_states_are_bounded_and_the_least_recently_used_go_first() {
+        let table = Arc::new(Table::default());
+        let bounded = EntityHostSettings {
+            idle_states: 2,
+            ..settings()
+        };
+        let host = host_over(table.clone(), bounded).await;
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            get(&host, *id, None).await;
+            // One at a time, so they are kept in this order.
+            passivate(&host).await;
+        }
+        assert_eq!(stats(&host).await.idle, 2);
+        get(&host, ids[2], None).await;
+        get(&host, ids[1], None).await;
+        assert_eq!(table.loads(), 3, "the two newest were kept");
+        get(&host, ids[0], None).await;
+        assert_eq!(table.loads(), 4, "the oldest was dropped");
+
+        // A crashed actor leaves nothing behind: its next actor loads.
+        crash(&host, ids[1]).await;
+        tokio::time::advance(settings().backoff_initial).await;
+        get(&host, ids[1], None).await;
+        assert_eq!(table.loads(), 5);
         host.stop(None);
     }
 
@@ -644,10 +866,10 @@ mod tests {
         };
         assert_eq!(retry_after, Some(Duration::from_millis(100)));
         tokio::time::advance(Duration::from_millis(100)).await;
-        let actor = lookup(&host, id)
+        lookup(&host, id)
             .await
             .expect("respawned after the backoff");
-        ractor::call!(actor, ProbeMessage::Ping).unwrap();
+        assert_eq!(get(&host, id, None).await, 1);
 
         // The second crash within the window waits twice as long.
         crash(&host, id).await;

@@ -42,6 +42,14 @@ impl<T> EntityState<T> {
         Self::Unloaded { id }
     }
 
+    /// The entity, if the state holds one (what a passivated actor leaves to its host).
+    pub fn into_live(self) -> Option<Arc<T>> {
+        match self {
+            Self::Live(entity) => Some(entity),
+            Self::Unloaded { .. } | Self::Missing { .. } => None,
+        }
+    }
+
     /// Returns the entity, reading it with `load` first if needed.
     pub async fn loaded<M, F, Fut>(
         &mut self,

@@ -56,6 +56,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Entity actors alive now, by kind",
     ),
     (
+        "medflow_entity_states_idle",
+        MetricKind::Gauge,
+        "Passivated entities whose last state is kept for their next actor, by kind",
+    ),
+    (
         "medflow_entity_actor_passivations_total",
         MetricKind::Counter,
         "Idle entity actors stopped, by kind",

@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::domain::{Patient, PatientData, PatientPatch};
@@ -66,15 +65,15 @@ pub struct PatientActor {
 impl Actor for PatientActor {
     type Msg = PatientMessage;
     type State = EntityState<Patient>;
-    /// The id of the patient this actor owns.
-    type Arguments = Uuid;
+    /// Unloaded, or the state a passivated predecessor left with the host.
+    type Arguments = EntityState<Patient>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        id: Uuid,
+        start: EntityState<Patient>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EntityState::new(id))
+        Ok(start)
     }
 
     async fn handle(
@@ -136,6 +135,7 @@ enum Change {
 
 impl EntityActor for PatientActor {
     const KIND: &'static str = KIND;
+    type Entity = Patient;
 }
 
 impl PatientActor {

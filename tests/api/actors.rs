@@ -143,13 +143,15 @@ async fn idle_patient_actors_are_passivated_and_reload_on_demand() {
     )
     .await;
     assert!(stats.passivated_total >= 5, "{stats:?}");
+    assert_eq!(stats.idle, 5, "their states are kept: {stats:?}");
 
-    // A passivated patient is read back from PostgreSQL.
+    // A passivated patient answers again, its kept state moving into a new actor.
     for path in &paths {
         let response = app.get(path).await;
         assert_eq!(response.status(), 200);
     }
-    assert_eq!(app.app().patients().stats().await.unwrap().live, 5);
+    let stats = app.app().patients().stats().await.unwrap();
+    assert_eq!((stats.live, stats.idle), (5, 0), "{stats:?}");
 
     // Probing unknown ids leaves no actors behind.
     for _ in 0..20 {

@@ -1,10 +1,14 @@
 //! Several instances on one database (as `k8s/` runs three pods): an entity actor's cached
 //! state may be older than the committed row, and it never decides a refusal by itself.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::graphql::gql;
-use crate::helpers::{TestApp, hours_ahead, patient_body, spawn_app, spawn_app_on};
+use crate::helpers::{
+    TestApp, eventually, hours_ahead, patient_body, spawn_app, spawn_app_on, spawn_app_with,
+};
 
 /// A second application on `first`'s database (its own actors and caches).
 async fn another_instance(first: &TestApp) -> TestApp {
@@ -238,6 +242,80 @@ async fn a_read_on_any_instance_reflects_every_write_acknowledged_before_it() {
     a.shutdown().await;
     b.shutdown().await;
     c.shutdown().await;
+}
+
+/// Waits until `app`'s one patient actor has stopped and its state is kept as idle.
+async fn until_idle(app: &TestApp) {
+    eventually(
+        Duration::from_secs(10),
+        "the patient actor to be passivated into an idle state",
+        || async {
+            let stats = app.app().patients().stats().await.unwrap();
+            (stats.live == 0 && stats.idle == 1).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_state_kept_by_one_instance_never_hides_a_write_through_another() {
+    let a = spawn_app_with(|settings| {
+        settings.actors.idle_timeout_ms = 400;
+        settings.actors.sweep_interval_ms = 50;
+        settings.actors.call_timeout_ms = 150;
+    })
+    .await;
+    let b = another_instance(&a).await;
+    let patient = a.create_patient(&patient_body(5)).await;
+    let id = patient["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/patients/{id}");
+    assert_eq!(a.get(&path).await.status(), 200);
+    until_idle(&a).await;
+
+    // Written through B while A keeps version 1 as an idle state: A reads the write.
+    let body = json!({"email": "idle-1@example.org"});
+    assert_eq!(
+        version_of(patch(&b, &path, &body, None).await, "B's write").await,
+        2
+    );
+    let read: Value = a.get(&path).await.json().await.unwrap();
+    assert_eq!(
+        (&read["version"], &read["email"]),
+        (&json!(2), &json!("idle-1@example.org"))
+    );
+    let query = format!(r#"{{ patient(id: "{id}") {{ version email }} }}"#);
+    let body = gql(&a, None, &query, json!({})).await;
+    assert_eq!(body["data"]["patient"]["version"], 2, "{body}");
+
+    // A write through A on a stale idle state: a current If-Match is accepted, and a plain
+    // write never answers 409.
+    until_idle(&a).await;
+    let body = json!({"email": "idle-2@example.org"});
+    assert_eq!(
+        version_of(patch(&b, &path, &body, None).await, "B's write").await,
+        3
+    );
+    let body = json!({"email": "idle-3@example.org"});
+    let response = patch(&a, &path, &body, Some(3)).await;
+    assert_eq!(version_of(response, "A's conditional write").await, 4);
+    until_idle(&a).await;
+    let body = json!({"email": "idle-4@example.org"});
+    assert_eq!(
+        version_of(patch(&b, &path, &body, None).await, "B's write").await,
+        5
+    );
+    let body = json!({"email": "idle-5@example.org"});
+    assert_eq!(
+        version_of(patch(&a, &path, &body, None).await, "A's plain write").await,
+        6
+    );
+    let read: Value = b.get(&path).await.json().await.unwrap();
+    assert_eq!(
+        (&read["version"], &read["email"]),
+        (&json!(6), &json!("idle-5@example.org"))
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// What one patient's sequence of writes ended with: the last acknowledged version and
