@@ -6,7 +6,8 @@
 //!     same concurrency (target ≥ 0.7);
 //! (b) `GET /api/v1/patients/{id}` of live actors at 64 concurrent clients, and the ratio to a
 //!     trivial warp handler on the same machine (target ≥ 0.5);
-//! (c) memory per idle live patient actor (target < 4 KiB).
+//!
+//! Memory per live actor and per idle entity is measured by `benches/memory.rs`.
 //!
 //! Client and server share the machine's two cores in every phase, so the ratios compare
 //! like with like.
@@ -33,17 +34,6 @@ const WRITE_CLIENTS: usize = 32;
 const READ_CLIENTS: usize = 64;
 const PHASE: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_millis(500);
-const IDLE_ACTORS: usize = 20_000;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 async fn plain_sql_pool(url: &str, size: usize) -> Pool {
     let config: tokio_postgres::Config = url.parse().unwrap();
@@ -293,40 +283,5 @@ async fn run() {
         reads.per_second() / baseline.per_second()
     );
 
-    // (c) memory per idle live actor: load many patients into actors, measure the growth.
-    let db = app.db().await;
-    db.batch_execute(&format!(
-        "INSERT INTO patients (id, first_name, middle_name, last_name, birth_date, email) \
-         SELECT gen_random_uuid(), 'Анна', 'Сергеевна', 'Иванова' || g, DATE '1985-03-14', 'p' || g || '@example.org' \
-         FROM generate_series(1, {IDLE_ACTORS}) AS g"
-    ))
-    .await
-    .unwrap();
-    let rows = db
-        .query(
-            "SELECT id FROM patients WHERE email LIKE 'p%@example.org' AND snils IS NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
-    let patients = app.app().patients().clone();
-    let live_before = patients.stats().await.unwrap().live;
-    let before = resident_bytes();
-    for chunk in ids.chunks(500) {
-        let loads = chunk.iter().map(|id| patients.get(*id));
-        for loaded in futures::future::join_all(loads).await {
-            loaded.unwrap();
-        }
-    }
-    let after = resident_bytes();
-    let live_after = patients.stats().await.unwrap().live;
-    let added = live_after - live_before;
-    let per_actor = after.saturating_sub(before) as f64 / added as f64;
-    println!(
-        "(c) {added} idle live patient actors: resident memory +{:.1} MiB, {:.0} bytes per actor (state included; target < 4096)",
-        after.saturating_sub(before) as f64 / 1048576.0,
-        per_actor
-    );
     app.shutdown().await;
 }
