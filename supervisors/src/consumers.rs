@@ -49,7 +49,7 @@ impl std::fmt::Debug for ConsumerSupervisor {
 #[derive(Default)]
 pub struct ConsumerSupervisorState {
     running: HashMap<ActorId, (usize, ActorCell)>,
-    failures: Vec<crate::policy::FailureStreak>,
+    restarts: Vec<crate::policy::RestartTracker>,
     stopping: bool,
 }
 
@@ -68,7 +68,7 @@ impl Actor for ConsumerSupervisor {
             myself.send_message(ConsumerSupervisorMessage::Spawn(index))?;
         }
         Ok(ConsumerSupervisorState {
-            failures: vec![crate::policy::FailureStreak::default(); self.children.len()],
+            restarts: vec![crate::policy::RestartTracker::default(); self.children.len()],
             ..Default::default()
         })
     }
@@ -105,7 +105,7 @@ impl Actor for ConsumerSupervisor {
             Ok((actor, _)) => {
                 let cell = actor.get_cell();
                 self.consumers.set_actor(&name, Some(cell.clone()));
-                state.failures[index].started(Instant::now());
+                state.restarts[index].started(Instant::now());
                 state.running.insert(cell.get_id(), (index, cell));
             }
             Err(error) => self.restart_later(&myself, state, index, error.to_string()),
@@ -144,9 +144,11 @@ impl ConsumerSupervisor {
         index: usize,
         reason: String,
     ) {
-        let failures = state.failures[index].failed(Instant::now());
-        let delay =
-            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, failures);
+        let delay = crate::policy::restart_delay(
+            &mut state.restarts[index],
+            self.backoff_initial,
+            self.backoff_max,
+        );
         let child = &self.children[index];
         child.stats.restarts.fetch_add(1, Ordering::Relaxed);
         child.stats.set_error(Some(reason.clone()));

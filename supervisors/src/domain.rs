@@ -267,6 +267,7 @@ impl DomainSupervisor {
         };
         if let Some(child) = state.children.iter_mut().find(|child| child.kind == kind) {
             child.cell = Some(cell);
+            child.restarts.started(Instant::now());
         }
         Ok(())
     }

@@ -7,9 +7,10 @@
 //!                                or database outage delays events, it does not stop medflow
 //! ```
 //!
-//! The backoff starts over only once a pipeline ran [`STABLE_AFTER`](crate::policy::STABLE_AFTER)
-//! before failing: one failing right after each start is restarted ever more slowly, up to
-//! the cap.
+//! Its restarts are tracked like every supervisor's child ([`RestartTracker`](crate::policy::RestartTracker),
+//! without a budget): the backoff starts over only once a pipeline ran
+//! [`STABLE_AFTER`](crate::policy::STABLE_AFTER) before failing, so one failing right after
+//! each start is restarted ever more slowly, up to the cap.
 //!
 //! The reader resumes at the slot's confirmed LSN, so a restart re-publishes at most what was
 //! not yet acknowledged (at-least-once). When another process streams from the slot, this
@@ -45,7 +46,7 @@ pub struct IntegrationSupervisor {
 pub struct IntegrationState {
     producer: Option<ActorCell>,
     reader: Option<ActorCell>,
-    failures: crate::policy::FailureStreak,
+    restarts: crate::policy::RestartTracker,
     generation: u64,
 }
 
@@ -63,7 +64,7 @@ impl Actor for IntegrationSupervisor {
         Ok(IntegrationState {
             producer: None,
             reader: None,
-            failures: crate::policy::FailureStreak::default(),
+            restarts: crate::policy::RestartTracker::default(),
             generation: 0,
         })
     }
@@ -149,7 +150,7 @@ impl IntegrationSupervisor {
         };
         let (reader, _) = Actor::spawn_linked(None, reader, (), myself.get_cell()).await?;
         state.reader = Some(reader.get_cell());
-        state.failures.started(std::time::Instant::now());
+        state.restarts.started(std::time::Instant::now());
         tracing::info!(generation = state.generation, slot = %self.cdc.slot, "cdc pipeline started");
         Ok(())
     }
@@ -167,9 +168,11 @@ impl IntegrationSupervisor {
         {
             child.stop(Some("pipeline restart".into()));
         }
-        let failures = state.failures.failed(std::time::Instant::now());
-        let delay =
-            medflow_actors::backoff::doubling(self.backoff_initial, self.backoff_max, failures);
+        let delay = crate::policy::restart_delay(
+            &mut state.restarts,
+            self.backoff_initial,
+            self.backoff_max,
+        );
         // PostgreSQL refuses a second reader of an active slot: that is a standby, not a fault.
         let standby = medflow_actors::cdc::slot_in_use(&reason);
         self.status.update(|status| {

@@ -19,38 +19,9 @@ pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
 /// A child that ran this long before failing starts its backoff over.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 
-/// The consecutive failures of a child restarted for as long as it takes (never escalated):
-/// its backoff doubles with each one and starts over only once the child ran
-/// [`STABLE_AFTER`] before failing — not on every successful start, or a child failing right
-/// after starting would be restarted at the shortest delay for ever.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FailureStreak {
-    failures: u32,
-    started: Option<Instant>,
-}
-
-impl FailureStreak {
-    /// The child started at `now`.
-    pub fn started(&mut self, now: Instant) {
-        self.started = Some(now);
-    }
-
-    /// The child failed (or could not start) at `now`: the streak's length, from 1.
-    pub fn failed(&mut self, now: Instant) -> u32 {
-        if self
-            .started
-            .take()
-            .is_some_and(|started| now.duration_since(started) >= STABLE_AFTER)
-        {
-            self.failures = 0;
-        }
-        self.failures = self.failures.saturating_add(1);
-        self.failures
-    }
-}
-
-/// How a supervisor restarts a failed child: at most `max_restarts` within `window`, each
-/// after a backoff that doubles from `backoff_initial` up to `backoff_max`.
+/// How a supervisor restarts a failed child: after a backoff that doubles from
+/// `backoff_initial` up to `backoff_max` with each consecutive failure, and, if the child has
+/// a budget, at most `max_restarts` times within `window` before escalating to the parent.
 #[derive(Debug, Clone, Copy)]
 pub struct RestartPolicy {
     pub max_restarts: u32,
@@ -59,10 +30,48 @@ pub struct RestartPolicy {
     pub backoff_max: Duration,
 }
 
-/// Restarts of one child within the current window.
+impl RestartPolicy {
+    /// The policy of a child restarted for as long as it takes, never escalated: its failures
+    /// come from systems outside the process (the broker, PostgreSQL's replication), and
+    /// escalating would only stop the rest of the process with it.
+    pub fn without_budget(backoff_initial: Duration, backoff_max: Duration) -> Self {
+        Self {
+            max_restarts: u32::MAX,
+            window: STABLE_AFTER,
+            backoff_initial,
+            backoff_max,
+        }
+    }
+}
+
+/// The restart history of one child, the same for every supervisor: failures within the
+/// policy's window (the budget) and consecutive failures (the backoff). The backoff starts
+/// over only once the child ran [`STABLE_AFTER`] before failing — not on every successful
+/// start, or a child failing right after starting would be restarted at the shortest delay
+/// for ever.
 #[derive(Debug, Clone, Default)]
 pub struct RestartTracker {
-    failures: Vec<Instant>,
+    /// When the child failed, within the window.
+    recent: Vec<Instant>,
+    /// Failures since the child last ran stably.
+    streak: u32,
+    /// When the current run of the child started.
+    started: Option<Instant>,
+}
+
+/// Records a failure, now, of a child that has no budget
+/// ([`RestartPolicy::without_budget`]) and returns the delay before its restart.
+pub fn restart_delay(
+    tracker: &mut RestartTracker,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+) -> Duration {
+    let policy = RestartPolicy::without_budget(backoff_initial, backoff_max);
+    match tracker.on_failure(&policy, Instant::now()) {
+        RestartDecision::RestartAfter(delay) => delay,
+        // Past u32::MAX failures within a minute: keep restarting at the longest delay.
+        RestartDecision::Escalate => backoff_max,
+    }
 }
 
 /// What to do about a failure.
@@ -75,25 +84,37 @@ pub enum RestartDecision {
 }
 
 impl RestartTracker {
-    /// Records a failure at `now` and decides.
+    /// The child started at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.started = Some(now);
+    }
+
+    /// Records a failure (or a failed start) at `now` and decides.
     pub fn on_failure(&mut self, policy: &RestartPolicy, now: Instant) -> RestartDecision {
-        self.failures
+        if self
+            .started
+            .take()
+            .is_some_and(|started| now.duration_since(started) >= STABLE_AFTER)
+        {
+            self.streak = 0;
+        }
+        self.streak = self.streak.saturating_add(1);
+        self.recent
             .retain(|at| now.duration_since(*at) < policy.window);
-        self.failures.push(now);
-        let count = self.failures.len() as u32;
-        if count > policy.max_restarts {
+        self.recent.push(now);
+        if self.recent.len() as u64 > u64::from(policy.max_restarts) {
             return RestartDecision::Escalate;
         }
         RestartDecision::RestartAfter(medflow_actors::backoff::doubling(
             policy.backoff_initial,
             policy.backoff_max,
-            count,
+            self.streak,
         ))
     }
 
     /// Failures counted in the current window.
     pub fn recent_failures(&self) -> usize {
-        self.failures.len()
+        self.recent.len()
     }
 }
 
@@ -111,20 +132,54 @@ mod tests {
     }
 
     #[test]
-    fn a_streak_grows_while_the_child_fails_soon_after_starting_and_ends_once_it_ran_stably() {
-        let mut streak = FailureStreak::default();
+    fn the_backoff_grows_while_the_child_fails_soon_after_starting_and_starts_over_once_it_ran_stably()
+     {
+        let policy =
+            RestartPolicy::without_budget(Duration::from_millis(100), Duration::from_secs(10));
+        let mut tracker = RestartTracker::default();
         let start = Instant::now();
-        // Fails at once, or a second after each start: the backoff keeps doubling.
-        assert_eq!(streak.failed(start), 1);
-        for n in 2..=5 {
+        let delay = |ms| RestartDecision::RestartAfter(Duration::from_millis(ms));
+        // Fails at once, then a second after each start: the backoff keeps doubling, and a
+        // child without a budget is never escalated.
+        assert_eq!(tracker.on_failure(&policy, start), delay(100));
+        let mut expected = 100;
+        for n in 2..=40 {
             let at = start + Duration::from_secs(n);
-            streak.started(at);
-            assert_eq!(streak.failed(at + Duration::from_secs(1)), n as u32);
+            tracker.started(at);
+            expected = (expected * 2).min(10_000);
+            assert_eq!(
+                tracker.on_failure(&policy, at + Duration::from_secs(1)),
+                delay(expected)
+            );
         }
         // Ran for the stable period before failing: it starts over.
         let at = start + Duration::from_secs(100);
-        streak.started(at);
-        assert_eq!(streak.failed(at + STABLE_AFTER), 1);
+        tracker.started(at);
+        assert_eq!(tracker.on_failure(&policy, at + STABLE_AFTER), delay(100));
+    }
+
+    #[test]
+    fn a_child_that_runs_stably_between_failures_keeps_a_short_backoff_but_spends_its_budget() {
+        let mut tracker = RestartTracker::default();
+        let long = RestartPolicy {
+            window: Duration::from_secs(3600),
+            ..policy()
+        };
+        let start = Instant::now();
+        for n in 0..3 {
+            let at = start + STABLE_AFTER * 2 * n;
+            tracker.started(at);
+            assert_eq!(
+                tracker.on_failure(&long, at + STABLE_AFTER),
+                RestartDecision::RestartAfter(Duration::from_millis(100))
+            );
+        }
+        let at = start + STABLE_AFTER * 6;
+        tracker.started(at);
+        assert_eq!(
+            tracker.on_failure(&long, at + STABLE_AFTER),
+            RestartDecision::Escalate
+        );
     }
 
     #[test]
@@ -156,6 +211,8 @@ mod tests {
         for _ in 0..3 {
             tracker.on_failure(&policy(), start);
         }
+        // The child then ran for longer than the window before failing again.
+        tracker.started(start);
         let later = start + Duration::from_secs(61);
         assert_eq!(
             tracker.on_failure(&policy(), later),
