@@ -14,6 +14,8 @@
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "support/resident.rs"]
+mod resident;
 
 use std::alloc::System;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use uuid::Uuid;
 
 use helpers::{TestApp, eventually, spawn_app_on, spawn_app_with};
+use resident::resident_bytes;
 
 const PATIENTS: usize = 20_000;
 
@@ -32,16 +35,6 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 fn heap_bytes() -> isize {
     let stats = GLOBAL.stats();
     stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-}
-
-fn resident_bytes() -> isize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: isize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// Reads every patient once through `app`'s patient actors, 500 at a time.
@@ -79,7 +72,7 @@ async fn main() {
         .collect();
     // Warm up what every read allocates once (pools, prepared statements).
     read_all(&live_app, &ids[..500]).await;
-    let (heap, rss) = (heap_bytes(), resident_bytes());
+    let (heap, rss) = (heap_bytes(), resident_bytes() as isize);
     read_all(&live_app, &ids[500..]).await;
     let stats = live_app.app().patients().stats().await.unwrap();
     let live = (stats.live - 500) as isize;
@@ -87,7 +80,7 @@ async fn main() {
     println!(
         "(a) {live} live patient actors: heap +{:.1} MiB, {live_bytes} bytes per actor (resident +{:.1} MiB)",
         (heap_bytes() - heap) as f64 / 1048576.0,
-        (resident_bytes() - rss) as f64 / 1048576.0,
+        (resident_bytes() as isize - rss) as f64 / 1048576.0,
     );
     let (db_name, db_url) = (live_app.db_name.clone(), live_app.db_url.clone());
     live_app.shutdown().await;
@@ -118,7 +111,7 @@ async fn main() {
     };
     read_all(&idle_app, &ids[..500]).await;
     all_idle(500).await;
-    let (heap, rss) = (heap_bytes(), resident_bytes());
+    let (heap, rss) = (heap_bytes(), resident_bytes() as isize);
     read_all(&idle_app, &ids[500..]).await;
     let stats = all_idle(ids.len()).await;
     // Heap of the 500 warm-up patients' idle states is in the baseline.
@@ -128,7 +121,7 @@ async fn main() {
         "(b) {idle} idle patients (actors stopped, states kept): heap +{:.1} MiB, {idle_bytes} bytes per idle patient (target < 4096; {:.2}× a live actor) (resident +{:.1} MiB, the allocator keeps freed actors' pages)",
         (heap_bytes() - heap) as f64 / 1048576.0,
         idle_bytes as f64 / live_bytes as f64,
-        (resident_bytes() - rss) as f64 / 1048576.0,
+        (resident_bytes() as isize - rss) as f64 / 1048576.0,
     );
     idle_app.shutdown().await;
 }

@@ -10,6 +10,8 @@
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "support/resident.rs"]
+mod resident;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use resident::resident_bytes;
 
 const CONNECTIONS: usize = 100;
 const PATIENTS: usize = 100;
@@ -37,16 +41,6 @@ fn main() {
         .build()
         .unwrap()
         .block_on(run());
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 async fn stats(app: &helpers::TestApp) -> HubStats {
@@ -103,7 +97,7 @@ async fn run() {
     let last = Arc::new(Mutex::new(
         std::collections::HashMap::<String, (u64, usize)>::new(),
     ));
-    let before = rss_bytes();
+    let before = resident_bytes();
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut readers = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -176,7 +170,7 @@ async fn run() {
     .await;
     // Let allocations settle before reading the figure.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_bytes();
+    let after = resident_bytes();
     println!(
         "(a) {total} subscriptions on {CONNECTIONS} connections: RSS +{:.1} MiB, {:.1} KiB per subscription (target < 20 KiB; clients included)",
         (after.saturating_sub(before)) as f64 / 1048576.0,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{WRITE_AUDIT_ROWS, eventually, patient_body, spawn_app, spawn_app_with};
+use crate::helpers::{
+    WRITE_AUDIT_ROWS, eventually, patient_body, quick_passivation, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn fifty_concurrent_updates_to_one_patient_are_serialised_without_a_lost_update() {
@@ -112,12 +114,7 @@ async fn a_killed_patient_actor_is_replaced_and_serves_the_committed_state() {
 
 #[tokio::test]
 async fn idle_patient_actors_are_passivated_and_reload_on_demand() {
-    let app = spawn_app_with(|settings| {
-        settings.actors.idle_timeout_ms = 400;
-        settings.actors.sweep_interval_ms = 50;
-        settings.actors.call_timeout_ms = 150;
-    })
-    .await;
+    let app = spawn_app_with(quick_passivation).await;
     let mut paths = Vec::new();
     for n in 0..5 {
         let created = app.create_patient(&patient_body(40 + n)).await;

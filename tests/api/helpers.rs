@@ -132,6 +132,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Settings whose entity actors passivate 400 ms after their last use (sweeping every 50 ms).
+pub fn quick_passivation(settings: &mut Settings) {
+    settings.actors.idle_timeout_ms = 400;
+    settings.actors.sweep_interval_ms = 50;
+    settings.actors.call_timeout_ms = 150;
+}
+
 /// Spawns the application with settings adjusted by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (db_name, db_url) = fresh_database().await;

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::graphql::gql;
 use crate::helpers::{
-    TestApp, eventually, hours_ahead, patient_body, spawn_app, spawn_app_on, spawn_app_with,
+    TestApp, eventually, hours_ahead, patient_body, quick_passivation, spawn_app, spawn_app_on,
+    spawn_app_with,
 };
 
 /// A second application on `first`'s database (its own actors and caches).
@@ -259,12 +260,7 @@ async fn until_idle(app: &TestApp) {
 
 #[tokio::test]
 async fn an_idle_state_kept_by_one_instance_never_hides_a_write_through_another() {
-    let a = spawn_app_with(|settings| {
-        settings.actors.idle_timeout_ms = 400;
-        settings.actors.sweep_interval_ms = 50;
-        settings.actors.call_timeout_ms = 150;
-    })
-    .await;
+    let a = spawn_app_with(quick_passivation).await;
     let b = another_instance(&a).await;
     let patient = a.create_patient(&patient_body(5)).await;
     let id = patient["id"].as_str().unwrap().to_owned();
