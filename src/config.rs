@@ -136,6 +136,7 @@ pub struct HttpSettings {
     pub shutdown_grace_ms: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    pub rate_limit_sync_ms: u64,
     pub cors_allowed_origins: Vec<String>,
 }
 
@@ -561,6 +562,9 @@ impl Settings {
         }
         if self.http.rate_limit_per_second == 0 {
             return invalid("http.rate_limit_per_second", "must be greater than 0");
+        }
+        if !(10..=10_000).contains(&self.http.rate_limit_sync_ms) {
+            return invalid("http.rate_limit_sync_ms", "must be from 10 to 10000");
         }
         if self.http.rate_limit_burst < self.http.rate_limit_per_second {
             return invalid(

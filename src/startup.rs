@@ -46,8 +46,10 @@ pub struct Application {
     shutting_down: Arc<AtomicBool>,
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
-    /// Housekeeping tasks (key-set refresh, rate-limit memory), aborted on shutdown.
+    /// Housekeeping tasks (key-set refresh, rate-limit sharing and memory), aborted on
+    /// shutdown.
     background: Vec<JoinHandle<()>>,
+    rate_limits: RateLimits,
     /// Feeds GraphQL subscriptions; stopped after the server.
     hub: Option<ActorRef<HubMessage>>,
     consumer_admin: ConsumerAdmin,
@@ -159,6 +161,10 @@ impl Application {
         ));
         let mut background = Vec::new();
         background.extend(auth.spawn_refresh());
+        background.push(tokio::spawn(rate_limits.cluster().share(
+            store.clone(),
+            Duration::from_millis(settings.http.rate_limit_sync_ms),
+        )));
         background.push(tokio::spawn({
             let rate_limits = rate_limits.clone();
             async move {
@@ -183,6 +189,7 @@ impl Application {
             stop_server,
             server,
             background,
+            rate_limits,
             hub,
             consumer_admin,
         })
@@ -217,6 +224,11 @@ impl Application {
 
     pub fn store(&self) -> &PgStore {
         &self.store
+    }
+
+    /// The per-client rate limits (and their count across the cluster).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.rate_limits
     }
 
     /// Runs until SIGTERM or SIGINT, a fatal supervision failure, or the server's end; then

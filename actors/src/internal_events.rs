@@ -51,6 +51,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Requests refused 429 by the per-client token bucket",
     ),
     (
+        "medflow_http_rate_limit_sync_failures_total",
+        MetricKind::Counter,
+        "Rounds in which an instance could not share its rate-limit counts through PostgreSQL",
+    ),
+    (
         "medflow_entity_actors_live",
         MetricKind::Gauge,
         "Entity actors alive now, by kind",
@@ -294,6 +299,36 @@ impl InternalEvent for RequestRateLimited {
             "request refused: rate limited"
         );
         metrics::counter!("medflow_http_rate_limited_total").increment(1);
+    }
+}
+
+/// An instance could not add up its rate-limit counts in PostgreSQL (they are kept for the
+/// next round); `first` of a streak is a warning, the rest are debug lines.
+pub struct RateLimitSyncFailed<'a> {
+    pub error: &'a str,
+    pub first: bool,
+}
+
+impl InternalEvent for RateLimitSyncFailed<'_> {
+    fn emit(self) {
+        if self.first {
+            tracing::warn!(
+                error = self.error,
+                "rate-limit counts are not shared: each instance enforces its own buckets until PostgreSQL answers"
+            );
+        } else {
+            tracing::debug!(error = self.error, "rate-limit counts are still not shared");
+        }
+        metrics::counter!("medflow_http_rate_limit_sync_failures_total").increment(1);
+    }
+}
+
+/// Rate-limit counts are shared again after failures.
+pub struct RateLimitSyncRestored;
+
+impl InternalEvent for RateLimitSyncRestored {
+    fn emit(self) {
+        tracing::info!("rate-limit counts are shared again");
     }
 }
 

@@ -3,7 +3,9 @@
 //! [`Policy`].
 //!
 //! Rate limits are token buckets per client: per token subject once authenticated, per IP
-//! address for requests without a valid token (so guessing tokens is throttled too).
+//! address for requests without a valid token (so guessing tokens is throttled too). Each
+//! instance's buckets see only its own requests; the cluster-wide count beside them
+//! ([`ClusterUsage`]) holds a client to its limit across all instances.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -21,6 +23,7 @@ use warp::http::{HeaderMap, header};
 
 use crate::AppState;
 use crate::auth::{AuthFailure, Principal};
+use crate::cluster_rate::{ClusterUsage, digest, now_ms};
 use crate::extract::{RequestMeta, request_context};
 use crate::policy::{Action, Target};
 use crate::problem::Problem;
@@ -42,10 +45,22 @@ enum ClientKey {
     Unknown,
 }
 
-/// Per-client token buckets. Cheap to clone.
+impl ClientKey {
+    /// The client as the cluster-wide count knows it (a digest: no address or subject).
+    fn digest(&self) -> crate::cluster_rate::ClientDigest {
+        match self {
+            Self::Subject(subject) => digest(&format!("sub:{subject}")),
+            Self::Address(address) => digest(&format!("ip:{address}")),
+            Self::Unknown => digest("unknown"),
+        }
+    }
+}
+
+/// Per-client token buckets, and the client's count across the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimits {
     limiter: Arc<DefaultKeyedRateLimiter<ClientKey>>,
+    cluster: Arc<ClusterUsage>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -64,15 +79,24 @@ impl RateLimits {
             limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(per_second).allow_burst(burst),
             )),
+            cluster: Arc::new(ClusterUsage::new(settings.per_second, settings.burst)),
         }
     }
 
     fn check(&self, key: &ClientKey) -> Result<(), Problem> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let refused = |wait: Duration| {
             emit(RequestRateLimited { retry_after: wait });
             Problem::too_many_requests(wait.max(Duration::from_millis(1)))
-        })
+        };
+        self.limiter.check_key(key).map_err(|not_until| {
+            refused(not_until.wait_time_from(DefaultClock::default().now()))
+        })?;
+        self.cluster.admit(key.digest(), now_ms()).map_err(refused)
+    }
+
+    /// The cluster-wide count, shared through PostgreSQL by [`ClusterUsage::share`].
+    pub fn cluster(&self) -> Arc<ClusterUsage> {
+        self.cluster.clone()
     }
 
     /// Forgets clients whose buckets are full again, bounding memory; call periodically.

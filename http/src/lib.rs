@@ -15,6 +15,7 @@ pub mod admin;
 pub mod appointments;
 pub mod audit;
 pub mod auth;
+pub mod cluster_rate;
 mod contract;
 pub mod doctors;
 pub mod documents;

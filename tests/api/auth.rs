@@ -12,7 +12,7 @@ use uuid::Uuid;
 use warp::Filter;
 
 use crate::helpers::{
-    TestApp, eventually, expect_problem, hours_ahead, patient_body, spawn_app_with,
+    TestApp, eventually, expect_problem, hours_ahead, patient_body, spawn_app_on, spawn_app_with,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -560,6 +560,129 @@ async fn the_rate_limit_answers_429_with_retry_after_and_recovers() {
         },
     )
     .await;
+    app.shutdown().await;
+}
+
+/// 10 requests per 10 s per client (burst 10, 1 per second), counts shared every 50 ms.
+fn ten_per_ten_seconds(settings: &mut medflow::config::Settings) {
+    settings.http.rate_limit_per_second = 1;
+    settings.http.rate_limit_burst = 10;
+    settings.http.rate_limit_sync_ms = 50;
+}
+
+/// Waits until `app` has completed two more rounds of sharing its rate-limit counts (so one
+/// of them started after everything it admitted so far).
+async fn until_shared(app: &TestApp) {
+    let cluster = app.app().rate_limits().cluster();
+    let target = cluster.syncs() + 2;
+    eventually(
+        Duration::from_secs(10),
+        "the rate-limit counts to be shared",
+        || async { (cluster.syncs() >= target).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_across_instances() {
+    let a = spawn_app_with(ten_per_ten_seconds).await;
+    let b = spawn_app_on(a.db_name.clone(), a.db_url.clone(), ten_per_ten_seconds).await;
+    let token = a.token(&[Role::Doctor], None);
+    for n in 0..10 {
+        let response = get_with(&a, "/api/v1/doctors", &token).await;
+        assert_eq!(response.status(), 200, "request {n} through A");
+    }
+    assert_eq!(get_with(&a, "/api/v1/doctors", &token).await.status(), 429);
+    until_shared(&a).await;
+
+    // B's own bucket is full, but the client spent its limit through A. B learns that at its
+    // first sync after the client's first request there: at most what reaches B before it
+    // is admitted above the limit (one request here), not another burst.
+    let first = get_with(&b, "/api/v1/doctors", &token).await.status();
+    until_shared(&b).await;
+    let response = get_with(&b, "/api/v1/doctors", &token).await;
+    assert_eq!(
+        response.status(),
+        429,
+        "B after its sync (first answer {first})"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    expect_problem(response, 429).await;
+    // Another client is served by both.
+    let other = b.token(&[Role::Doctor], None);
+    assert_eq!(get_with(&b, "/api/v1/doctors", &other).await.status(), 200);
+    assert_eq!(get_with(&a, "/api/v1/doctors", &other).await.status(), 200);
+    // Only digests of the clients are stored.
+    until_shared(&a).await;
+    let db = a.db().await;
+    let stored: Vec<Vec<u8>> = db
+        .query("SELECT client FROM http_rate_usage", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(stored.len() >= 2 && stored.iter().all(|client| client.len() == 16));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn counts_that_cannot_be_shared_leave_each_instance_its_own_buckets_until_they_can() {
+    let app = spawn_app_with(ten_per_ten_seconds).await;
+    let db = app.db().await;
+    let failures = "medflow_http_rate_limit_sync_failures_total";
+    let failed_before = app.metric(failures).await;
+    // The shared table is gone (as if PostgreSQL refused the statement).
+    db.batch_execute("ALTER TABLE http_rate_usage RENAME TO http_rate_usage_away")
+        .await
+        .unwrap();
+    let token = app.token(&[Role::Doctor], None);
+    for n in 0..5 {
+        let response = get_with(&app, "/api/v1/doctors", &token).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "request {n} while counts are not shared"
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "a failed round of sharing to be counted",
+        || async { (app.metric(failures).await > failed_before).then_some(()) },
+    )
+    .await;
+    // The instance's own limit still holds meanwhile.
+    for _ in 0..5 {
+        get_with(&app, "/api/v1/doctors", &token).await;
+    }
+    assert_eq!(
+        get_with(&app, "/api/v1/doctors", &token).await.status(),
+        429
+    );
+
+    // Back: the counts kept in memory reach the table.
+    db.batch_execute("ALTER TABLE http_rate_usage_away RENAME TO http_rate_usage")
+        .await
+        .unwrap();
+    until_shared(&app).await;
+    let shared: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(requests), 0)::bigint FROM http_rate_usage",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        shared >= 10,
+        "the ten admitted requests were shared: {shared}"
+    );
     app.shutdown().await;
 }
 

@@ -11,6 +11,7 @@ mod batch;
 mod doctors;
 mod documents;
 mod patients;
+mod rate_usage;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use doctors::DoctorFilter;
 pub use documents::{DocumentFilter, DocumentSummary, DocumentVersion};
 pub use patients::PatientFilter;
 pub use patients::PatientOrder;
+pub use rate_usage::RateUsage;
 
 use crate::context::RequestContext;
 
@@ -282,6 +284,14 @@ impl PgStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, deadpool_postgres::PoolError> {
         self.checkouts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pool.get().await
+    }
+
+    /// A pooled connection for housekeeping that runs beside the requests on a timer (not
+    /// counted in [`PgStore::operations`], which measures what requests cost).
+    async fn housekeeping_client(
+        &self,
+    ) -> Result<deadpool_postgres::Object, deadpool_postgres::PoolError> {
         self.pool.get().await
     }
 

@@ -1,0 +1,1 @@
+DELETE FROM http_rate_usage WHERE win < $1
