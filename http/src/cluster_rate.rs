@@ -16,12 +16,11 @@
 //! never refuses requests by itself. The table stores a 16-byte digest of each client's key,
 //! never an address or a token subject.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use medflow_actors::internal_events::{RateLimitSyncFailed, RateLimitSyncRestored, emit};
 use medflow_actors::store::{PgStore, RateUsage, StoreError};
 use sha2::{Digest, Sha256};
@@ -48,24 +47,62 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// This instance's view of every client's requests across the cluster.
+/// This instance's view of every client's requests across the cluster. A request touches
+/// only its client's entry (a sharded map: no lock shared by all requests).
 #[derive(Debug)]
 pub struct ClusterUsage {
     window_ms: i64,
     limit: i64,
-    usage: Mutex<Usage>,
+    clients: DashMap<ClientDigest, ClientUsage>,
     /// Syncs that completed.
     syncs: AtomicU64,
 }
 
+/// One client's counts in the windows that still matter (the current and the previous).
 #[derive(Debug, Default)]
-struct Usage {
-    /// Requests admitted here and not yet added to the shared table, by client and window.
-    pending: HashMap<(ClientDigest, i64), i64>,
-    /// The cluster's totals as of the last sync (this instance's added requests included).
-    known: HashMap<(ClientDigest, i64), i64>,
-    /// Clients that asked since the last sync: their totals are read back at the next one.
-    seen: HashSet<ClientDigest>,
+struct ClientUsage {
+    windows: Vec<WindowCount>,
+    /// Asked since the last sync: its totals are read back at the next one.
+    seen: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WindowCount {
+    window: i64,
+    /// The cluster's total as of the last sync (this instance's added requests included).
+    known: i64,
+    /// Admitted here and not yet added to the shared table.
+    pending: i64,
+}
+
+impl ClientUsage {
+    fn count(&self, window: i64) -> i64 {
+        self.windows
+            .iter()
+            .find(|count| count.window == window)
+            .map_or(0, |count| count.known + count.pending)
+    }
+
+    fn at(&mut self, window: i64) -> &mut WindowCount {
+        let index = match self.windows.iter().position(|count| count.window == window) {
+            Some(index) => index,
+            None => {
+                self.windows.push(WindowCount {
+                    window,
+                    known: 0,
+                    pending: 0,
+                });
+                self.windows.len() - 1
+            }
+        };
+        &mut self.windows[index]
+    }
+
+    /// Drops windows before `oldest`; true when nothing is left to remember.
+    fn forget_before(&mut self, oldest: i64) -> bool {
+        self.windows.retain(|count| count.window >= oldest);
+        self.windows.is_empty() && !self.seen
+    }
 }
 
 /// What one sync sends: the counts taken out of `pending` and the clients to read back.
@@ -85,29 +122,27 @@ impl ClusterUsage {
         Self {
             window_ms: (limit * 1000 / per_second).max(1000),
             limit,
-            usage: Mutex::default(),
+            clients: DashMap::new(),
             syncs: AtomicU64::new(0),
         }
     }
 
-    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
-        self.usage
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn window_of(&self, now: i64) -> i64 {
+        now.div_euclid(self.window_ms)
     }
 
     /// Admits one request of `client` at `now` (Unix ms) unless the client's estimate is at
     /// the limit; then answers how long to wait.
     pub fn admit(&self, client: ClientDigest, now: i64) -> Result<(), Duration> {
-        let window = now.div_euclid(self.window_ms);
+        let window = self.window_of(now);
         let elapsed = now.rem_euclid(self.window_ms) as f64 / self.window_ms as f64;
-        let mut usage = self.usage();
-        usage.seen.insert(client);
-        let current = usage.count(client, window) as f64;
-        let previous = usage.count(client, window - 1) as f64;
+        let mut usage = self.clients.entry(client).or_default();
+        usage.seen = true;
+        let current = usage.count(window) as f64;
+        let previous = usage.count(window - 1) as f64;
         let limit = self.limit as f64;
         if current + previous * (1.0 - elapsed) + 1.0 <= limit {
-            *usage.pending.entry((client, window)).or_default() += 1;
+            usage.at(window).pending += 1;
             return Ok(());
         }
         // When the previous window's weight will have shrunk enough, or else the next window.
@@ -120,55 +155,68 @@ impl ClusterUsage {
         Err(Duration::from_millis(wait_ms.max(1)))
     }
 
-    /// Takes what the next sync sends.
+    /// Takes what the next sync sends, and forgets clients with nothing left that counts.
     pub fn take_batch(&self, now: i64) -> SyncBatch {
-        let window = now.div_euclid(self.window_ms);
-        let mut usage = self.usage();
-        let added = usage
-            .pending
-            .drain()
-            .filter(|((_, win), _)| *win >= window - 1)
-            .map(|((client, window), requests)| RateUsage {
-                client: client.to_vec(),
-                window,
-                requests,
-            })
-            .collect();
-        let refresh = usage.seen.drain().map(|client| client.to_vec()).collect();
-        SyncBatch {
-            added,
-            refresh,
-            since: window - 1,
-        }
+        let oldest = self.window_of(now) - 1;
+        let mut batch = SyncBatch {
+            since: oldest,
+            ..SyncBatch::default()
+        };
+        self.clients.retain(|client, usage| {
+            for count in usage.windows.iter_mut() {
+                if count.pending > 0 && count.window >= oldest {
+                    batch.added.push(RateUsage {
+                        client: client.to_vec(),
+                        window: count.window,
+                        requests: count.pending,
+                    });
+                    // Counted as known until the sync's answer replaces it.
+                    count.known += count.pending;
+                }
+                count.pending = 0;
+            }
+            if std::mem::take(&mut usage.seen) {
+                batch.refresh.push(client.to_vec());
+            }
+            !usage.forget_before(oldest)
+        });
+        batch
     }
 
     /// Takes the cluster's totals a sync read back.
     pub fn merge(&self, totals: Vec<RateUsage>, now: i64) {
-        let mut usage = self.usage();
+        let oldest = self.window_of(now) - 1;
         for total in totals {
             let Ok(client) = ClientDigest::try_from(total.client.as_slice()) else {
                 continue;
             };
-            let known = usage.known.entry((client, total.window)).or_default();
-            *known = (*known).max(total.requests);
+            if total.window < oldest {
+                continue;
+            }
+            let mut usage = self.clients.entry(client).or_default();
+            let count = usage.at(total.window);
+            count.known = count.known.max(total.requests);
         }
-        usage.forget_before(now.div_euclid(self.window_ms) - 1);
     }
 
     /// Puts back what a failed sync took, to be sent by the next one.
     pub fn restore(&self, batch: SyncBatch, now: i64) {
-        let mut usage = self.usage();
+        let oldest = self.window_of(now) - 1;
         for added in batch.added {
-            if let Ok(client) = ClientDigest::try_from(added.client.as_slice()) {
-                *usage.pending.entry((client, added.window)).or_default() += added.requests;
-            }
+            let Ok(client) = ClientDigest::try_from(added.client.as_slice()) else {
+                continue;
+            };
+            let mut usage = self.clients.entry(client).or_default();
+            let count = usage.at(added.window);
+            count.known -= added.requests;
+            count.pending += added.requests;
         }
         for client in batch.refresh {
             if let Ok(client) = ClientDigest::try_from(client.as_slice()) {
-                usage.seen.insert(client);
+                self.clients.entry(client).or_default().seen = true;
             }
         }
-        usage.forget_before(now.div_euclid(self.window_ms) - 1);
+        self.clients.retain(|_, usage| !usage.forget_before(oldest));
     }
 
     /// Sends this instance's counts and reads back the cluster's; on failure the counts are
@@ -226,7 +274,7 @@ impl ClusterUsage {
             }
             if !failing && pruned.elapsed() >= PRUNE_EVERY {
                 pruned = tokio::time::Instant::now();
-                let oldest = now_ms().div_euclid(self.window_ms) - 1;
+                let oldest = self.window_of(now_ms()) - 1;
                 if let Err(error) = store.prune_rate_usage(oldest).await {
                     tracing::debug!(%error, "cannot delete old rate-limit counts; next minute");
                 }
@@ -236,26 +284,7 @@ impl ClusterUsage {
 
     /// Clients with counts held in memory.
     pub fn tracked_clients(&self) -> usize {
-        let usage = self.usage();
-        let clients: HashSet<&ClientDigest> = usage
-            .known
-            .keys()
-            .chain(usage.pending.keys())
-            .map(|(client, _)| client)
-            .collect();
-        clients.len()
-    }
-}
-
-impl Usage {
-    fn count(&self, client: ClientDigest, window: i64) -> i64 {
-        let key = (client, window);
-        self.known.get(&key).copied().unwrap_or(0) + self.pending.get(&key).copied().unwrap_or(0)
-    }
-
-    fn forget_before(&mut self, window: i64) {
-        self.known.retain(|(_, win), _| *win >= window);
-        self.pending.retain(|(_, win), _| *win >= window);
+        self.clients.len()
     }
 }
 
@@ -327,6 +356,17 @@ mod tests {
     }
 
     #[test]
+    fn counts_on_their_way_to_the_table_still_count() {
+        let usage = usage();
+        let client = digest("sub:a");
+        for n in 0..10 {
+            usage.admit(client, START + n).unwrap();
+        }
+        let _in_flight = usage.take_batch(START + 20);
+        assert!(usage.admit(client, START + 30).is_err());
+    }
+
+    #[test]
     fn a_failed_sync_keeps_its_counts_for_the_next_one() {
         let usage = usage();
         let client = digest("sub:a");
@@ -344,8 +384,12 @@ mod tests {
         let batch = usage.take_batch(START + 50);
         assert_eq!(batch.added[0].requests, 10);
         assert_eq!(batch.refresh.len(), 1);
-        // Counts of windows that no longer matter are forgotten.
+        // Counts of windows that no longer matter are forgotten; the client is still read
+        // back, then forgotten once nothing of it counts.
         usage.restore(batch, START + 30_000);
+        let batch = usage.take_batch(START + 30_010);
+        assert!(batch.added.is_empty());
+        assert_eq!(batch.refresh.len(), 1);
         assert_eq!(usage.tracked_clients(), 0);
     }
 }

@@ -598,14 +598,19 @@ async fn the_rate_limit_holds_across_instances() {
     // B's own bucket is full, but the client spent its limit through A. B learns that at its
     // first sync after the client's first request there: at most what reaches B before it
     // is admitted above the limit (one request here), not another burst.
-    let first = get_with(&b, "/api/v1/doctors", &token).await.status();
+    // (The sliding window also frees one request per second as A's burst ages: a slow run
+    // may see one or two more admitted, never B's own burst of ten.)
+    let mut statuses = vec![get_with(&b, "/api/v1/doctors", &token).await.status()];
     until_shared(&b).await;
-    let response = get_with(&b, "/api/v1/doctors", &token).await;
-    assert_eq!(
-        response.status(),
-        429,
-        "B after its sync (first answer {first})"
-    );
+    let mut refused = None;
+    while refused.is_none() && statuses.len() < 6 {
+        let response = get_with(&b, "/api/v1/doctors", &token).await;
+        statuses.push(response.status());
+        if response.status() == 429 {
+            refused = Some(response);
+        }
+    }
+    let response = refused.unwrap_or_else(|| panic!("B never refused: {statuses:?}"));
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -657,14 +662,18 @@ async fn counts_that_cannot_be_shared_leave_each_instance_its_own_buckets_until_
         || async { (app.metric(failures).await > failed_before).then_some(()) },
     )
     .await;
-    // The instance's own limit still holds meanwhile.
-    for _ in 0..5 {
-        get_with(&app, "/api/v1/doctors", &token).await;
+    // The instance's own limit still holds meanwhile (its bucket also refills one request
+    // per second, so a slow run may serve one or two more than the ten).
+    let mut statuses = Vec::new();
+    while !statuses.contains(&429) && statuses.len() < 8 {
+        statuses.push(
+            get_with(&app, "/api/v1/doctors", &token)
+                .await
+                .status()
+                .as_u16(),
+        );
     }
-    assert_eq!(
-        get_with(&app, "/api/v1/doctors", &token).await.status(),
-        429
-    );
+    assert!(statuses.contains(&429), "never limited: {statuses:?}");
 
     // Back: the counts kept in memory reach the table.
     db.batch_execute("ALTER TABLE http_rate_usage_away RENAME TO http_rate_usage")
