@@ -203,9 +203,15 @@ async fn a_page_of_fifty_patients_with_their_children_costs_a_constant_number_of
     let store = app.app().store();
     let mut costs = Vec::new();
     for first in [5, 50] {
-        let before = store.operations();
-        let body = gql(&app, None, query, json!({"first": first})).await;
-        let cost = store.operations() - before;
+        // The store's counter also counts what runs beside the request (the consumers
+        // indexing what was just written): the least of three runs is the request's cost.
+        let mut cost = u64::MAX;
+        let mut body = Value::Null;
+        for _ in 0..3 {
+            let before = store.operations();
+            body = gql(&app, None, query, json!({"first": first})).await;
+            cost = cost.min(store.operations() - before);
+        }
         assert!(body["errors"].is_null(), "{body}");
         let edges = body["data"]["patients"]["edges"].as_array().unwrap();
         assert_eq!(edges.len(), first);
