@@ -184,6 +184,8 @@ impl<A: EntityActor> Actor for EntityHost<A> {
         if let Some(sweeper) = state.sweeper.take() {
             sweeper.abort();
         }
+        // The actors stop with their host; what they knew is not carried over.
+        state.live.clear();
         state.idle.clear();
         Self::report(state);
         Ok(())
