@@ -22,14 +22,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use medflow_actors::internal_events::{RateLimitSyncFailed, RateLimitSyncRestored, emit};
-use medflow_actors::store::{PgStore, RateUsage, StoreError};
+use medflow_actors::store::{PgStore, RateClient, RateUsage, StoreError};
 use sha2::{Digest, Sha256};
 
 /// Rows of windows that no longer count are deleted this often (by every instance).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// A client, as the shared table knows it: the first 16 bytes of the SHA-256 of its key.
-pub type ClientDigest = [u8; 16];
+pub type ClientDigest = RateClient;
 
 /// The digest of a client key (`"sub:…"`, `"ip:…"`).
 pub fn digest(key: &str) -> ClientDigest {
@@ -109,7 +109,7 @@ impl ClientUsage {
 #[derive(Debug, Default)]
 pub struct SyncBatch {
     pub added: Vec<RateUsage>,
-    pub refresh: Vec<Vec<u8>>,
+    pub refresh: Vec<ClientDigest>,
     /// The oldest window still counted (the previous one).
     pub since: i64,
 }
@@ -166,7 +166,7 @@ impl ClusterUsage {
             for count in usage.windows.iter_mut() {
                 if count.pending > 0 && count.window >= oldest {
                     batch.added.push(RateUsage {
-                        client: client.to_vec(),
+                        client: *client,
                         window: count.window,
                         requests: count.pending,
                     });
@@ -176,7 +176,7 @@ impl ClusterUsage {
                 count.pending = 0;
             }
             if std::mem::take(&mut usage.seen) {
-                batch.refresh.push(client.to_vec());
+                batch.refresh.push(*client);
             }
             !usage.forget_before(oldest)
         });
@@ -187,13 +187,10 @@ impl ClusterUsage {
     pub fn merge(&self, totals: Vec<RateUsage>, now: i64) {
         let oldest = self.window_of(now) - 1;
         for total in totals {
-            let Ok(client) = ClientDigest::try_from(total.client.as_slice()) else {
-                continue;
-            };
             if total.window < oldest {
                 continue;
             }
-            let mut usage = self.clients.entry(client).or_default();
+            let mut usage = self.clients.entry(total.client).or_default();
             let count = usage.at(total.window);
             count.known = count.known.max(total.requests);
         }
@@ -203,18 +200,13 @@ impl ClusterUsage {
     pub fn restore(&self, batch: SyncBatch, now: i64) {
         let oldest = self.window_of(now) - 1;
         for added in batch.added {
-            let Ok(client) = ClientDigest::try_from(added.client.as_slice()) else {
-                continue;
-            };
-            let mut usage = self.clients.entry(client).or_default();
+            let mut usage = self.clients.entry(added.client).or_default();
             let count = usage.at(added.window);
             count.known -= added.requests;
             count.pending += added.requests;
         }
         for client in batch.refresh {
-            if let Ok(client) = ClientDigest::try_from(client.as_slice()) {
-                self.clients.entry(client).or_default().seen = true;
-            }
+            self.clients.entry(client).or_default().seen = true;
         }
         self.clients.retain(|_, usage| !usage.forget_before(oldest));
     }
@@ -322,13 +314,13 @@ mod tests {
         here.admit(client, START).unwrap();
         // The shared table after both synced: 7 + 1.
         let table = vec![RateUsage {
-            client: client.to_vec(),
+            client,
             window: START / 10_000,
             requests: 8,
         }];
         let batch = here.take_batch(START + 100);
         assert_eq!(batch.added.len(), 1);
-        assert_eq!(batch.refresh, vec![client.to_vec()]);
+        assert_eq!(batch.refresh, vec![client]);
         here.merge(table, START + 100);
         assert_eq!(here.admit(client, START + 200), Ok(()));
         assert_eq!(here.admit(client, START + 300), Ok(()));

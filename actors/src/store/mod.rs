@@ -35,7 +35,7 @@ pub use doctors::DoctorFilter;
 pub use documents::{DocumentFilter, DocumentSummary, DocumentVersion};
 pub use patients::PatientFilter;
 pub use patients::PatientOrder;
-pub use rate_usage::RateUsage;
+pub use rate_usage::{RateClient, RateUsage};
 
 use crate::context::RequestContext;
 

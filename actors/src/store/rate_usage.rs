@@ -2,10 +2,13 @@
 
 use super::{PgStore, StoreResult};
 
-/// Requests of one client (a 16-byte digest of its key) in one window.
+/// A client of the rate limit: a 16-byte digest of its key (the column's length).
+pub type RateClient = [u8; 16];
+
+/// Requests of one client in one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateUsage {
-    pub client: Vec<u8>,
+    pub client: RateClient,
     pub window: i64,
     pub requests: i64,
 }
@@ -16,10 +19,11 @@ impl PgStore {
     pub async fn sync_rate_usage(
         &self,
         added: &[RateUsage],
-        refresh: &[Vec<u8>],
+        refresh: &[RateClient],
         since: i64,
     ) -> StoreResult<Vec<RateUsage>> {
         let clients: Vec<&[u8]> = added.iter().map(|usage| usage.client.as_slice()).collect();
+        let refresh: Vec<&[u8]> = refresh.iter().map(|client| client.as_slice()).collect();
         let windows: Vec<i64> = added.iter().map(|usage| usage.window).collect();
         let requests: Vec<i64> = added.iter().map(|usage| usage.requests).collect();
         let client = self.housekeeping_client().await?;
@@ -32,12 +36,15 @@ impl PgStore {
                 &[&clients, &windows, &requests, &refresh, &since],
             )
             .await?;
+        // The table's CHECK keeps every client at 16 bytes.
         Ok(rows
             .iter()
-            .map(|row| RateUsage {
-                client: row.get(0),
-                window: row.get(1),
-                requests: row.get(2),
+            .filter_map(|row| {
+                Some(RateUsage {
+                    client: row.get::<_, &[u8]>(0).try_into().ok()?,
+                    window: row.get(1),
+                    requests: row.get(2),
+                })
             })
             .collect())
     }
