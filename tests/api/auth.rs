@@ -72,6 +72,31 @@ async fn get_with(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Sends `token`'s requests to `app` until one is refused, at most `tries`: the statuses
+/// (the refusal's last) and the refusal.
+async fn until_refused(app: &TestApp, token: &str, tries: usize) -> (Vec<u16>, reqwest::Response) {
+    let mut statuses = Vec::new();
+    for _ in 0..tries {
+        let response = get_with(app, "/api/v1/doctors", token).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            return (statuses, response);
+        }
+    }
+    panic!("never limited: {statuses:?}");
+}
+
+/// Checks that a refusal is a 429 problem; returns its `Retry-After` in seconds.
+async fn retry_after(refusal: reqwest::Response) -> u64 {
+    let seconds = refusal.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    expect_problem(refusal, 429).await;
+    seconds
+}
+
 async fn spawn_with_jwks_file() -> TestApp {
     spawn_app_with(|settings| {
         settings.auth.jwks_file = Some(fixture("jwks.json"));
@@ -524,25 +549,10 @@ async fn the_rate_limit_answers_429_with_retry_after_and_recovers() {
     })
     .await;
     let token = app.token(&[Role::Doctor], None);
-    let mut statuses = Vec::new();
-    let mut limited = None;
-    for _ in 0..10 {
-        let response = get_with(&app, "/api/v1/doctors", &token).await;
-        statuses.push(response.status().as_u16());
-        if response.status() == 429 {
-            limited = Some(response);
-            break;
-        }
-    }
-    let response = limited.unwrap_or_else(|| panic!("never limited: {statuses:?}"));
+    let (statuses, refusal) = until_refused(&app, &token, 10).await;
     assert!(statuses.len() >= 3, "the burst is served: {statuses:?}");
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after(refusal).await;
     assert!((1..=2).contains(&retry_after), "{retry_after}");
-    expect_problem(response, 429).await;
 
     // Another client is not affected.
     let other = app.token(&[Role::Doctor], None);
@@ -600,24 +610,11 @@ async fn the_rate_limit_holds_across_instances() {
     // is admitted above the limit (one request here), not another burst.
     // (The sliding window also frees one request per second as A's burst ages: a slow run
     // may see one or two more admitted, never B's own burst of ten.)
-    let mut statuses = vec![get_with(&b, "/api/v1/doctors", &token).await.status()];
+    get_with(&b, "/api/v1/doctors", &token).await;
     until_shared(&b).await;
-    let mut refused = None;
-    while refused.is_none() && statuses.len() < 6 {
-        let response = get_with(&b, "/api/v1/doctors", &token).await;
-        statuses.push(response.status());
-        if response.status() == 429 {
-            refused = Some(response);
-        }
-    }
-    let response = refused.unwrap_or_else(|| panic!("B never refused: {statuses:?}"));
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_, refusal) = until_refused(&b, &token, 5).await;
+    let retry_after = retry_after(refusal).await;
     assert!((1..=10).contains(&retry_after), "{retry_after}");
-    expect_problem(response, 429).await;
     // Another client is served by both.
     let other = b.token(&[Role::Doctor], None);
     assert_eq!(get_with(&b, "/api/v1/doctors", &other).await.status(), 200);
@@ -664,16 +661,7 @@ async fn counts_that_cannot_be_shared_leave_each_instance_its_own_buckets_until_
     .await;
     // The instance's own limit still holds meanwhile (its bucket also refills one request
     // per second, so a slow run may serve one or two more than the ten).
-    let mut statuses = Vec::new();
-    while !statuses.contains(&429) && statuses.len() < 8 {
-        statuses.push(
-            get_with(&app, "/api/v1/doctors", &token)
-                .await
-                .status()
-                .as_u16(),
-        );
-    }
-    assert!(statuses.contains(&429), "never limited: {statuses:?}");
+    until_refused(&app, &token, 8).await;
 
     // Back: the counts kept in memory reach the table.
     db.batch_execute("ALTER TABLE http_rate_usage_away RENAME TO http_rate_usage")
